@@ -1,0 +1,318 @@
+"""The composition root: builds every part of one bridge, starts it in order and stops it in reverse.
+
+Ownership is visible here: the HTTP client session, the timeline listener, the GDM responder and
+scanner, the mDNS discovery (the daemon's one AsyncZeroconf), one face + one target adapter per
+bridged target, the audit log, and the background tasks. Two Bridges can run in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiohttp
+
+from companion import __version__
+from companion.config import Config
+from companion.discovery.gdm import GdmResponder, GdmScanner, GdmSettings
+from companion.errors import CompanionError, StateError, TargetUnavailable
+from companion.faces.app import Face, FaceLimits
+from companion.model import Command, Sighting, Target, TargetKind
+from companion.proto.companion import FaceIdentity, media_request
+from companion.proto.gdm import Advert
+from companion.proto.timeline import PlayerState
+from companion.registry import Registry
+from companion.state import StateDir
+from companion.targets.base import TargetAdapter
+from companion.targets.companion_player import CompanionPlayerTarget, TimelineListener
+
+log = logging.getLogger("companion.bridge")
+
+_FACE_NAMESPACE = uuid.UUID("6b0f9a4e-5d1c-4c59-9a55-0c6d1f3d2b71")
+_PORT_TRIES = 50
+
+
+def face_identifier(target_id: str) -> str:
+    """The face's Resource-Identifier: stable, derived from the target id, never the target's own."""
+    return str(uuid.uuid5(_FACE_NAMESPACE, target_id))
+
+
+@dataclass
+class FaceSlot:
+    """One bridged target: its adapter, its face and the GDM advert that announces the face."""
+
+    target: Target
+    adapter: TargetAdapter
+    face: Face
+    advert: Advert
+    commands: int = 0
+    errors: int = 0
+    last_error: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Bridge:
+    """One companion-bridge daemon instance."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state = StateDir(config.state_path)
+        self.registry = Registry(expiry=config.timeouts.target_expiry)
+        self.faces: dict[str, FaceSlot] = {}
+        self.bridge_id = ""
+        self._session: aiohttp.ClientSession | None = None
+        self._listener: TimelineListener | None = None
+        self._responder: GdmResponder | None = None
+        self._scanner: GdmScanner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._face_lock = asyncio.Lock()
+        self._started = False
+        self.ready = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def gdm_settings(self) -> GdmSettings:
+        g = self.config.gdm
+        return GdmSettings(group=g.group, player_port=g.player_port, announce_port=g.announce_port,
+                           server_port=g.server_port, hello_interval=g.hello_interval,
+                           search_interval=g.search_interval, interfaces=self.config.interfaces)
+
+    async def start(self) -> None:
+        """Start every part; raises CompanionError (after undoing what started) on failure."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self.state.ensure()
+        self.bridge_id = self.state.bridge_id()
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.command),
+            connector=aiohttp.TCPConnector(limit=256, enable_cleanup_closed=True),
+        )
+        self._listener = TimelineListener(bind=cfg.http.bind)
+        await self._listener.start()
+        self.registry.on_added(self._target_added)
+        self.registry.on_removed(self._target_removed)
+        self.registry.on_changed(self._target_changed)
+        self._started = True
+        now = time.monotonic()
+        for t in cfg.targets:
+            kind: Literal["companion", "chromecast"] = "chromecast" if t.kind == "chromecast" else "companion"
+            self.registry.observe(Sighting(source="config", kind=kind, ident=f"config:{t.name}", name=t.name,
+                                           address=t.address, port=t.port, profile=t.profile), now)
+        if cfg.gdm.enabled:
+            self._responder = GdmResponder(self.gdm_settings, self._adverts)
+            await self._responder.start()
+            self._scanner = GdmScanner(self.gdm_settings, self._sighted, self._bye, is_own=self._is_own_face)
+            await self._scanner.start()
+        self._spawn(self._expiry_loop(), "registry-expiry")
+        await self._settle_faces()
+        self.ready.set()
+        log.info("companion-bridge %s started: %d face(s), GDM %s", __version__, len(self.faces),
+                 "on" if cfg.gdm.enabled else "off")
+
+    async def stop(self) -> None:
+        """Stop in order: GDM BYE, faces closed (long-polls released), adapters, tasks, session."""
+        self._started = False
+        if self._scanner is not None:
+            await self._scanner.stop()
+            self._scanner = None
+        if self._responder is not None:
+            await self._responder.stop()  # sends BYE for every face
+            self._responder = None
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        slots, self.faces = list(self.faces.values()), {}
+        await asyncio.gather(*(self._close_slot(s) for s in slots))
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -- discovery ----------------------------------------------------------------------------
+
+    def _sighted(self, sighting: Sighting) -> None:
+        self.registry.observe(sighting, time.monotonic())
+
+    def _bye(self, sighting: Sighting) -> None:
+        self.registry.forget(sighting)
+
+    def _is_own_face(self, ident: str) -> bool:
+        return any(slot.advert.resource_identifier == ident for slot in self.faces.values())
+
+    async def _expiry_loop(self) -> None:
+        period = max(0.5, min(30.0, self.config.timeouts.target_expiry / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.registry.expire(time.monotonic())
+
+    def _adverts(self) -> list[Advert]:
+        return [slot.advert for slot in self.faces.values()]
+
+    # -- faces --------------------------------------------------------------------------------
+
+    def _wants_face(self, target: Target) -> bool:
+        mode = self.config.faces
+        if mode == "none":
+            return False
+        if mode == "non-companion":
+            return target.kind is not TargetKind.COMPANION
+        return True
+
+    def _target_added(self, target: Target) -> None:
+        if self._started and self._wants_face(target):
+            self._spawn(self._open_face(target), f"face-open:{target.id}")
+
+    def _target_removed(self, target: Target) -> None:
+        slot = self.faces.pop(target.id, None)
+        if slot is not None:
+            log.info("target %s went away; closing its face", target.name)
+            self._spawn(self._close_slot(slot, bye=True), f"face-close:{target.id}")
+
+    def _target_changed(self, target: Target) -> None:
+        slot = self.faces.get(target.id)
+        if slot is not None:
+            slot.target = target
+
+    async def _settle_faces(self) -> None:
+        """Wait for the faces of targets known at start (configured ones) to be open."""
+        pending = [t for t in self._tasks if t.get_name().startswith("face-open:")]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _make_adapter(self, target: Target, on_state: Callable[[PlayerState], None],
+                      on_available: Callable[[bool], None]) -> TargetAdapter:
+        assert self._session is not None
+        if target.kind is TargetKind.COMPANION:
+            return CompanionPlayerTarget(
+                target, session=self._session, bridge_id=self.bridge_id, bridge_name=self.config.name,
+                listener=self._listener, on_state=on_state, on_available=on_available,
+                command_timeout=self.config.timeouts.command)
+        raise TargetUnavailable(f"no adapter for {target.kind.value} targets yet")
+
+    async def _open_face(self, target: Target) -> None:
+        async with self._face_lock:
+            if target.id in self.faces or not self._started:
+                return
+            assert self._session is not None
+            face_box: list[Face] = []
+
+            def on_state(state: PlayerState) -> None:
+                if face_box:
+                    face_box[0].update_state(state)
+
+            def on_available(available: bool) -> None:
+                if face_box:
+                    face_box[0].set_available(available)
+
+            try:
+                adapter = self._make_adapter(target, on_state, on_available)
+            except CompanionError as exc:
+                log.warning("no face for %s: %s", target.name, exc)
+                return
+            identity = FaceIdentity(
+                machine_identifier=face_identifier(target.id),
+                name=f"{target.name}{self.config.face_suffix}",
+                product="companion-bridge", version=__version__,
+                platform=target.product or target.kind.value, platform_version=target.version,
+                device_class=target.device_class or "stb", capabilities=adapter.capabilities,
+            )
+            face, port = await self._bind_face(target, identity)
+            face_box.append(face)
+            advert = Advert(resource_identifier=identity.machine_identifier, name=identity.name, port=port,
+                            product=identity.product, version=identity.version,
+                            capabilities=identity.capabilities, device_class=identity.device_class,
+                            platform=identity.platform, platform_version=identity.platform_version)
+            slot = FaceSlot(target=target, adapter=adapter, face=face, advert=advert)
+            self.faces[target.id] = slot
+            await adapter.start()
+            log.info("face %r for %s (%s:%d) listening on port %d", identity.name, target.name,
+                     target.address, target.port, port)
+            if self._responder is not None:
+                await self._responder.hello(advert)
+
+    async def _bind_face(self, target: Target, identity: FaceIdentity) -> tuple[Face, int]:
+        """Start the face on its stored port; if that is taken, move it to the next free one."""
+        assert self._session is not None
+        taken = {slot.face.port for slot in self.faces.values()}
+        port = self.state.assign_face_port(target.id, self.config.http.face_port_base, taken=taken)
+        last_error: OSError | None = None
+        for _ in range(_PORT_TRIES):
+            face = Face(identity, self._handler(target.id), bind=self.config.http.bind, port=port,
+                        session=self._session, limits=FaceLimits(push_timeout=self.config.timeouts.push),
+                        allowed_hosts=self.config.http.allowed_hosts,
+                        cors_origins=self.config.http.cors_origins)
+            try:
+                await face.start()
+            except OSError as exc:
+                last_error = exc
+                log.warning("face port %d for %s is in use (%s); trying the next one", port, target.name,
+                            exc.strerror)
+                taken.add(port)
+                port = max(taken | set(self.state.face_ports().values())) + 1
+                continue
+            self.state.set_face_port(target.id, port)
+            return face, port
+        raise StateError(f"no free face port for {target.name} near {port}: {last_error}")
+
+    async def _close_slot(self, slot: FaceSlot, *, bye: bool = False) -> None:
+        if bye and self._responder is not None:
+            await self._responder.bye(slot.advert)
+        await slot.face.stop()
+        await slot.adapter.stop()
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def _handler(self, target_id: str) -> Callable[[Command], Awaitable[None]]:
+        async def handle(command: Command) -> None:
+            await self.handle_command(target_id, command)
+
+        return handle
+
+    async def handle_command(self, target_id: str, command: Command) -> None:
+        slot = self.faces.get(target_id)
+        if slot is None:
+            raise TargetUnavailable("this player is no longer bridged")
+        slot.commands += 1
+        try:
+            if command.group in ("playback", "mirror") and command.name in ("playMedia", "details"):
+                await self.fling(slot, command)
+            else:
+                await slot.adapter.send(command)
+        except CompanionError as exc:
+            slot.errors += 1
+            slot.last_error = str(exc)
+            raise
+
+    async def fling(self, slot: FaceSlot, command: Command) -> None:
+        """The seam where the secure decision goes: for now the server block passes unchanged."""
+        request = media_request(command)
+        await slot.adapter.play_media(request, command)

@@ -1,0 +1,404 @@
+"""The daemon's configuration: YAML -> frozen dataclasses, every key optional, defaults embedded.
+
+Errors name the file, the line and the dotted key (``config.yaml:7: gdm.player_port: ...``) and
+are raised before anything starts. Only ``yaml.safe_load``-level constructs are accepted (we
+compose the node tree ourselves to keep line numbers).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+import yaml
+
+from companion.errors import ConfigError
+
+Policy = Literal["required", "preferred", "disabled"]
+POLICIES: tuple[str, ...] = ("required", "preferred", "disabled")
+FACES_MODES: tuple[str, ...] = ("all", "non-companion", "none")
+TARGET_KINDS: tuple[str, ...] = ("companion", "chromecast")
+DEFAULT_STATE_DIR = "~/.local/state/companion-bridge"
+
+
+@dataclass(frozen=True)
+class GdmConfig:
+    enabled: bool = True
+    group: str = "239.0.0.250"
+    player_port: int = 32412
+    announce_port: int = 32413
+    server_port: int = 32414
+    hello_interval: float = 30.0
+    search_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class MdnsConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    bind: str = "0.0.0.0"
+    admin_port: int = 32480
+    face_port_base: int = 32500
+    relay_port: int = 32481
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ("https://app.plex.tv",)
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    policy: Policy = "preferred"
+    relay: bool = True
+    dns_check: bool = True
+    resolver: str | None = None  # "ip" or "ip:port"; None = the system's resolver
+    relay_idle_timeout: float = 6 * 3600.0
+    # Per-target policy overrides: target name or id -> policy.
+    target_policies: Mapping[str, Policy] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    command: float = 5.0
+    target_expiry: float = 120.0
+    push: float = 5.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    url: str
+    token: str | None = field(default=None, repr=False)
+    line: int | None = None
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 32400)
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str
+    address: str
+    port: int
+    kind: str = "companion"
+    profile: str | None = None
+    policy: Policy | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "companion-bridge"
+    interfaces: tuple[str, ...] = ()
+    face_suffix: str = " (bridge)"
+    gdm: GdmConfig = field(default_factory=GdmConfig)
+    mdns: MdnsConfig = field(default_factory=MdnsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    servers: tuple[ServerConfig, ...] = ()
+    targets: tuple[TargetConfig, ...] = ()
+    faces: str = "all"
+    profiles_dirs: tuple[str, ...] = ()
+    profiles: Mapping[str, str] = field(default_factory=dict)  # target name or id -> profile id
+    state_dir: str = DEFAULT_STATE_DIR
+    audit_retention_days: int = 365
+    source: str = "<defaults>"
+
+    @property
+    def state_path(self) -> Path:
+        return Path(os.path.expanduser(self.state_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class _Ctx:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def error(self, node: yaml.Node | None, key: str, message: str) -> ConfigError:
+        line = node.start_mark.line + 1 if node is not None else None
+        return ConfigError(message, path=self.path, line=line, key=key or None)
+
+
+def _scalar(ctx: _Ctx, node: yaml.Node, key: str) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise ctx.error(node, key, f"expected a single value, got a {_kind(node)}")
+    # Resolve the scalar exactly as safe_load would (int, float, bool, null, str).
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "list"
+    return "value"
+
+
+def _bool(ctx: _Ctx, node: yaml.Node, key: str) -> bool:
+    value = _scalar(ctx, node, key)
+    if not isinstance(value, bool):
+        raise ctx.error(node, key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _int(lo: int, hi: int) -> Callable[[_Ctx, yaml.Node, str], int]:
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> int:
+        value = _scalar(ctx, node, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ctx.error(node, key, f"expected a whole number, got {value!r}")
+        if not lo <= value <= hi:
+            raise ctx.error(node, key, f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+_port = _int(1, 65535)
+_port_or_zero = _int(0, 65535)
+
+
+def _number(lo: float, hi: float) -> Callable[[_Ctx, yaml.Node, str], float]:
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> float:
+        value = _scalar(ctx, node, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ctx.error(node, key, f"expected a number of seconds, got {value!r}")
+        if not lo <= value <= hi:
+            raise ctx.error(node, key, f"must be between {lo:g} and {hi:g}, got {value:g}")
+        return float(value)
+
+    return parse
+
+
+def _str(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _scalar(ctx, node, key)
+    if not isinstance(value, str):
+        raise ctx.error(node, key, f"expected text, got {value!r}")
+    return value
+
+
+def _nonempty_str(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _str(ctx, node, key)
+    if not value.strip():
+        raise ctx.error(node, key, "must not be empty")
+    return value
+
+
+def _optional_str(ctx: _Ctx, node: yaml.Node, key: str) -> str | None:
+    value = _scalar(ctx, node, key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ctx.error(node, key, f"expected text, got {value!r}")
+    return value
+
+
+def _secret(ctx: _Ctx, node: yaml.Node, key: str) -> str | None:
+    """A token: validated like text, but its value is never put into an error message."""
+    if not isinstance(node, yaml.ScalarNode):
+        raise ctx.error(node, key, f"expected text, got a {_kind(node)}")
+    value = _scalar(ctx, node, key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ctx.error(node, key, "expected text (quote it if it is all digits)")
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[_Ctx, yaml.Node, str], str]:
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+        value = _scalar(ctx, node, key)
+        if value not in options:
+            raise ctx.error(node, key, f"must be one of {', '.join(options)}; got {value!r}")
+        return cast(str, value)
+
+    return parse
+
+
+def _ip(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _str(ctx, node, key)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ctx.error(node, key, f"expected an IP address, got {value!r}") from None
+
+
+def _multicast_or_ip(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _ip(ctx, node, key)
+    if ipaddress.ip_address(value).version != 4:
+        raise ctx.error(node, key, f"GDM is IPv4 only; got {value!r}")
+    return value
+
+
+def _resolver(ctx: _Ctx, node: yaml.Node, key: str) -> str | None:
+    value = _optional_str(ctx, node, key)
+    if value is None or value in ("", "system"):
+        return None
+    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    try:
+        ipaddress.ip_address(host or value)
+        if port and not 1 <= int(port) <= 65535:
+            raise ValueError(port)
+    except ValueError:
+        raise ctx.error(node, key, f"expected 'system', an IP address or IP:port, got {value!r}") from None
+    return value
+
+
+T = TypeVar("T")
+
+
+def _list(item: Callable[[_Ctx, yaml.Node, str], T]) -> Callable[[_Ctx, yaml.Node, str], tuple[T, ...]]:
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[T, ...]:
+        if isinstance(node, yaml.ScalarNode) and _scalar(ctx, node, key) is None:
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            raise ctx.error(node, key, f"expected a list, got a {_kind(node)}")
+        return tuple(item(ctx, child, f"{key}[{i}]") for i, child in enumerate(node.value))
+
+    return parse
+
+
+def _map_of(value_parser: Callable[[_Ctx, yaml.Node, str], T]) -> Callable[[_Ctx, yaml.Node, str], dict[str, T]]:
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> dict[str, T]:
+        if isinstance(node, yaml.ScalarNode) and _scalar(ctx, node, key) is None:
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            raise ctx.error(node, key, f"expected a mapping, got a {_kind(node)}")
+        out: dict[str, T] = {}
+        for knode, vnode in node.value:
+            name = str(_scalar(ctx, knode, key))
+            out[name] = value_parser(ctx, vnode, f"{key}.{name}")
+        return out
+
+    return parse
+
+
+def _section(cls: type[T], spec: Mapping[str, Callable[[_Ctx, yaml.Node, str], Any]],
+             required: tuple[str, ...] = ()) -> Callable[[_Ctx, yaml.Node, str], T]:
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> T:
+        if isinstance(node, yaml.ScalarNode) and _scalar(ctx, node, key) is None:
+            node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
+        if not isinstance(node, yaml.MappingNode):
+            raise ctx.error(node, key, f"expected a mapping, got a {_kind(node)}")
+        values: dict[str, Any] = {}
+        seen: set[str] = set()
+        for knode, vnode in node.value:
+            name = _scalar(ctx, knode, key)
+            dotted = f"{key}.{name}" if key else str(name)
+            if not isinstance(name, str) or name not in spec:
+                known = ", ".join(sorted(spec))
+                raise ctx.error(knode, dotted, f"unknown key (known keys here: {known})")
+            if name in seen:
+                raise ctx.error(knode, dotted, "given twice")
+            seen.add(name)
+            values[name] = spec[name](ctx, vnode, dotted)
+        for name in required:
+            if name not in values:
+                raise ctx.error(node, f"{key}.{name}" if key else name, "is required")
+        if "line" in {f.name for f in fields(cast(Any, cls))}:
+            values["line"] = node.start_mark.line + 1
+        return cls(**values)
+
+    return parse
+
+
+def _server(ctx: _Ctx, node: yaml.Node, key: str) -> ServerConfig:
+    server = _section(ServerConfig, {"url": _nonempty_str, "token": _secret}, ("url",))(ctx, node, key)
+    parts = urlsplit(server.url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ctx.error(node, f"{key}.url", "has a bad port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ctx.error(node, f"{key}.url", f"expected http(s)://host:port, got {server.url!r}")
+    return server
+
+
+def _target(ctx: _Ctx, node: yaml.Node, key: str) -> TargetConfig:
+    return _section(TargetConfig, {
+        "name": _nonempty_str, "kind": _choice(TARGET_KINDS), "address": _ip, "port": _port,
+        "profile": _optional_str, "policy": _choice(POLICIES),
+    }, ("name", "address", "port"))(ctx, node, key)
+
+
+_SPEC: dict[str, Callable[[_Ctx, yaml.Node, str], Any]] = {
+    "name": _nonempty_str,
+    "interfaces": _list(_ip),
+    "face_suffix": _str,
+    "gdm": _section(GdmConfig, {
+        "enabled": _bool, "group": _multicast_or_ip, "player_port": _port, "announce_port": _port,
+        "server_port": _port, "hello_interval": _number(0.1, 3600), "search_interval": _number(0.1, 3600),
+    }),
+    "mdns": _section(MdnsConfig, {"enabled": _bool}),
+    "http": _section(HttpConfig, {
+        "bind": _ip, "admin_port": _port_or_zero, "face_port_base": _port, "relay_port": _port_or_zero,
+        "allowed_hosts": _list(_nonempty_str), "cors_origins": _list(_nonempty_str),
+    }),
+    "security": _section(SecurityConfig, {
+        "policy": _choice(POLICIES), "relay": _bool, "dns_check": _bool, "resolver": _resolver,
+        "relay_idle_timeout": _number(1, 7 * 86400), "target_policies": _map_of(_choice(POLICIES)),
+    }),
+    "timeouts": _section(TimeoutsConfig, {
+        "command": _number(0.1, 300), "target_expiry": _number(1, 86400), "push": _number(0.1, 60),
+    }),
+    "servers": _list(_server),
+    "targets": _list(_target),
+    "faces": _choice(FACES_MODES),
+    "profiles_dirs": _list(_nonempty_str),
+    "profiles": _map_of(_nonempty_str),
+    "state_dir": _nonempty_str,
+    "audit_retention_days": _int(1, 36500),
+}
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    """Parse config text; raises ConfigError naming path, line and key."""
+    ctx = _Ctx(path)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(f"not valid YAML: {exc.problem or exc}", path=path, line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", path=path) from None
+    if root is None:
+        return Config(source=path)
+    config = _section(Config, _SPEC)(ctx, root, "")
+    return replace(config, source=path)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Load the config file, or the embedded defaults when ``path`` is None."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no such file", path=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=str(p)) from None
+    return parse_config(text, str(p))
+
+
+def default_name() -> str:
+    return f"companion-bridge on {socket.gethostname()}"

@@ -1,0 +1,81 @@
+"""The one exception tree of companion-bridge: every error we raise is a CompanionError.
+
+Library errors (aiohttp, ssl, yaml, pychromecast, dnspython) are translated into these at the
+adapter that called the library, so callers handle one family and messages stay readable.
+"""
+
+from __future__ import annotations
+
+
+class CompanionError(Exception):
+    """Root of every error companion-bridge raises on purpose."""
+
+
+class ConfigError(CompanionError):
+    """The configuration file is unreadable or holds a bad key, type or value.
+
+    The message names the file, the line and the key, e.g.
+    ``/etc/companion/config.yaml:12: gdm.hello_interval: expected a number, got 'soon'``.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        self.detail = message
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        elif line is not None:
+            where = f"line {line}: "
+        what = f"{key}: " if key else ""
+        super().__init__(f"{where}{what}{message}")
+
+
+class ProfileError(CompanionError):
+    """A device profile or root store is malformed (message names file:line and key)."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        self.detail = message
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        what = f"{key}: " if key else ""
+        super().__init__(f"{where}{what}{message}")
+
+
+class ProtocolError(CompanionError):
+    """Bytes or a request from the network do not follow the protocol (GDM, Companion, XML, Cast)."""
+
+
+class StateError(CompanionError):
+    """The state directory cannot be read or written."""
+
+
+class TargetError(CompanionError):
+    """A command could not be carried to a target."""
+
+
+class TargetUnavailable(TargetError):
+    """The target refused the connection, is gone, or answered with garbage."""
+
+
+class TargetTimeout(TargetError):
+    """The target did not answer within the command timeout."""
+
+
+class CommandNotSupported(TargetError):
+    """The target has no such feature (e.g. navigation on a Chromecast)."""
+
+
+class TrustError(CompanionError):
+    """A server's TLS facts could not be gathered or its chain could not be checked."""
+
+
+class PolicyRefusal(CompanionError):
+    """The security policy forbids this fling; the message says why and what to change."""

@@ -1,0 +1,184 @@
+"""Value objects shared by every layer: sightings, targets, servers, controllers, commands, flings.
+
+All frozen dataclasses, no I/O. Tokens are held with ``repr=False`` so they never reach a log line
+through ``repr``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Literal
+
+SightingSource = Literal["gdm", "mdns", "config"]
+
+
+class TargetKind(StrEnum):
+    COMPANION = "companion"
+    CHROMECAST = "chromecast"
+
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """One observation of a player or server on the LAN (a GDM reply, an mDNS record, a config entry)."""
+
+    source: SightingSource
+    kind: Literal["companion", "chromecast", "server"]
+    ident: str  # Resource-Identifier, Cast uuid, or a config-derived id
+    name: str
+    address: str  # IP literal the peer answered from / announced
+    port: int  # Companion TCP port, Cast TLS port, or server port
+    product: str = ""
+    version: str = ""
+    platform: str = ""
+    platform_version: str = ""
+    device_class: str = ""
+    model: str = ""  # Chromecast TXT md / GDM Model
+    capabilities: tuple[str, ...] = ()
+    host: str = ""  # servers: "<hash>.plex.direct" from GDM Host
+    profile: str | None = None  # config override of the profile id
+    interface: str = ""  # interface name or address it was seen on
+
+
+def stable_id(kind: str, ident: str) -> str:
+    """A target id that survives restarts: the kind plus a short digest of the peer's own id."""
+    digest = hashlib.sha256(f"{kind}\0{ident}".encode()).hexdigest()[:16]
+    return f"{kind}-{digest}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A player the bridge can carry commands to (a Companion player or a Chromecast)."""
+
+    id: str
+    kind: TargetKind
+    name: str
+    address: str
+    port: int
+    source: SightingSource
+    ident: str  # the peer's own identifier (GDM Resource-Identifier, Cast uuid)
+    product: str = ""
+    version: str = ""
+    platform: str = ""
+    platform_version: str = ""
+    device_class: str = ""
+    model: str = ""
+    capabilities: tuple[str, ...] = ()
+    profile: str | None = None  # config override
+
+    @property
+    def match_fields(self) -> Mapping[str, str]:
+        """The fields profile ``match`` clauses look at."""
+        return {
+            "source": self.source,
+            "kind": self.kind.value,
+            "name": self.name,
+            "product": self.product,
+            "version": self.version,
+            "platform": self.platform,
+            "platform_version": self.platform_version,
+            "device_class": self.device_class,
+            "model": self.model,
+        }
+
+
+@dataclass(frozen=True)
+class Server:
+    """A Plex media server: discovered (GDM, mDNS) or configured (with a token)."""
+
+    id: str  # machineIdentifier when known, else a stable id from the address
+    name: str
+    address: str  # IP literal
+    port: int
+    source: SightingSource
+    host: str = ""  # "<hash>.plex.direct" when the server offers secure connections
+    scheme: Literal["http", "https"] = "http"
+    token: str | None = field(default=None, repr=False, compare=False)
+    version: str = ""
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Controller:
+    """The phone or app that sent a Companion request (identified by X-Plex-* values)."""
+
+    client_id: str
+    name: str = ""
+    product: str = ""
+    address: str = ""  # TCP peer address
+
+
+@dataclass(frozen=True)
+class Command:
+    """One Companion request, parsed: ``/player/<group>/<name>`` plus its parameters.
+
+    ``params`` holds the query without X-Plex-* values (those went into ``controller``) and
+    without ``commandID``. A playMedia token stays in ``params`` only until the face hands it
+    to the decision; it is never logged (see :func:`redacted`).
+    """
+
+    group: str  # playback | timeline | mirror | navigation | application
+    name: str  # pause, playMedia, subscribe, ...
+    params: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    controller: Controller = field(default_factory=lambda: Controller(client_id=""))
+    command_id: int | None = None
+    target_client_id: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"/player/{self.group}/{self.name}"
+
+
+SECRET_PARAMS = frozenset({"token", "x-plex-token", "querytoken"})
+
+
+def redacted(params: Mapping[str, str]) -> dict[str, str]:
+    """A copy of request parameters that is safe to log: every token-like value is masked."""
+    return {k: ("<redacted>" if k.lower() in SECRET_PARAMS else v) for k, v in params.items()}
+
+
+@dataclass(frozen=True)
+class MediaRequest:
+    """What a playMedia asks for: which item on which server, with which token."""
+
+    key: str
+    offset_ms: int = 0
+    media_type: str = "video"
+    container_key: str = ""
+    machine_identifier: str = ""
+    protocol: str = "http"
+    address: str = ""
+    port: int = 32400
+    token: str | None = field(default=None, repr=False, compare=False)
+    provider_identifier: str = ""
+    extra: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+    def to_params(self) -> dict[str, str]:
+        """The Companion query parameters that carry this request to a real player."""
+        out: dict[str, str] = dict(self.extra)
+        out.update({
+            "key": self.key,
+            "offset": str(self.offset_ms),
+            "type": self.media_type,
+            "machineIdentifier": self.machine_identifier,
+            "protocol": self.protocol,
+            "address": self.address,
+            "port": str(self.port),
+        })
+        if self.container_key:
+            out["containerKey"] = self.container_key
+        if self.provider_identifier:
+            out["providerIdentifier"] = self.provider_identifier
+        if self.token:
+            out["token"] = self.token
+        return out

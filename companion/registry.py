@@ -1,0 +1,191 @@
+"""The registry: merges sightings (GDM, mDNS, config) into targets and servers by stable id.
+
+It owns no sockets and no clock: callers pass ``now`` (monotonic seconds). Listeners hear about
+targets appearing and going away; the bridge turns those into faces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from companion.errors import ProtocolError
+from companion.model import Server, Sighting, Target, TargetKind, stable_id
+from companion.proto import plexdirect
+
+TargetListener = Callable[[Target], None]
+
+
+@dataclass
+class _Entry:
+    target: Target
+    last_seen: float
+    pinned: bool  # configured targets never expire
+
+
+class Registry:
+    """Targets and servers known to one bridge."""
+
+    def __init__(self, *, expiry: float) -> None:
+        self.expiry = expiry
+        self._targets: dict[str, _Entry] = {}
+        self._servers: dict[str, Server] = {}
+        self._server_seen: dict[str, float] = {}
+        self._added: list[TargetListener] = []
+        self._removed: list[TargetListener] = []
+        self._changed: list[TargetListener] = []
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    def on_added(self, cb: TargetListener) -> None:
+        self._added.append(cb)
+
+    def on_removed(self, cb: TargetListener) -> None:
+        self._removed.append(cb)
+
+    def on_changed(self, cb: TargetListener) -> None:
+        self._changed.append(cb)
+
+    # -- sightings ----------------------------------------------------------------------------
+
+    def observe(self, sighting: Sighting, now: float) -> None:
+        if sighting.kind == "server":
+            self._observe_server(sighting, now)
+            return
+        kind = TargetKind(sighting.kind)
+        tid = stable_id(kind.value, sighting.ident)
+        target = Target(
+            id=tid, kind=kind, name=sighting.name or sighting.ident, address=sighting.address,
+            port=sighting.port, source=sighting.source, ident=sighting.ident, product=sighting.product,
+            version=sighting.version, platform=sighting.platform,
+            platform_version=sighting.platform_version, device_class=sighting.device_class,
+            model=sighting.model, capabilities=sighting.capabilities, profile=sighting.profile,
+        )
+        entry = self._targets.get(tid)
+        if entry is None:
+            self._targets[tid] = _Entry(target, now, pinned=sighting.source == "config")
+            for cb in list(self._added):
+                cb(target)
+            return
+        entry.last_seen = now
+        if entry.pinned and sighting.source != "config":
+            # A configured target keeps its configured name/profile; discovery only refreshes it.
+            target = replace(target, name=entry.target.name, source="config", profile=entry.target.profile)
+        if target != entry.target:
+            entry.target = target
+            for cb in list(self._changed):
+                cb(target)
+
+    def forget(self, sighting: Sighting) -> None:
+        """A BYE or an mDNS removal: the peer says it is gone."""
+        if sighting.kind == "server":
+            self._servers.pop(sighting.ident, None)
+            return
+        tid = stable_id(sighting.kind, sighting.ident)
+        entry = self._targets.get(tid)
+        if entry is not None and not entry.pinned:
+            self._remove(tid)
+
+    def expire(self, now: float) -> list[Target]:
+        """Drop discovered targets not seen for ``expiry`` seconds; returns what went away."""
+        gone = [tid for tid, e in self._targets.items() if not e.pinned and now - e.last_seen > self.expiry]
+        return [self._remove(tid) for tid in gone]
+
+    def _remove(self, tid: str) -> Target:
+        entry = self._targets.pop(tid)
+        for cb in list(self._removed):
+            cb(entry.target)
+        return entry.target
+
+    # -- servers ------------------------------------------------------------------------------
+
+    def _observe_server(self, sighting: Sighting, now: float) -> None:
+        host = sighting.host if sighting.host.endswith(".plex.direct") else ""
+        existing = self.server_by_address(sighting.address, sighting.port)
+        token = existing.token if existing is not None else None
+        if existing is not None and existing.id != sighting.ident:
+            self._servers.pop(existing.id, None)
+        server = Server(
+            id=sighting.ident, name=sighting.name, address=sighting.address, port=sighting.port,
+            source=existing.source if existing is not None else sighting.source,
+            host=host or (existing.host if existing else ""),
+            scheme=existing.scheme if existing is not None else "http",
+            token=token, version=sighting.version,
+        )
+        self._servers[server.id] = server
+        self._server_seen[server.id] = now
+
+    def add_server(self, server: Server) -> None:
+        self._servers[server.id] = server
+
+    def update_server(self, server: Server) -> None:
+        self._servers[server.id] = server
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def targets(self) -> list[Target]:
+        return [e.target for e in self._targets.values()]
+
+    def target(self, tid: str) -> Target | None:
+        entry = self._targets.get(tid)
+        return entry.target if entry is not None else None
+
+    def find_target(self, name_or_id: str) -> Target | None:
+        """By id, peer identifier or (case-insensitive) name."""
+        if name_or_id in self._targets:
+            return self._targets[name_or_id].target
+        for entry in self._targets.values():
+            t = entry.target
+            if name_or_id in (t.ident,) or t.name.lower() == name_or_id.lower():
+                return t
+        return None
+
+    def servers(self) -> list[Server]:
+        return list(self._servers.values())
+
+    def server(self, sid: str) -> Server | None:
+        return self._servers.get(sid)
+
+    def server_by_address(self, address: str, port: int) -> Server | None:
+        for server in self._servers.values():
+            if server.address == address and server.port == port:
+                return server
+        return None
+
+    def resolve_server(self, machine_identifier: str, address: str, port: int) -> Server | None:
+        """The known server a playMedia points at, or None (then the fling is refused: no SSRF).
+
+        Matches the machineIdentifier when given, and requires the address to be the server's
+        IP or its own plex.direct name; never resolves arbitrary names.
+        """
+        candidates = [self._servers[machine_identifier]] if machine_identifier in self._servers else []
+        if not candidates:
+            candidates = list(self._servers.values())
+        ip = _address_ip(address)
+        for server in candidates:
+            if port != server.port:
+                continue
+            if ip is not None and ip == server.address:
+                return server
+            if address.lower() == server.host.lower() and server.host:
+                return server
+        return None
+
+
+def _address_ip(address: str) -> str | None:
+    """The IP an address names: an IP literal, or a dashed-IP plex.direct name."""
+    try:
+        return str(ipaddress.ip_address(address.strip("[]")))
+    except ValueError:
+        pass
+    try:
+        return plexdirect.parse_name(address).address
+    except ProtocolError:
+        return None
+
+
+def config_server_id(url: str) -> str:
+    """A stable id for a configured server before its machineIdentifier is known."""
+    return "cfg-" + hashlib.sha256(url.encode()).hexdigest()[:16]

@@ -1,0 +1,273 @@
+"""Carrying Companion commands to a real Companion player over HTTP, and following its timeline.
+
+The bridge talks to the player as a controller of its own: its own X-Plex-Client-Identifier and
+its own increasing commandID, whatever the phone sent. The player's timeline comes back through
+the bridge's one :class:`TimelineListener` (the player POSTs to ``/:/timeline``); when a player
+refuses to subscribe (or stops pushing) the adapter falls back to long-polling it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Mapping
+from urllib.parse import urlencode
+
+import aiohttp
+from aiohttp import web
+
+from companion.errors import (
+    CommandNotSupported,
+    CompanionError,
+    ProtocolError,
+    TargetError,
+    TargetTimeout,
+    TargetUnavailable,
+)
+from companion.model import Command, MediaRequest, Target
+from companion.proto.timeline import PlayerState, parse_player_timeline
+
+log = logging.getLogger("companion.target")
+
+StateCallback = Callable[[PlayerState], None]
+AvailabilityCallback = Callable[[bool], None]
+
+# What we pass through to a Companion player. Navigation/application need a UI on the player and
+# are only offered when the player itself advertises the "navigation" capability.
+_BASE_FEATURES = frozenset({
+    "playback/playMedia", "playback/play", "playback/pause", "playback/stop", "playback/seekTo",
+    "playback/skipNext", "playback/skipPrevious", "playback/skipTo", "playback/stepForward",
+    "playback/stepBack", "playback/setParameters", "playback/setStreams",
+    "playback/refreshPlayQueue", "playback/createPlayQueue", "mirror/details",
+})
+_NAVIGATION = frozenset({
+    "navigation/moveUp", "navigation/moveDown", "navigation/moveLeft", "navigation/moveRight",
+    "navigation/select", "navigation/back", "navigation/home", "navigation/music",
+    "navigation/contextMenu", "navigation/toggleOSD", "navigation/pageUp", "navigation/pageDown",
+    "navigation/nextLetter", "navigation/previousLetter",
+    "application/setText", "application/sendString", "application/sendVirtualKey", "application/sendKey",
+})
+RESUBSCRIBE_EVERY = 60.0  # players expire subscribers 90 s after the last subscribe
+
+
+class TimelineListener:
+    """The bridge's own ``/:/timeline`` endpoint: real players push their timelines here.
+
+    Routed by the pushing player's X-Plex-Client-Identifier (its Resource-Identifier); one
+    listener serves every Companion target of a bridge.
+    """
+
+    def __init__(self, *, bind: str, port: int = 0, max_body: int = 256 * 1024) -> None:
+        self._bind = bind
+        self._want_port = port
+        self._max_body = max_body
+        self._routes: dict[str, Callable[[bytes], None]] = {}
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def register(self, player_ident: str, deliver: Callable[[bytes], None]) -> None:
+        self._routes[player_ident] = deliver
+
+    def unregister(self, player_ident: str) -> None:
+        self._routes.pop(player_ident, None)
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=self._max_body)
+        app.router.add_post("/:/timeline", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._bind, self._want_port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        ident = request.headers.get("X-Plex-Client-Identifier") or request.query.get("X-Plex-Client-Identifier", "")
+        deliver = self._routes.get(ident)
+        if deliver is None:
+            return web.Response(status=404, text="unknown player")
+        deliver(await request.read())
+        return web.Response(text="")
+
+
+class CompanionPlayerTarget:
+    """TargetAdapter for a real Plex Companion player."""
+
+    def __init__(self, target: Target, *, session: aiohttp.ClientSession, bridge_id: str,
+                 bridge_name: str, listener: TimelineListener | None, on_state: StateCallback,
+                 on_available: AvailabilityCallback, command_timeout: float = 5.0,
+                 poll_hold: float = 30.0) -> None:
+        self.target = target
+        self._session = session
+        self._bridge_id = bridge_id
+        self._bridge_name = bridge_name
+        self._listener = listener
+        self._on_state = on_state
+        self._on_available = on_available
+        self._timeout = command_timeout
+        self._poll_hold = poll_hold
+        self._command_ids = itertools.count(1)
+        self._available = True
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- TargetAdapter ------------------------------------------------------------------------
+
+    @property
+    def features(self) -> frozenset[str]:
+        if "navigation" in self.target.capabilities:
+            return _BASE_FEATURES | _NAVIGATION
+        return _BASE_FEATURES
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        offered = self.target.capabilities or ("timeline", "playback")
+        return tuple(c for c in offered if c in ("timeline", "playback", "navigation", "mirror", "playqueues"))
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.target.address}]" if ":" in self.target.address else self.target.address
+        return f"http://{host}:{self.target.port}"
+
+    async def start(self) -> None:
+        if self._listener is not None:
+            self._listener.register(self.target.ident, self._deliver)
+        self._task = asyncio.create_task(self._follow(), name=f"timeline-follow:{self.target.id}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._listener is not None:
+            self._listener.unregister(self.target.ident)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._subscribed:
+            # Best effort, bounded: a player that is gone must not delay shutdown.
+            with contextlib.suppress(CompanionError):
+                await self._get("timeline", "unsubscribe", {}, timeout=min(self._timeout, 1.0))
+
+    async def send(self, command: Command) -> None:
+        feature = f"{command.group}/{command.name}"
+        if feature not in self.features:
+            raise CommandNotSupported(f"{self.target.name} does not support {command.path}")
+        await self._get(command.group, command.name, dict(command.params))
+
+    async def play_media(self, request: MediaRequest, command: Command) -> None:
+        params = dict(command.params)
+        # The server block comes from the decision, not from the phone: drop the phone's copy,
+        # including Alexa-style query* aliases, before adding ours.
+        for key in list(params):
+            if key.lower().startswith("query") or key in ("protocol", "address", "port", "token"):
+                params.pop(key)
+        params.update(request.to_params())
+        await self._get(command.group, command.name, params)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    _subscribed = False
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "X-Plex-Client-Identifier": self._bridge_id,
+            "X-Plex-Device-Name": self._bridge_name,
+            "X-Plex-Product": "companion-bridge",
+            "X-Plex-Target-Client-Identifier": self.target.ident,
+            "X-Plex-Provides": "controller",
+        }
+
+    async def _get(self, group: str, name: str, params: Mapping[str, str], *,
+                   timeout: float | None = None) -> bytes:
+        query = dict(params)
+        query["commandID"] = str(next(self._command_ids))
+        url = f"{self.base_url}/player/{group}/{name}?{urlencode(query)}"
+        what = f"/player/{group}/{name}"
+        limit = self._timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                async with self._session.get(url, headers=self._headers(), allow_redirects=False) as resp:
+                    body = await resp.content.read(1024 * 1024)
+        except TimeoutError:
+            self._set_available(False)
+            raise TargetTimeout(f"{self.target.name} did not answer {what} within {limit:g} s") from None
+        except aiohttp.ClientError as exc:
+            self._set_available(False)
+            raise TargetUnavailable(f"{self.target.name} cannot be reached for {what}: "
+                                    f"{type(exc).__name__}") from None
+        self._set_available(True)
+        if resp.status >= 400:
+            raise TargetError(f"{self.target.name} answered {what} with HTTP {resp.status}")
+        return body
+
+    def _set_available(self, available: bool) -> None:
+        if available != self._available:
+            self._available = available
+            log.info("target %s is %s", self.target.name, "available again" if available else "unavailable")
+            self._on_available(available)
+
+    # -- timeline -----------------------------------------------------------------------------
+
+    def _deliver(self, body: bytes) -> None:
+        try:
+            state = parse_player_timeline(body)
+        except ProtocolError as exc:
+            log.warning("timeline from %s ignored: %s", self.target.name, exc)
+            return
+        self._set_available(True)
+        self._on_state(state)
+
+    async def _follow(self) -> None:
+        """Subscribe (and keep re-subscribing); if the player refuses, long-poll it instead."""
+        use_push = self._listener is not None
+        backoff = 1.0
+        while not self._stopping:
+            if use_push:
+                if await self._subscribe():
+                    backoff = 1.0
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(RESUBSCRIBE_EVERY):
+                            await asyncio.Event().wait()
+                    continue
+                if self._available:
+                    # The player is up but refuses subscriptions: poll from now on.
+                    use_push = False
+                    continue
+            else:
+                try:
+                    await self._poll_once()
+                    backoff = 1.0
+                    continue
+                except CompanionError as exc:
+                    log.debug("polling %s failed: %s", self.target.name, exc)
+            await asyncio.sleep(backoff)  # retry pacing for an absent player, not synchronisation
+            backoff = min(backoff * 2, 30.0)
+
+    async def _subscribe(self) -> bool:
+        assert self._listener is not None
+        try:
+            await self._get("timeline", "subscribe", {"protocol": "http", "port": str(self._listener.port)})
+        except CompanionError as exc:
+            log.info("subscribing to %s failed (%s); polling its timeline instead", self.target.name, exc)
+            self._subscribed = False
+            return False
+        self._subscribed = True
+        return True
+
+    async def _poll_once(self) -> None:
+        body = await self._get("timeline", "poll", {"wait": "1"}, timeout=self._poll_hold + self._timeout)
+        try:
+            state = parse_player_timeline(body)
+        except ProtocolError as exc:
+            raise TargetUnavailable(f"{self.target.name} sent a timeline we cannot read: {exc}") from None
+        self._on_state(state)

@@ -1,0 +1,195 @@
+"""FakeCompanionPlayer: a Plex Companion player on loopback, speaking the real HTTP protocol.
+
+State records every command it received (path, params, headers); UseCases make it slow, broken,
+or unwilling to accept subscriptions so the bridge's fallbacks can be exercised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import aiohttp
+from aiohttp import web
+
+
+@dataclass
+class Received:
+    path: str
+    name: str
+    params: dict[str, str]
+    headers: dict[str, str]
+    peer: str
+
+
+@dataclass
+class PlayerFakeState:
+    commands: list[Received] = field(default_factory=list)
+    state: str = "stopped"
+    time: int = 0
+    duration: int = 0
+    volume: int = 50
+    key: str = ""
+    media_type: str = "video"
+    subscribers: dict[str, str] = field(default_factory=dict)  # client id -> callback URL
+    pushes_sent: int = 0
+
+
+@dataclass
+class PlayerUseCases:
+    delay: float = 0.0  # seconds before answering a command
+    refuse_subscribe: bool = False  # answer 404 to subscribe (forces the bridge to poll)
+    status: int = 200  # HTTP status for commands
+    garbage_timeline: bool = False
+
+
+class FakeCompanionPlayer:
+    def __init__(self, *, name: str = "Living Room TV", product: str = "Plex for Test",
+                 ident: str | None = None, host: str = "127.0.0.1") -> None:
+        self.name = name
+        self.product = product
+        self.ident = ident or f"fake-player-{uuid.uuid4().hex[:12]}"
+        self.host = host
+        self.state = PlayerFakeState()
+        self.use_cases = PlayerUseCases()
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._changed = asyncio.Condition()
+        self._poll_waiters: set[asyncio.Future[None]] = set()
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_get("/resources", self._resources)
+        app.router.add_route("GET", "/player/timeline/{name}", self._timeline)
+        app.router.add_route("GET", "/player/{group}/{name}", self._command)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._session = aiohttp.ClientSession()
+
+    async def stop(self) -> None:
+        for fut in self._poll_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    # -- what tests look at --------------------------------------------------------------------
+
+    def received(self, name: str) -> list[Received]:
+        return [c for c in self.state.commands if c.name == name]
+
+    def timeline_xml(self, command_id: str = "0") -> bytes:
+        s = self.state
+        other = [t for t in ("music", "video", "photo") if t != s.media_type]
+        active = (f'<Timeline type="{s.media_type}" itemType="{s.media_type}" state="{s.state}" '
+                  f'time="{s.time}" duration="{s.duration}" volume="{s.volume}" '
+                  f'key={quoteattr(s.key)} controllable="playPause,stop,volume,seekTo,skipNext,skipPrevious"/>')
+        rest = "".join(f'<Timeline type="{t}" state="stopped"/>' for t in other)
+        body = f'<MediaContainer commandID="{command_id}" location="navigation">{active}{rest}</MediaContainer>'
+        if self.use_cases.garbage_timeline:
+            body = "<MediaContainer><Timeline"
+        return ('<?xml version="1.0" encoding="UTF-8"?>\n' + body).encode()
+
+    async def set_playback(self, **changes: Any) -> None:
+        """Change the player's state as if the user pressed a button on the TV; push it."""
+        for k, v in changes.items():
+            setattr(self.state, k, v)
+        await self._notify()
+
+    # -- protocol ------------------------------------------------------------------------------
+
+    async def _notify(self) -> None:
+        for fut in list(self._poll_waiters):
+            if not fut.done():
+                fut.set_result(None)
+        await asyncio.gather(*(self._push(url) for url in list(self.state.subscribers.values())))
+
+    async def _push(self, url: str) -> None:
+        assert self._session is not None
+        try:
+            async with self._session.post(url, data=self.timeline_xml(), headers={
+                "X-Plex-Client-Identifier": self.ident, "Content-Type": "application/xml",
+            }, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                await resp.read()
+            self.state.pushes_sent += 1
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+
+    async def _resources(self, request: web.Request) -> web.Response:
+        body = (f'<MediaContainer><Player title={quoteattr(self.name)} machineIdentifier={quoteattr(self.ident)} '
+                f'product={quoteattr(self.product)} version="1.0" platform="Test" platformVersion="1" '
+                f'protocol="plex" protocolVersion="1" protocolCapabilities="timeline,playback" '
+                f'deviceClass="stb"/></MediaContainer>')
+        return web.Response(text=body, content_type="text/xml")
+
+    def _record(self, request: web.Request, name: str) -> None:
+        self.state.commands.append(Received(
+            path=request.path, name=name, params=dict(request.query), headers=dict(request.headers),
+            peer=request.remote or ""))
+
+    async def _timeline(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self._record(request, name)
+        client = request.headers.get("X-Plex-Client-Identifier", "")
+        if name == "subscribe":
+            if self.use_cases.refuse_subscribe:
+                return web.Response(status=404, text="no")
+            url = f"{request.query.get('protocol', 'http')}://{request.remote}:{request.query['port']}/:/timeline"
+            self.state.subscribers[client] = url
+            asyncio.get_running_loop().create_task(self._push(url))
+            return self._ok()
+        if name == "unsubscribe":
+            self.state.subscribers.pop(client, None)
+            return self._ok()
+        if name == "poll":
+            if request.query.get("wait") == "1":
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._poll_waiters.add(fut)
+                try:
+                    await asyncio.wait_for(fut, 30)
+                except TimeoutError:
+                    pass
+                finally:
+                    self._poll_waiters.discard(fut)
+            return web.Response(body=self.timeline_xml(request.query.get("commandID", "0")),
+                                content_type="text/xml")
+        return web.Response(status=404)
+
+    async def _command(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self._record(request, name)
+        if self.use_cases.delay:
+            await asyncio.sleep(self.use_cases.delay)  # the fake being slow is the behaviour under test
+        if self.use_cases.status != 200:
+            return web.Response(status=self.use_cases.status, text="error")
+        q = request.query
+        if name == "pause":
+            self.state.state = "paused"
+        elif name == "play":
+            self.state.state = "playing"
+        elif name == "stop":
+            self.state.state = "stopped"
+        elif name == "seekTo":
+            self.state.time = int(q.get("offset", "0"))
+        elif name == "setParameters" and "volume" in q:
+            self.state.volume = int(q["volume"])
+        elif name == "playMedia":
+            self.state.state = "playing"
+            self.state.key = q.get("key", "")
+            self.state.time = int(q.get("offset", "0") or 0)
+            self.state.duration = max(self.state.duration, self.state.time + 600000)
+        asyncio.get_running_loop().create_task(self._notify())
+        return self._ok()
+
+    def _ok(self) -> web.Response:
+        return web.Response(text='<?xml version="1.0" encoding="UTF-8"?>\n<Response code="200" status="OK"/>',
+                            content_type="text/xml")

@@ -1,0 +1,72 @@
+"""Test helpers: bounded waiting on a condition (never a bare sleep), free ports, configs."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from companion.config import parse_config
+
+
+async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 2.0, *,
+                message: str = "condition", interval: float = 0.01) -> None:
+    """Wait until ``predicate()`` is true, polling; fail with ``message`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for: {message}")
+        await asyncio.sleep(interval)
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_block(n: int) -> int:
+    """The first of ``n`` consecutive ports that are free for TCP and UDP on loopback right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - n)
+        try:
+            socks = []
+            for p in range(base, base + n):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise RuntimeError("no free port block")
+
+
+def bridge_config(tmp_path: Path, extra: str = "", **overrides: Any) -> Any:
+    """A config on loopback test ports (never 32412-32414), state in ``tmp_path``."""
+    gdm = free_port_block(3)
+    faces = free_port_block(8)
+    text = f"""
+name: test-bridge
+interfaces: [127.0.0.1]
+gdm: {{group: 239.0.0.250, player_port: {gdm}, announce_port: {gdm + 1}, server_port: {gdm + 2},
+       hello_interval: 30, search_interval: 0.5}}
+mdns: {{enabled: false}}
+http: {{bind: 127.0.0.1, admin_port: 0, relay_port: 0, face_port_base: {faces}}}
+timeouts: {{command: 1.0, target_expiry: 60}}
+state_dir: {tmp_path / "state"}
+{extra}
+"""
+    return parse_config(text, "test-config.yaml")
