@@ -60,20 +60,29 @@ class FakeCompanionPlayer:
         self._session: aiohttp.ClientSession | None = None
         self._changed = asyncio.Condition()
         self._poll_waiters: set[asyncio.Future[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_get("/resources", self._resources)
         app.router.add_route("GET", "/player/timeline/{name}", self._timeline)
         app.router.add_route("GET", "/player/{group}/{name}", self._command)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._session = aiohttp.ClientSession()
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for fut in self._poll_waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -145,7 +154,7 @@ class FakeCompanionPlayer:
                 return web.Response(status=404, text="no")
             url = f"{request.query.get('protocol', 'http')}://{request.remote}:{request.query['port']}/:/timeline"
             self.state.subscribers[client] = url
-            asyncio.get_running_loop().create_task(self._push(url))
+            self._spawn(self._push(url))
             return self._ok()
         if name == "unsubscribe":
             self.state.subscribers.pop(client, None)
@@ -187,7 +196,7 @@ class FakeCompanionPlayer:
             self.state.key = q.get("key", "")
             self.state.time = int(q.get("offset", "0") or 0)
             self.state.duration = max(self.state.duration, self.state.time + 600000)
-        asyncio.get_running_loop().create_task(self._notify())
+        self._spawn(self._notify())
         return self._ok()
 
     def _ok(self) -> web.Response:

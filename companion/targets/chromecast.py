@@ -1,0 +1,643 @@
+"""Carrying Companion commands to a Chromecast through pychromecast, and following its status.
+
+pychromecast is thread-based: one socket thread per device, listeners called on that thread,
+blocking request/response. This adapter keeps that world behind a fence:
+
+* every call that may block (socket writes, joins) goes through ``asyncio.to_thread``;
+* every listener callback is snapshotted on the socket thread (pychromecast mutates its status
+  objects in place) and handed to the event loop with ``call_soon_threadsafe``;
+* replies are awaited in the loop, not in a thread: each request carries a pychromecast
+  ``callback_function`` that resolves an asyncio future, so a device that never answers costs a
+  timeout, not a worker thread parked for pychromecast's 10 s ``WaitResponse``.
+
+The socket thread reconnects by itself after a drop (``connect_retries`` attempts, ``retry_wait``
+apart); when it gives up and ends, a supervisor task builds a fresh connection after a backoff,
+so the target comes back when the device does. ``stop()`` disconnects and joins every socket
+thread this adapter started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pychromecast
+import zeroconf
+from pychromecast.const import CAST_TYPE_CHROMECAST, CAST_TYPES
+from pychromecast.controllers.media import (
+    BaseMediaPlayer,
+    DefaultMediaReceiverController,
+    MediaStatus,
+    MediaStatusListener,
+)
+from pychromecast.controllers.plex import media_to_chromecast_command
+from pychromecast.controllers.receiver import CastStatus, CastStatusListener
+from pychromecast.error import PyChromecastError
+from pychromecast.models import CastInfo, HostServiceInfo
+from pychromecast.response_handler import CallbackType
+from pychromecast.socket_client import (
+    CONNECTION_STATUS_CONNECTED,
+    CONNECTION_STATUS_CONNECTING,
+    CONNECTION_STATUS_DISCONNECTED,
+    ConnectionStatus,
+    ConnectionStatusListener,
+)
+
+from companion.errors import (
+    CommandNotSupported,
+    ProtocolError,
+    TargetError,
+    TargetTimeout,
+    TargetUnavailable,
+)
+from companion.model import Command, MediaRequest, Target
+from companion.proto.timeline import MEDIA_TYPES, PlayerState, TimelineEntry
+
+log = logging.getLogger("companion.target.chromecast")
+
+StateCallback = Callable[[PlayerState], None]
+AvailabilityCallback = Callable[[bool], None]
+
+PLEX_APP_ID = "9AC194DC"
+DEFAULT_MEDIA_RECEIVER_APP_ID = "CC1AD845"
+STEP_FORWARD_S = 30.0
+STEP_BACK_S = 10.0
+MAX_RECONNECT_BACKOFF = 60.0
+CONTROLLABLE = ("playPause", "stop", "volume", "seekTo", "stepBack", "stepForward")
+FEATURES = frozenset({
+    "playback/playMedia", "playback/play", "playback/pause", "playback/stop", "playback/seekTo",
+    "playback/stepForward", "playback/stepBack", "playback/setParameters",
+})
+CAPABILITIES = ("timeline", "playback")
+
+_MEDIA_OK = frozenset({"MEDIA_STATUS"})
+_RECEIVER_OK = frozenset({"RECEIVER_STATUS"})
+_PLAYER_STATES = {"PLAYING": "playing", "PAUSED": "paused", "BUFFERING": "buffering"}
+_LOCATIONS = {"video": "fullScreenVideo", "music": "fullScreenMusic", "photo": "fullScreenPhoto"}
+# pychromecast metadataType: 1 movie, 2 tv show, 3 music track, 4 photo.
+_METADATA_TYPES = {1: "video", 2: "video", 3: "music", 4: "photo"}
+
+
+# --- token hygiene --------------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(
+    r"""((?:accessToken|X-Plex-Token|token)['"]?\s*[:=]\s*['"]?)[^'"&,}\s]+""", re.IGNORECASE)
+
+
+class _RedactTokens(logging.Filter):
+    """Masks Plex tokens in pychromecast's debug lines (it logs every message it sends, and our
+    Plex LOAD carries the server token in customData)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _TOKEN_RE.sub(r"\1<redacted>", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+_PYCHROMECAST_LOGGERS = ("pychromecast", "pychromecast.socket_client", "pychromecast.controllers",
+                         "pychromecast.controllers.media", "pychromecast.controllers.receiver",
+                         "pychromecast.controllers.plex")
+
+
+def _guard_pychromecast_logs() -> None:
+    # Logger filters apply only to records created on that very logger, so each pychromecast
+    # logger that can print a payload gets one; idempotent, so many adapters add one each.
+    for name in _PYCHROMECAST_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactTokens) for f in logger.filters):
+            logger.addFilter(_RedactTokens())
+
+
+# --- status snapshots and the pure mapping to a timeline ------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaSnapshot:
+    """An immutable copy of pychromecast's (mutable) MediaStatus, taken on its socket thread."""
+
+    player_state: str = "UNKNOWN"
+    idle_reason: str | None = None
+    current_time: float = 0.0
+    duration: float | None = None
+    content_id: str | None = None
+    content_type: str | None = None
+    metadata_type: int | None = None
+    media_session_id: int | None = None
+
+    @classmethod
+    def of(cls, status: MediaStatus) -> MediaSnapshot:
+        metadata_type = status.metadata_type
+        return cls(
+            player_state=str(status.player_state), idle_reason=status.idle_reason,
+            current_time=float(status.current_time or 0.0),
+            duration=float(status.duration) if status.duration is not None else None,
+            content_id=status.content_id, content_type=status.content_type,
+            metadata_type=metadata_type if isinstance(metadata_type, int) else None,
+            media_session_id=status.media_session_id)
+
+
+@dataclass(frozen=True)
+class ReceiverSnapshot:
+    volume_level: float = 1.0
+    muted: bool = False
+    app_id: str | None = None
+
+
+def media_type_of(content_type: str | None, metadata_type: int | None, fallback: str) -> str:
+    """Timeline media type (music/video/photo) from a Cast content type or metadata type."""
+    ct = (content_type or "").lower()
+    if ct.startswith(("video", "application/x-mpegurl", "application/dash")):
+        return "video"
+    if ct.startswith(("audio", "music")):
+        return "music"
+    if ct.startswith(("image", "photo")):
+        return "photo"
+    if metadata_type in _METADATA_TYPES:
+        return _METADATA_TYPES[metadata_type]
+    return _timeline_type(fallback)
+
+
+def _timeline_type(media_type: str) -> str:
+    t = media_type.lower()
+    if t in ("audio", "music", "track"):
+        return "music"
+    return t if t in MEDIA_TYPES else "video"
+
+
+def player_state_from(media: MediaSnapshot | None, receiver: ReceiverSnapshot | None,
+                      request: MediaRequest | None) -> PlayerState:
+    """The timeline a controller sees, from the device's last media and receiver status and the
+    playMedia that started it (which supplies the server and play-queue fields)."""
+    if media is None:
+        return PlayerState()
+    state = _PLAYER_STATES.get(media.player_state)
+    if state is None:
+        if media.player_state == "IDLE" and media.idle_reason == "ERROR":
+            state = "error"
+        else:
+            return PlayerState()
+    mtype = media_type_of(media.content_type, media.metadata_type,
+                          request.media_type if request else "video")
+    duration = round(media.duration * 1000) if media.duration else 0
+    time_ms = max(0, round(media.current_time * 1000))
+    if duration:
+        time_ms = min(time_ms, duration)
+    key = ""
+    if media.content_id and media.content_id.startswith("/library/"):
+        key = media.content_id
+    elif request is not None:
+        key = request.key
+    rating_key = key.rstrip("/").rsplit("/", 1)[-1] if key.startswith("/library/metadata/") else ""
+    entry = TimelineEntry(
+        type=mtype, state=state, time=time_ms, duration=duration, key=key, rating_key=rating_key,
+        container_key=request.container_key if request else "",
+        machine_identifier=request.machine_identifier if request else "",
+        protocol=request.protocol if request and request.address else "",
+        address=request.address if request else "",
+        port=str(request.port) if request and request.address else "",
+        volume=round(receiver.volume_level * 100) if receiver else None,
+        mute=receiver.muted if receiver else None,
+        controllable=CONTROLLABLE,
+    )
+    location = _LOCATIONS.get(mtype, "navigation") if state != "error" else "navigation"
+    return PlayerState(location=location).with_entry(entry)
+
+
+def plex_load_message(request: MediaRequest) -> dict[str, Any]:
+    """The LOAD the Plex receiver app expects, built with pychromecast's own helper (same shape
+    as ``PlexController``) and completed with what that helper only fills from a plexapi object:
+    the server's machineIdentifier, the token and our container key."""
+    offset_s = request.offset_ms / 1000
+    content_type = {"music": "audio", "audio": "audio", "photo": "photo"}.get(
+        request.media_type.lower(), "video")
+    msg = media_to_chromecast_command(
+        None, contentId=request.key, contentType=content_type,
+        protocol=request.protocol, address=request.address, port=request.port,
+        version=request.extra.get("serverVersion", "1.10.1.4602"))
+    # The helper's offset is typed as whole seconds; the Plex app takes fractional ones too.
+    msg["media"]["currentTime"] = offset_s
+    custom = msg["media"]["customData"]
+    custom["offset"] = offset_s
+    custom["server"]["machineIdentifier"] = request.machine_identifier
+    custom["server"]["accessToken"] = request.token
+    custom["containerKey"] = request.container_key or request.key
+    custom["providerIdentifier"] = request.provider_identifier or "com.plexapp.plugins.library"
+    return msg
+
+
+def _cast_type_of(model: str) -> tuple[str, str]:
+    # Both must be set, or the Chromecast constructor does a blocking DIAL lookup (30 s timeout
+    # on port 8009) and on any other port silently decides the device is a cast group.
+    return CAST_TYPES.get(model.lower(), (CAST_TYPE_CHROMECAST, "Unknown manufacturer"))
+
+
+def _cast_uuid(ident: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(ident)
+    except ValueError:
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"companion-cast:{ident}")
+
+
+# --- the adapter -----------------------------------------------------------------------------
+
+
+class _NothingPlaying(Exception):
+    """Raised on the worker thread when a media command has no media session to act on."""
+
+
+class _Link:
+    """One pychromecast connection (Chromecast + socket thread) and its controllers."""
+
+    def __init__(self, generation: int, cast: pychromecast.Chromecast) -> None:
+        self.generation = generation
+        self.cast = cast
+        self.plex = BaseMediaPlayer(supporting_app_id=PLEX_APP_ID, app_must_match=True)
+        self.dmr = DefaultMediaReceiverController()
+
+
+class _Listener(CastStatusListener, MediaStatusListener, ConnectionStatusListener):
+    """Runs on pychromecast's socket thread: snapshot, then hop to the event loop."""
+
+    def __init__(self, owner: ChromecastTarget, generation: int) -> None:
+        self._owner = owner
+        self._generation = generation
+
+    def new_cast_status(self, status: CastStatus) -> None:
+        snap = ReceiverSnapshot(float(status.volume_level), bool(status.volume_muted), status.app_id)
+        self._owner._post(self._owner._on_receiver, self._generation, snap)
+
+    def new_media_status(self, status: MediaStatus) -> None:
+        self._owner._post(self._owner._on_media, self._generation, MediaSnapshot.of(status))
+
+    def load_media_failed(self, queue_item_id: int, error_code: int) -> None:
+        self._owner._post(self._owner._on_load_failed, self._generation, error_code)
+
+    def new_connection_status(self, status: ConnectionStatus) -> None:
+        self._owner._post(self._owner._on_connection, self._generation, status.status)
+
+
+class ChromecastTarget:
+    """A Chromecast as a bridge target (implements :class:`~companion.targets.base.TargetAdapter`)."""
+
+    def __init__(self, target: Target, *, zeroconf: zeroconf.Zeroconf | None,
+                 on_state: StateCallback, on_available: AvailabilityCallback,
+                 command_timeout: float = 5.0, connect_retries: int = 3,
+                 retry_wait: float = 5.0) -> None:
+        self.target = target
+        self._zeroconf = zeroconf
+        self._on_state = on_state
+        self._on_available = on_available
+        self._command_timeout = command_timeout
+        self._connect_retries = max(1, connect_retries)
+        self._retry_wait = retry_wait
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._link: _Link | None = None
+        self._retired: list[_Link] = []
+        self._generation = 0
+        self._connected = False
+        self._available = False
+        self._ever_connected = False
+        self._thread_ended = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._media: MediaSnapshot | None = None
+        self._receiver: ReceiverSnapshot | None = None
+        self._request: MediaRequest | None = None
+        self._state = PlayerState()
+        _guard_pychromecast_logs()
+
+    def __repr__(self) -> str:
+        return (f"ChromecastTarget({self.target.name!r}, {self.target.address}:{self.target.port}, "
+                f"available={self._available})")
+
+    # --- TargetAdapter surface ----------------------------------------------------------
+
+    @property
+    def features(self) -> frozenset[str]:
+        return FEATURES
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return CAPABILITIES
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    @property
+    def state(self) -> PlayerState:
+        return self._state
+
+    async def start(self) -> None:
+        if self._supervisor is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._supervisor = self._loop.create_task(
+            self._supervise(), name=f"chromecast-supervisor:{self.target.id}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        links = [*self._retired, *([self._link] if self._link else [])]
+        self._retired.clear()
+        self._link = None
+        self._connected = False
+        self._available = False
+        for link in links:
+            await asyncio.to_thread(self._release, link)
+
+    async def send(self, command: Command) -> None:
+        if command.group != "playback" or f"playback/{command.name}" not in FEATURES \
+                or command.name == "playMedia":
+            raise CommandNotSupported(
+                f"{command.path} is not supported by Chromecast {self.target.name!r}")
+        name = command.name
+        if name in ("play", "pause", "stop"):
+            await self._media_command(name, {"type": name.upper()})
+        elif name == "seekTo":
+            offset = _int_param(command, "offset")
+            await self._media_command(name, {"type": "SEEK", "currentTime": offset / 1000,
+                                             "resumeState": "PLAYBACK_START"})
+        elif name in ("stepForward", "stepBack"):
+            await self._step(STEP_FORWARD_S if name == "stepForward" else -STEP_BACK_S)
+        elif name == "setParameters":
+            await self._set_parameters(command)
+
+    async def play_media(self, request: MediaRequest, command: Command) -> None:
+        link = self._require_link()
+        stream_url = request.extra.get("stream_url", "")
+        if stream_url:
+            content_type = request.extra.get("content_type") or (
+                "audio/mpeg" if _timeline_type(request.media_type) == "music" else "video/mp4")
+            offset_s = request.offset_ms / 1000
+
+            def load_url(cb: CallbackType) -> None:
+                link.dmr.play_media(stream_url, content_type, current_time=offset_s,
+                                    stream_type="BUFFERED", callback_function=cb)
+
+            await self._call("playMedia (Default Media Receiver)", load_url, _MEDIA_OK)
+        elif request.protocol in ("http", "https") and request.address:
+            def load_plex(cb: CallbackType) -> None:
+                # Launches the Plex app first when it is not the running app (app_must_match),
+                # then sends LOAD on the media namespace to the app's transport.
+                link.plex.send_message(plex_load_message(request), inc_session_id=True,
+                                       callback_function=cb)
+
+            await self._call("playMedia (Plex app)", load_plex, _MEDIA_OK)
+        else:
+            raise ProtocolError(
+                f"playMedia for Chromecast {self.target.name!r} has neither a server address nor "
+                "a stream URL")
+        self._request = request
+        self._publish()
+
+    # --- commands ----------------------------------------------------------------------------
+
+    async def _media_command(self, what: str, payload: dict[str, Any]) -> None:
+        link = self._require_link()
+        controller = link.cast.media_controller
+
+        def send(cb: CallbackType) -> None:
+            session = controller.status.media_session_id
+            if session is None:
+                raise _NothingPlaying
+            controller.send_message({**payload, "mediaSessionId": session}, inc_session_id=True,
+                                    callback_function=cb)
+
+        await self._call(what, send, _MEDIA_OK)
+
+    async def _step(self, delta_s: float) -> None:
+        link = self._require_link()
+        controller = link.cast.media_controller
+
+        def send(cb: CallbackType) -> None:
+            status = controller.status
+            if status.media_session_id is None:
+                raise _NothingPlaying
+            position = max(0.0, (status.adjusted_current_time or 0.0) + delta_s)
+            if status.duration:
+                position = min(position, float(status.duration))
+            controller.send_message(
+                {"type": "SEEK", "currentTime": position, "resumeState": "PLAYBACK_START",
+                 "mediaSessionId": status.media_session_id},
+                inc_session_id=True, callback_function=cb)
+
+        await self._call("stepForward" if delta_s > 0 else "stepBack", send, _MEDIA_OK)
+
+    async def _set_parameters(self, command: Command) -> None:
+        params = command.params
+        volume: dict[str, Any] = {}
+        if "volume" in params:
+            level = _int_param(command, "volume")
+            if not 0 <= level <= 100:
+                raise ProtocolError(f"{command.path}: volume must be 0..100, got {level}")
+            volume["level"] = level / 100
+        if "mute" in params:
+            raw = params["mute"].strip().lower()
+            if raw not in ("0", "1", "true", "false"):
+                raise ProtocolError(f"{command.path}: mute must be 0 or 1, got {params['mute']!r}")
+            volume["muted"] = raw in ("1", "true")
+        if not volume:
+            raise CommandNotSupported(
+                f"{command.path}: Chromecast {self.target.name!r} supports only volume and mute "
+                f"(got {', '.join(sorted(params)) or 'no parameters'})")
+        link = self._require_link()
+        receiver = link.cast.socket_client.receiver_controller
+        for key, value in volume.items():
+            def send(cb: CallbackType, key: str = key, value: Any = value) -> None:
+                receiver.send_message({"type": "SET_VOLUME", "volume": {key: value}},
+                                      callback_function=cb)
+
+            await self._call("setParameters", send, _RECEIVER_OK)
+
+    def _require_link(self) -> _Link:
+        if self._link is None or not self._connected:
+            raise TargetUnavailable(
+                f"Chromecast {self.target.name!r} at {self.target.address}:{self.target.port} "
+                "is not connected")
+        return self._link
+
+    async def _call(self, what: str, send: Callable[[CallbackType], None],
+                    ok: frozenset[str]) -> dict[str, Any] | None:
+        """Send one request and await its reply (matched by requestId) within command_timeout."""
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[tuple[bool, dict[str, Any] | None]] = loop.create_future()
+
+        def callback(sent: bool, response: dict[str, Any] | None) -> None:
+            self._post(_settle, reply, sent, response)
+
+        who = f"Chromecast {self.target.name!r} ({self.target.address}:{self.target.port})"
+        try:
+            # The write happens on a worker thread because pychromecast's sendall blocks; if the
+            # device stops reading, that thread stays blocked until the socket timeout (set to
+            # command_timeout) even after we gave up here: Python threads cannot be cancelled.
+            async with asyncio.timeout(self._command_timeout):
+                await asyncio.to_thread(send, callback)
+                sent, response = await reply
+        except TimeoutError:
+            self._set_available(False)
+            raise TargetTimeout(f"{who} did not answer {what} within "
+                                f"{self._command_timeout:g} s") from None
+        except _NothingPlaying:
+            raise TargetError(f"{who}: {what} needs something playing, and nothing is") from None
+        except PyChromecastError as err:
+            raise TargetUnavailable(f"{who} could not take {what}: {err}") from None
+        if not sent:
+            if response is not None:
+                reason = response.get("reason") or response.get("type") or "refused"
+                raise TargetError(f"{who} refused {what}: {reason}")
+            raise TargetUnavailable(f"{who} lost the connection during {what}")
+        if response is not None and response.get("type") not in ok:
+            reason = response.get("reason") or response.get("detailedErrorCode") or ""
+            raise TargetError(f"{who} refused {what}: {response.get('type')} {reason}".rstrip())
+        self._set_available(True)
+        return response
+
+    # --- connection lifecycle ---------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        backoff = self._retry_wait
+        while not self._stopping:
+            self._thread_ended.clear()
+            self._ever_connected = False
+            self._link = self._connect()
+            await self._thread_ended.wait()
+            # pychromecast's thread gave up (retries exhausted) and is ending: retire it and
+            # build a fresh connection later, so the target comes back with the device.
+            link, self._link = self._link, None
+            if link is not None:
+                self._retired.append(link)
+                await asyncio.to_thread(self._release, link)
+                self._retired.remove(link)
+            backoff = self._retry_wait if self._ever_connected else min(
+                backoff * 2, MAX_RECONNECT_BACKOFF)
+            log.debug("%r: reconnecting in %.1f s", self, backoff)
+            await asyncio.sleep(backoff)
+
+    def _connect(self) -> _Link:
+        self._generation += 1
+        cast_type, manufacturer = _cast_type_of(self.target.model)
+        info = CastInfo(
+            services={HostServiceInfo(self.target.address, self.target.port)},
+            uuid=_cast_uuid(self.target.ident), model_name=self.target.model or None,
+            friendly_name=self.target.name, host=self.target.address, port=self.target.port,
+            cast_type=cast_type, manufacturer=manufacturer)
+        # With cast_type set this does no network I/O (no DIAL), so it is safe in the loop; the
+        # connection itself happens on the socket thread started below.
+        cast = pychromecast.get_chromecast_from_cast_info(
+            info, self._zeroconf, tries=self._connect_retries, retry_wait=self._retry_wait,
+            timeout=self._command_timeout)
+        link = _Link(self._generation, cast)
+        listener = _Listener(self, self._generation)
+        cast.register_status_listener(listener)
+        cast.media_controller.register_status_listener(listener)
+        cast.register_connection_listener(listener)
+        cast.register_handler(link.plex)
+        cast.register_handler(link.dmr)
+        cast.start()
+        return link
+
+    def _release(self, link: _Link) -> None:
+        """Worker thread: stop one socket thread and wait for it (bounded)."""
+        join_timeout = self._command_timeout + self._retry_wait + 1.0
+        try:
+            link.cast.disconnect(timeout=join_timeout)
+        except TimeoutError:
+            log.warning("%r: pychromecast thread did not end within %.1f s", self, join_timeout)
+            return
+        client = link.cast.socket_client
+        # When the first connection never succeeds, pychromecast's thread returns without its
+        # own cleanup and leaves the wake-up socketpair, the selector and the last socket open.
+        for sock in (*client.socketpair, client.socket):
+            if sock is not None:
+                sock.close()
+        client.selector.close()
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Thread-safe hop into the event loop (dropped once the loop is gone)."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _set_available(self, available: bool) -> None:
+        if available == self._available or self._stopping:
+            return
+        self._available = available
+        log.info("Chromecast %r is %s", self.target.name, "available" if available else "unavailable")
+        self._on_available(available)
+
+    # --- loop-side handlers of pychromecast events --------------------------------------------
+
+    def _on_connection(self, generation: int, status: str) -> None:
+        if generation != self._generation or self._stopping:
+            return
+        if status == CONNECTION_STATUS_CONNECTED:
+            self._connected = True
+            self._ever_connected = True
+            self._set_available(True)
+            return
+        self._connected = False
+        if status != CONNECTION_STATUS_CONNECTING:
+            self._set_available(False)
+        if status == CONNECTION_STATUS_DISCONNECTED:
+            self._media = None
+            self._publish()
+            self._thread_ended.set()
+
+    def _on_receiver(self, generation: int, snap: ReceiverSnapshot) -> None:
+        if generation != self._generation or self._stopping:
+            return
+        self._receiver = snap
+        if self._connected:
+            self._set_available(True)  # it talks again after a timeout
+        self._publish()
+
+    def _on_media(self, generation: int, snap: MediaSnapshot) -> None:
+        if generation != self._generation or self._stopping:
+            return
+        self._media = snap
+        if self._connected:
+            self._set_available(True)
+        self._publish()
+
+    def _on_load_failed(self, generation: int, error_code: int) -> None:
+        if generation == self._generation:
+            log.warning("Chromecast %r could not load the media (Cast error %d)", self.target.name,
+                        error_code)
+
+    def _publish(self) -> None:
+        state = player_state_from(self._media, self._receiver, self._request)
+        if state != self._state:
+            self._state = state
+            self._on_state(state)
+
+
+def _settle(fut: asyncio.Future[tuple[bool, dict[str, Any] | None]], sent: bool,
+            response: dict[str, Any] | None) -> None:
+    if not fut.done():
+        fut.set_result((sent, response))
+
+
+def _int_param(command: Command, name: str) -> int:
+    raw = command.params.get(name)
+    if raw is None:
+        raise ProtocolError(f"{command.path}: missing parameter {name!r}")
+    try:
+        return int(float(raw))
+    except (ValueError, OverflowError):
+        raise ProtocolError(f"{command.path}: {name} must be a number, got {raw!r}") from None
