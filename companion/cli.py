@@ -133,7 +133,8 @@ async def _scan(config: Config, timeout: float, as_json: bool) -> int:
     if not rows:
         print("nothing answered (is GDM multicast reaching this host? try `companion doctor`)")
         return EXIT_OK
-    print(_table([[r["kind"], r["name"], f"{r['address']}:{r['port']}", r["product"], r["id"]] for r in rows],
+    print(_table([[str(r["kind"]), str(r["name"]), f"{r['address']}:{r['port']}", str(r["product"]), str(r["id"])]
+                  for r in rows],
                  ["KIND", "NAME", "ADDRESS", "PRODUCT", "ID"]))
     return EXIT_OK
 

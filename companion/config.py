@@ -142,7 +142,11 @@ def _scalar(ctx: _Ctx, node: yaml.Node, key: str) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         raise ctx.error(node, key, f"expected a single value, got a {_kind(node)}")
     # Resolve the scalar exactly as safe_load would (int, float, bool, null, str).
-    return yaml.SafeLoader("").construct_object(node, deep=True)
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ctx.error(node, key, f"unsupported YAML value: {problem}") from None
 
 
 def _kind(node: yaml.Node) -> str:

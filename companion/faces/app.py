@@ -1,0 +1,293 @@
+"""One Companion "face": the HTTP endpoint through which controllers see and command one target.
+
+The face owns its aiohttp runner and site, its timeline state and its audience (subscribers.py);
+it parses requests (proto.companion), answers /resources and the timeline endpoints itself, and
+hands every other command to the handler it was given. Errors become statuses in middleware.py.
+The access log is off on purpose: request lines carry playMedia tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from companion.errors import ProtocolError
+from companion.faces.middleware import (
+    XML_CONTENT_TYPE,
+    error_middleware,
+    headers_middleware,
+    host_middleware,
+    preflight_middleware,
+    xml_response,
+)
+from companion.faces.subscribers import Clock, Subscribers
+from companion.model import Command, redacted
+from companion.proto.companion import (
+    FaceIdentity,
+    known_command,
+    parse_int,
+    parse_request,
+    resources_xml,
+    split_player_path,
+)
+from companion.proto.timeline import PlayerState, render
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[Command], Awaitable[None]]
+
+
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's own request-error log, without exception text.
+
+    aiohttp logs malformed or oversized requests with an excerpt of the offending line, which
+    for a request line can hold a playMedia token; we log the exception type and the peer only.
+    """
+
+    def log(self, level: int, msg: object, *args: object, exc_info: object = None,
+            **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        if exc_info is True:
+            exc = sys.exc_info()[1]
+        if exc is not None:
+            text = str(msg) % args if args else str(msg)
+            if isinstance(exc, HttpProcessingError):
+                level = logging.INFO
+                text += f": refused a malformed or oversized request ({type(exc).__name__})"
+            else:
+                text += f": {type(exc).__name__}"
+            self.logger.log(level, "%s", text, **kwargs)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class FaceLimits:
+    """Bounds and timings of one face (SECURITY.md 5: bounded everything)."""
+
+    max_header_size: int = 8190
+    max_body: int = 64 * 1024
+    max_subscribers: int = 64
+    max_long_polls: int = 256
+    poll_hold: float = 30.0
+    push_timeout: float = 5.0
+    subscriber_expiry: float = 90.0
+    playing_push_interval: float = 1.0
+
+
+def _first_values(query: Mapping[str, str]) -> dict[str, str]:
+    """A repeated query parameter counts once, by its first value."""
+    out: dict[str, str] = {}
+    for key, value in query.items():
+        out.setdefault(key, value)
+    return out
+
+
+def _plex_value(request: web.Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is not None:
+        return value
+    lower = name.lower()
+    for key, qvalue in request.query.items():
+        if key.lower() == lower:
+            return qvalue
+    return None
+
+
+class Face:
+    """The Companion HTTP endpoint of one bridged target."""
+
+    def __init__(self, identity: FaceIdentity, handler: CommandHandler, *, bind: str, port: int,
+                 session: aiohttp.ClientSession, limits: FaceLimits = FaceLimits(),
+                 allowed_hosts: Collection[str] = (), cors_origins: Collection[str] = ("*",),
+                 clock: Clock = time.monotonic) -> None:
+        self._identity = identity
+        self._handler = handler
+        self._bind = bind
+        self._port = port
+        self._limits = limits
+        self._state = PlayerState()
+        self._available = True
+        self._runner: web.AppRunner | None = None
+        self._bound_port: int | None = None
+        self._subscribers = Subscribers(
+            render=self._render_for,
+            headers=lambda: self._identity.push_headers(),
+            session=session,
+            max_subscribers=limits.max_subscribers,
+            max_long_polls=limits.max_long_polls,
+            poll_hold=limits.poll_hold,
+            push_timeout=limits.push_timeout,
+            expiry=limits.subscriber_expiry,
+            playing_push_interval=limits.playing_push_interval,
+            clock=clock,
+            name=f"face {identity.name!r}",
+        )
+        self._app = web.Application(
+            client_max_size=limits.max_body,
+            middlewares=[
+                headers_middleware(lambda: self._identity.machine_identifier, cors_origins),
+                host_middleware(allowed_hosts),
+                preflight_middleware(cors_origins),
+                error_middleware(),
+            ],
+        )
+        self._app.router.add_route("*", "/{tail:.*}", self._dispatch)
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> FaceIdentity:
+        return self._identity
+
+    def update_identity(self, identity: FaceIdentity) -> None:
+        """Take a new name/version/capabilities (the machine identifier should stay the same)."""
+        self._identity = identity
+
+    @property
+    def state(self) -> PlayerState:
+        return self._state
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port once started (useful with port 0), else the configured one."""
+        return self._bound_port if self._bound_port is not None else self._port
+
+    @property
+    def subscriber_count(self) -> int:
+        return self._subscribers.count
+
+    @property
+    def long_poll_count(self) -> int:
+        return self._subscribers.open_polls
+
+    @property
+    def subscribers(self) -> Subscribers:
+        return self._subscribers
+
+    async def start(self) -> None:
+        """Listen on ``bind:port`` (raises OSError when the port cannot be bound)."""
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(
+            self._app,
+            handle_signals=False,
+            access_log=None,
+            logger=_ServerLog(logging.getLogger("companion.faces.http"), {}),
+            # Long-polls are released before cleanup, so handlers end quickly.
+            shutdown_timeout=2.0,
+            max_line_size=self._limits.max_header_size,
+            max_field_size=self._limits.max_header_size,
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._bind, self._port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        address = runner.addresses[0]
+        self._bound_port = int(address[1])
+        log.info("face %r (%s) listening on %s:%d", self._identity.name,
+                 self._identity.machine_identifier, self._bind, self._bound_port)
+
+    async def stop(self) -> None:
+        """Answer open long-polls with the current timeline, stop pushes, close the socket.
+
+        Idempotent. A stopped face is not restarted: build a new one (use set_available for
+        a target that comes and goes).
+        """
+        await self._subscribers.stop()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def update_state(self, state: PlayerState) -> None:
+        """New timeline from the target: wake long-polls and push to subscribers (in a running loop)."""
+        if state == self._state:
+            return
+        self._state = state
+        self._changed()
+
+    def set_available(self, available: bool) -> None:
+        """While unavailable, timelines carry ``disconnected="1"``; commands still go to the adapter."""
+        if available == self._available:
+            return
+        self._available = available
+        self._changed()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        active = self._state.active
+        self._subscribers.changed(playing=active is not None and active.state == "playing")
+
+    def _render_for(self, command_id: int | None) -> bytes:
+        return render(self._state, command_id=command_id,
+                      machine_identifier=self._identity.machine_identifier,
+                      disconnected=not self._available)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        target = _plex_value(request, "X-Plex-Target-Client-Identifier")
+        if target and target.strip() != self._identity.machine_identifier:
+            return xml_response(404, "Not Found: not this player (X-Plex-Target-Client-Identifier)")
+        if request.can_read_body:
+            await request.read()  # enforces client_max_size (413) before anything is parsed
+        path = request.path
+        if path.rstrip("/") == "/resources":
+            if request.method not in ("GET", "HEAD"):
+                return xml_response(405, f"Method Not Allowed: {request.method[:16]} /resources")
+            return web.Response(body=resources_xml(self._identity), content_type=XML_CONTENT_TYPE,
+                                charset="utf-8")
+        split = split_player_path(path)
+        if split is None or not known_command(*split):
+            return xml_response(404, f"Not Found: no Companion endpoint {path[:100]!r}")
+
+        command = parse_request(request.method, path, _first_values(request.query), request.headers,
+                                request.remote or "")
+        log.debug("face %r: %s from %r (%s) commandID=%s params=%s", self._identity.name,
+                  command.path, command.controller.name, command.controller.client_id,
+                  command.command_id, redacted(command.params))
+        if command.group == "timeline":
+            return await self._timeline(command)
+        client_id = command.controller.client_id
+        self._subscribers.note_command(client_id, command.command_id)
+        # An unavailable target still gets the command: it may be back, and the adapter answers
+        # quickly (502/504 through the error middleware) when it is not.
+        await self._handler(command)
+        # Echo the new commandID to the sender at once, as real players push after each command.
+        self._subscribers.push_to(client_id)
+        return xml_response(200, "OK")
+
+    async def _timeline(self, command: Command) -> web.StreamResponse:
+        controller = command.controller
+        if command.name == "subscribe":
+            port_text = command.params.get("port", "")
+            if not port_text:
+                raise ProtocolError(f"{command.path}: port is required")
+            port = parse_int(command.path, "port", port_text, 1, 65535)
+            self._subscribers.subscribe(
+                controller.client_id, protocol=command.params.get("protocol", "http") or "http",
+                peer=controller.address, port=port, name=controller.name, command_id=command.command_id)
+            return xml_response(200, "OK")
+        if command.name == "unsubscribe":
+            self._subscribers.unsubscribe(controller.client_id, command.command_id)
+            return xml_response(200, "OK")
+        body = await self._subscribers.poll(controller.client_id, command_id=command.command_id,
+                                            wait=command.params.get("wait", "0") == "1")
+        response = web.Response(body=body, content_type=XML_CONTENT_TYPE, charset="utf-8")
+        response.headers["X-Plex-Protocol"] = "1.0"
+        return response

@@ -1,0 +1,200 @@
+"""The face's aiohttp middlewares: common headers and CORS, the Host allow-list, and error mapping.
+
+Every domain error becomes an HTTP status here and nowhere else, always with a
+``<Response code status/>`` body that says what went wrong. No message leaves with a token in it:
+token values from the request are masked before the body is written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Collection
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from companion.errors import (
+    CommandNotSupported,
+    CompanionError,
+    PolicyRefusal,
+    ProtocolError,
+    TargetTimeout,
+    TargetUnavailable,
+)
+from companion.faces.subscribers import FaceBusy
+from companion.model import SECRET_PARAMS
+from companion.proto.companion import response_xml
+
+log = logging.getLogger(__name__)
+
+XML_CONTENT_TYPE = "text/xml"
+PREFLIGHT_METHODS = "POST, GET, OPTIONS, DELETE, PUT, HEAD"
+PREFLIGHT_MAX_AGE = "1209600"  # 14 days, as PMP and plex-mpv-shim answer
+
+# Most specific first: isinstance picks the first match.
+_STATUS: tuple[tuple[type[CompanionError], int], ...] = (
+    (ProtocolError, 400),
+    (PolicyRefusal, 403),
+    (CommandNotSupported, 501),
+    (TargetTimeout, 504),
+    (TargetUnavailable, 502),
+    (FaceBusy, 503),
+)
+
+
+def status_for(exc: CompanionError) -> int:
+    """The HTTP status a domain error is answered with (500 for anything unforeseen)."""
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def xml_response(code: int, status: str, *, http_status: int | None = None) -> web.Response:
+    """A ``<Response code status/>`` answer; the HTTP status equals ``code`` unless given."""
+    return web.Response(status=http_status or code, body=response_xml(code, status),
+                        content_type=XML_CONTENT_TYPE, charset="utf-8")
+
+
+def _secrets(request: web.Request) -> list[str]:
+    values = [v for k, v in request.query.items() if k.lower() in SECRET_PARAMS]
+    values += [v for k, v in request.headers.items() if k.lower() in SECRET_PARAMS]
+    return [v for v in values if len(v) >= 4]
+
+
+def scrub(message: str, secrets: Collection[str]) -> str:
+    """``message`` with every secret value masked (defence in depth: handlers should not leak)."""
+    for secret in secrets:
+        message = message.replace(secret, "<redacted>")
+    return message
+
+
+def error_middleware() -> Middleware:
+    """Map CompanionError (and aiohttp's own HTTP errors) to statuses with a Response XML body."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except CompanionError as exc:
+            code = status_for(exc)
+            message = scrub(str(exc), _secrets(request)) or type(exc).__name__
+            log.info("%s %s -> %d: %s", request.method, request.path, code, message)
+            return xml_response(code, message)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return xml_response(exc.status, exc.reason)
+        except Exception:
+            log.exception("%s %s: unexpected error", request.method, request.path)
+            return xml_response(500, "Internal error in the bridge (see its log)")
+
+    return errors
+
+
+def host_allowed(host: str | None, allowed_hosts: Collection[str]) -> bool:
+    """True when a Host header names an IP literal, localhost, or a configured name.
+
+    A request without Host passes: browsers always send one, so its absence cannot be a
+    DNS-rebinding page, and old HTTP/1.0 clients still work.
+    """
+    if not host:
+        return True
+    name = host.strip()
+    if name.startswith("["):
+        end = name.find("]")
+        if end < 0:
+            return False
+        rest = name[end + 1:]
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return False
+        name = name[1:end]
+    elif name.count(":") == 1:
+        name, port = name.split(":")
+        if not port.isdigit():
+            return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return True
+    name = name.lower().rstrip(".")
+    if name == "localhost":
+        return True
+    return name in {h.lower().rstrip(".") for h in allowed_hosts}
+
+
+def host_middleware(allowed_hosts: Collection[str]) -> Middleware:
+    """421 for any Host that is not an address of ours (DNS-rebinding defence, SECURITY.md 5)."""
+    allowed = frozenset(allowed_hosts)
+
+    @web.middleware
+    async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if host_allowed(host, allowed):
+            return await handler(request)
+        shown = (host or "")[:100]
+        log.warning("refused %s %s from %s: Host %r is not an address of this player "
+                    "(possible DNS rebinding; add it to http allowed hosts if it is yours)",
+                    request.method, request.path, request.remote, shown)
+        return xml_response(421, f"Misdirected Request: Host {shown!r} is not an address of this player")
+
+    return host_check
+
+
+class _Origins:
+    """Which Origin gets which Access-Control-Allow-Origin (``*`` allows every origin)."""
+
+    def __init__(self, cors_origins: Collection[str]) -> None:
+        self._origins = frozenset(cors_origins)
+
+    def allow(self, origin: str | None) -> str | None:
+        if "*" in self._origins:
+            return "*"
+        if origin is not None and origin in self._origins:
+            return origin
+        return None
+
+
+def headers_middleware(face_id: Callable[[], str], cors_origins: Collection[str]) -> Middleware:
+    """The face id and CORS headers on every response, errors and 421 included (outermost)."""
+    origins = _Origins(cors_origins)
+
+    @web.middleware
+    async def face_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers["X-Plex-Client-Identifier"] = face_id()
+        response.headers["Access-Control-Expose-Headers"] = "X-Plex-Client-Identifier"
+        allowed = origins.allow(request.headers.get("Origin"))
+        if allowed is not None:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            if allowed != "*":
+                response.headers["Vary"] = "Origin"
+        return response
+
+    return face_headers
+
+
+def preflight_middleware(cors_origins: Collection[str]) -> Middleware:
+    """Answer CORS preflight (OPTIONS) as PMP does: 200, methods, echoed headers, max-age."""
+    origins = _Origins(cors_origins)
+
+    @web.middleware
+    async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "OPTIONS":
+            return await handler(request)
+        origin = request.headers.get("Origin")
+        if origin is not None and origins.allow(origin) is None:
+            return xml_response(403, f"Origin {origin[:100]!r} is not allowed")
+        response = web.Response(status=200, text="", content_type="text/plain")
+        response.headers["Access-Control-Allow-Methods"] = PREFLIGHT_METHODS
+        response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+        requested = request.headers.get("Access-Control-Request-Headers")
+        if requested:
+            response.headers["Access-Control-Allow-Headers"] = requested
+        response.force_close()
+        return response
+
+    return preflight

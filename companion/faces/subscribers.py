@@ -1,0 +1,278 @@
+"""A face's timeline audience: push subscribers, long-polls, and each controller's latest commandID.
+
+Pushes go out in parallel, one in flight per subscriber (later changes coalesce into one more
+push), each bounded by a timeout, so a dead controller never delays a live one. Subscriptions
+expire ``subscriber_expiry`` seconds after the controller's last subscribe or poll; expiry is
+checked lazily against an injectable clock, so no timer task exists just for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from companion.errors import CompanionError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+# Renders the current timeline for one controller's commandID.
+Renderer = Callable[[int | None], bytes]
+
+# Remembered commandIDs are bounded: controllers come and go, a hostile one could invent ids.
+_MAX_COMMAND_IDS = 1024
+
+
+class FaceBusy(CompanionError):
+    """A face is at its subscriber limit (answered 503)."""
+
+
+@dataclass
+class _Subscriber:
+    client_id: str
+    url: str
+    name: str
+    last_seen: float
+    task: asyncio.Task[None] | None = None
+    dirty: bool = False
+    failures: int = 0
+
+
+def callback_url(protocol: str, peer: str, port: int) -> str:
+    """``protocol://<peer>:<port>/:/timeline``; the peer is the TCP peer, never a parameter."""
+    if protocol not in ("http", "https"):
+        raise ProtocolError(f"subscribe: protocol: expected http or https, got {protocol[:16]!r}")
+    if peer.startswith("::ffff:") and "." in peer:
+        peer = peer[len("::ffff:"):]
+    host = f"[{peer}]" if ":" in peer else peer
+    return f"{protocol}://{host}:{port}/:/timeline"
+
+
+class Subscribers:
+    """Push subscribers and long-polls of one face.
+
+    ``render`` gives the current timeline for a commandID; ``headers`` the face's X-Plex-* push
+    headers. Both are read at send time so a push always carries the latest state.
+    """
+
+    def __init__(self, *, render: Renderer, headers: Callable[[], Mapping[str, str]],
+                 session: aiohttp.ClientSession, max_subscribers: int = 64, max_long_polls: int = 256,
+                 poll_hold: float = 30.0, push_timeout: float = 5.0, expiry: float = 90.0,
+                 playing_push_interval: float = 1.0, clock: Clock = time.monotonic,
+                 name: str = "face") -> None:
+        self._render = render
+        self._headers = headers
+        self._session = session
+        self._max_subscribers = max_subscribers
+        self._max_long_polls = max_long_polls
+        self._poll_hold = poll_hold
+        self._push_timeout = push_timeout
+        self._expiry = expiry
+        self._interval = playing_push_interval
+        self._clock = clock
+        self._name = name
+        self._subs: dict[str, _Subscriber] = {}
+        self._command_ids: OrderedDict[str, int] = OrderedDict()
+        self._changed = asyncio.Event()
+        self._open_polls = 0
+        self._closing = False
+        self._playing = False
+        self._ticker: asyncio.Task[None] | None = None
+        self._last_broadcast = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- commandIDs -----------------------------------------------------------------------
+
+    def note_command(self, client_id: str, command_id: int | None) -> None:
+        """Remember a controller's latest commandID (echoed in its pushes and polls)."""
+        if not client_id or command_id is None:
+            return
+        self._command_ids[client_id] = command_id
+        self._command_ids.move_to_end(client_id)
+        while len(self._command_ids) > _MAX_COMMAND_IDS:
+            self._command_ids.popitem(last=False)
+
+    def command_id(self, client_id: str) -> int | None:
+        return self._command_ids.get(client_id)
+
+    # -- counts (metrics) -----------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        """Live push subscribers."""
+        self._expire()
+        return len(self._subs)
+
+    @property
+    def open_polls(self) -> int:
+        """Long-polls currently held."""
+        return self._open_polls
+
+    def subscribed(self, client_id: str) -> bool:
+        self._expire()
+        return client_id in self._subs
+
+    # -- subscribe / unsubscribe / poll ---------------------------------------------------
+
+    def subscribe(self, client_id: str, *, protocol: str, peer: str, port: int, name: str = "",
+                  command_id: int | None = None) -> None:
+        """Add or refresh a push subscriber and push the current timeline to it at once."""
+        if not client_id:
+            raise ProtocolError("subscribe: X-Plex-Client-Identifier is required")
+        if self._closing:
+            raise FaceBusy("subscribe: this player is shutting down")
+        url = callback_url(protocol, peer, port)
+        self.note_command(client_id, command_id)
+        self._expire()
+        sub = self._subs.get(client_id)
+        if sub is None:
+            if len(self._subs) >= self._max_subscribers:
+                raise FaceBusy(f"subscribe: this player already has {self._max_subscribers} subscribers")
+            sub = _Subscriber(client_id=client_id, url=url, name=name, last_seen=self._clock())
+            self._subs[client_id] = sub
+            log.info("%s: controller %r (%s) subscribed, pushing to %s", self._name, name, client_id, url)
+        else:
+            sub.url, sub.name, sub.last_seen, sub.failures = url, name, self._clock(), 0
+        self._kick(sub)
+
+    def unsubscribe(self, client_id: str, command_id: int | None = None) -> None:
+        self.note_command(client_id, command_id)
+        self._drop(client_id, "unsubscribed")
+
+    def _drop(self, client_id: str, why: str) -> None:
+        sub = self._subs.pop(client_id, None)
+        if sub is not None:
+            log.info("%s: controller %r (%s) %s", self._name, sub.name, client_id, why)
+            if sub.task is not None:
+                sub.task.cancel()
+
+    def touch(self, client_id: str) -> None:
+        """A poll counts as a sign of life for that controller's push subscription."""
+        sub = self._subs.get(client_id)
+        if sub is not None:
+            sub.last_seen = self._clock()
+
+    async def poll(self, client_id: str, *, command_id: int | None, wait: bool) -> bytes:
+        """The timeline for this controller: at once, or (``wait``) after the next change.
+
+        A long-poll is answered at the latest after ``poll_hold`` seconds, at stop, or at once
+        when ``max_long_polls`` are already held (degrading to a plain poll rather than refusing).
+        """
+        self.note_command(client_id, command_id)
+        self.touch(client_id)
+        if wait and not self._closing and self._open_polls < self._max_long_polls:
+            event = self._changed
+            self._open_polls += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), self._poll_hold)
+            finally:
+                self._open_polls -= 1
+            self.touch(client_id)
+        return self._render(self.command_id(client_id))
+
+    # -- state changes --------------------------------------------------------------------
+
+    def changed(self, *, playing: bool) -> None:
+        """The timeline changed: wake long-polls, push to every subscriber, keep the ticker right."""
+        self._wake()
+        self._broadcast()
+        self._playing = playing
+        if playing and not self._closing and (self._ticker is None or self._ticker.done()):
+            self._ticker = self._spawn(self._tick(), f"{self._name}: timeline ticker")
+
+    def push_to(self, client_id: str) -> None:
+        """Push the current timeline to one subscriber (after its command, to echo the commandID)."""
+        self._expire()
+        sub = self._subs.get(client_id)
+        if sub is not None:
+            self._kick(sub)
+
+    async def stop(self) -> None:
+        """Answer every held long-poll now, cancel every push and the ticker, and wait for them."""
+        self._closing = True
+        self._wake()
+        self._subs.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._ticker = None
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        # A fresh Event per change: waiters of the old one all wake, new polls wait for the next.
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for client_id, sub in list(self._subs.items()):
+            if now - sub.last_seen > self._expiry:
+                self._drop(client_id, f"expired after {now - sub.last_seen:.0f} s without subscribe or poll")
+
+    def _broadcast(self) -> None:
+        self._last_broadcast = asyncio.get_running_loop().time()
+        self._expire()
+        for sub in self._subs.values():
+            self._kick(sub)
+
+    def _kick(self, sub: _Subscriber) -> None:
+        if self._closing:
+            return
+        if sub.task is not None and not sub.task.done():
+            sub.dirty = True
+            return
+        sub.dirty = False
+        sub.task = self._spawn(self._push_loop(sub), f"{self._name}: push to {sub.client_id}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _push_loop(self, sub: _Subscriber) -> None:
+        while True:
+            await self._push(sub)
+            if not sub.dirty or self._subs.get(sub.client_id) is not sub:
+                return
+            sub.dirty = False
+
+    async def _push(self, sub: _Subscriber) -> None:
+        body = self._render(self.command_id(sub.client_id))
+        headers = dict(self._headers())
+        headers["Content-Type"] = "application/xml"
+        try:
+            async with self._session.post(
+                sub.url, data=body, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self._push_timeout),
+            ) as resp:
+                await resp.read()
+                if resp.status >= 400:
+                    raise aiohttp.ClientResponseError(resp.request_info, resp.history, status=resp.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            sub.failures += 1
+            # PMP keeps failing subscribers until expiry; log the first failure of a run only.
+            level = logging.WARNING if sub.failures == 1 else logging.DEBUG
+            log.log(level, "%s: timeline push to %r (%s) failed: %s", self._name, sub.name, sub.url,
+                    type(exc).__name__ if isinstance(exc, TimeoutError) else exc)
+        else:
+            sub.failures = 0
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._playing and not self._closing:
+            await asyncio.sleep(self._interval)
+            # State changes push on their own; only fill gaps longer than one interval.
+            if self._playing and loop.time() - self._last_broadcast >= self._interval * 0.9:
+                self._broadcast()

@@ -1,0 +1,295 @@
+"""Companion HTTP requests and responses (sans-I/O): request values -> Command, plus the XML bodies.
+
+Works on plain values (method, path, query, headers, peer) so every quirk of real controllers is
+pinned by unit tests without a socket. Nothing here echoes a token: error messages name the
+parameter and, for non-secret parameters only, a shortened copy of the offending value.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from companion.errors import ProtocolError
+from companion.model import SECRET_PARAMS, Command, Controller, MediaRequest
+
+# Known command names per group. Navigation and application are accepted here; whether the
+# target supports them is the handler's business (it raises CommandNotSupported).
+COMMANDS: Mapping[str, frozenset[str]] = MappingProxyType({
+    "playback": frozenset({
+        "playMedia", "play", "pause", "stop", "seekTo", "skipNext", "skipPrevious", "skipTo",
+        "stepForward", "stepBack", "setParameters", "setStreams", "refreshPlayQueue",
+        "createPlayQueue",
+        # plex-mpv-shim routes these to stepForward/stepBack; controllers do send them.
+        "bigStepForward", "bigStepBack",
+    }),
+    "timeline": frozenset({"subscribe", "unsubscribe", "poll"}),
+    "mirror": frozenset({"details"}),
+    "navigation": frozenset({
+        "moveUp", "moveDown", "moveLeft", "moveRight", "select", "back", "home", "music",
+        "contextMenu", "toggleOSD", "pageUp", "pageDown", "nextLetter", "previousLetter",
+    }),
+    "application": frozenset({"setText", "sendString", "sendVirtualKey", "sendKey"}),
+})
+
+# Legacy alias (plex-mpv-shim): /player/application/playMedia means /player/playback/playMedia.
+_ALIASES: Mapping[tuple[str, str], tuple[str, str]] = MappingProxyType({
+    ("application", "playMedia"): ("playback", "playMedia"),
+})
+
+_METHODS = frozenset({"GET", "POST", "PUT", "HEAD"})
+_MAX_ECHO = 48
+_INT_RE = re.compile(r"[+-]?[0-9]{1,18}")
+# Host names and IP literals only: no '/', '@', '?', '#', spaces, so an address can never turn
+# ``protocol://address:port`` into a different URL.
+_ADDRESS_RE = re.compile(r"\[?[A-Za-z0-9._:%-]{1,253}\]?")
+_MEDIA_TYPES = {"music": "music", "audio": "music", "video": "video", "photo": "photo"}
+
+# (parameter, low, high): numeric parameters checked wherever they appear.
+_NUMERIC: Mapping[str, tuple[int, int]] = MappingProxyType({
+    "offset": (0, 10**12),
+    "queryOffset": (0, 10**12),
+    "volume": (0, 100),
+    "port": (1, 65535),
+    "queryPort": (1, 65535),
+    "shuffle": (0, 1),
+    "repeat": (0, 2),
+    "wait": (0, 1),
+})
+
+
+def _echo(name: str, value: str) -> str:
+    """A value safe to put in an error message: never a secret, never unbounded."""
+    if name.lower() in SECRET_PARAMS or name.lower().startswith("x-plex-token"):
+        return "<redacted>"
+    if len(value) > _MAX_ECHO:
+        value = value[:_MAX_ECHO] + "..."
+    return repr(value)
+
+
+def parse_int(where: str, name: str, value: str, low: int, high: int) -> int:
+    """``value`` as an integer within ``low..high``, or a ProtocolError naming ``where`` and ``name``."""
+    text = value.strip()
+    if not _INT_RE.fullmatch(text):
+        raise ProtocolError(f"{where}: {name}: expected an integer {low}..{high}, got {_echo(name, value)}")
+    number = int(text)
+    if not low <= number <= high:
+        raise ProtocolError(f"{where}: {name}: {number} is outside {low}..{high}")
+    return number
+
+
+def known_command(group: str, name: str) -> bool:
+    """True when ``/player/<group>/<name>`` is a Companion command this module can parse."""
+    group, name = _ALIASES.get((group, name), (group, name))
+    return name in COMMANDS.get(group, frozenset())
+
+
+def split_player_path(path: str) -> tuple[str, str] | None:
+    """``/player/<group>/<name>`` -> (group, name) after aliasing, or None for any other shape."""
+    parts = path.strip("/").split("/")
+    if len(parts) != 3 or parts[0] != "player":
+        return None
+    return _ALIASES.get((parts[1], parts[2]), (parts[1], parts[2]))
+
+
+def parse_request(method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+                  peer: str) -> Command:
+    """One Companion request as a Command.
+
+    X-Plex-* values come from headers or the query (headers win); their names are matched
+    case-insensitively in both. ``commandID`` becomes ``command_id``; everything else in the query
+    stays in ``params`` (a playMedia ``token`` included: see :func:`media_request`).
+    """
+    where = f"{method} {path}"
+    if method.upper() not in _METHODS:
+        raise ProtocolError(f"{where}: method {method!r} is not allowed")
+    split = split_player_path(path)
+    if split is None or not known_command(*split):
+        raise ProtocolError(f"{where}: unknown Companion command")
+    group, name = split
+
+    plex: dict[str, str] = {}
+    params: dict[str, str] = {}
+    command_id: int | None = None
+    for key, value in query.items():
+        lower = key.lower()
+        if lower.startswith("x-plex-"):
+            plex[lower] = value
+        elif lower == "commandid":
+            if value.strip() != "":
+                command_id = parse_int(where, "commandID", value, -1, 2**53)
+        else:
+            params[key] = value
+    for key, value in headers.items():
+        lower = key.lower()
+        if lower.startswith("x-plex-"):
+            plex[lower] = value
+
+    for key, value in params.items():
+        bounds = _NUMERIC.get(key)
+        if bounds is not None and value != "":
+            parse_int(where, key, value, *bounds)
+
+    controller = Controller(
+        client_id=plex.get("x-plex-client-identifier", "").strip(),
+        name=plex.get("x-plex-device-name", ""),
+        product=plex.get("x-plex-product", ""),
+        address=peer,
+    )
+    target = plex.get("x-plex-target-client-identifier", "").strip() or None
+    return Command(group=group, name=name, params=MappingProxyType(params), controller=controller,
+                   command_id=command_id, target_client_id=target)
+
+
+# playMedia parameter -> Alexa's variant (PKC's ALEXA_TO_COMPANION map).
+_MEDIA_PARAMS: Mapping[str, str] = MappingProxyType({
+    "key": "queryKey",
+    "offset": "queryOffset",
+    "type": "queryType",
+    "containerKey": "queryContainerKey",
+    "machineIdentifier": "queryMachineIdentifier",
+    "protocol": "queryProtocol",
+    "address": "queryAddress",
+    "port": "queryPort",
+    "token": "queryToken",
+    "providerIdentifier": "queryProviderIdentifier",
+})
+_CONSUMED = frozenset(_MEDIA_PARAMS) | frozenset(_MEDIA_PARAMS.values())
+
+
+def media_request(command: Command) -> MediaRequest:
+    """What a playMedia (or mirror/details) asks for; ProtocolError names any bad parameter.
+
+    Plain names win over Alexa's ``query*`` names. Parameters we do not interpret are kept in
+    ``extra`` so they can be passed on to a real player; token-like ones never are.
+    """
+    where = command.path
+    params = command.params
+
+    def get(name: str) -> str:
+        value = params.get(name)
+        if value is None or value == "":
+            value = params.get(_MEDIA_PARAMS[name], "")
+        return value.strip()
+
+    key = get("key")
+    if not key:
+        raise ProtocolError(f"{where}: key is required")
+    if not key.startswith("/") or any(c.isspace() or ord(c) < 0x20 for c in key):
+        raise ProtocolError(f"{where}: key: expected a server path such as /library/metadata/1, "
+                            f"got {_echo('key', key)}")
+    offset_text = get("offset")
+    offset = parse_int(where, "offset", offset_text, 0, 10**12) if offset_text else 0
+    type_text = get("type") or "video"
+    media_type = _MEDIA_TYPES.get(type_text.lower())
+    if media_type is None:
+        raise ProtocolError(f"{where}: type: expected music, video or photo, got {_echo('type', type_text)}")
+    protocol = (get("protocol") or "http").lower()
+    if protocol not in ("http", "https"):
+        raise ProtocolError(f"{where}: protocol: expected http or https, got {_echo('protocol', protocol)}")
+    address = get("address")
+    if address and not _ADDRESS_RE.fullmatch(address):
+        raise ProtocolError(f"{where}: address: not a host name or IP address: {_echo('address', address)}")
+    port_text = get("port")
+    port = parse_int(where, "port", port_text, 1, 65535) if port_text else 32400
+    token = get("token") or None
+    extra = {
+        k: v for k, v in params.items()
+        if k not in _CONSUMED and k.lower() not in SECRET_PARAMS and not k.lower().startswith("x-plex-")
+    }
+    return MediaRequest(
+        key=key,
+        offset_ms=offset,
+        media_type=media_type,
+        container_key=get("containerKey"),
+        machine_identifier=get("machineIdentifier"),
+        protocol=protocol,
+        address=address.strip("[]") if address.startswith("[") else address,
+        port=port,
+        token=token,
+        provider_identifier=get("providerIdentifier"),
+        extra=MappingProxyType(extra),
+    )
+
+
+# XML 1.0 forbids most control characters even when escaped; replace them rather than emit a
+# document the controller cannot parse.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_XML_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
+def xml_safe(value: str) -> str:
+    """``value`` with characters XML 1.0 cannot carry replaced by U+FFFD."""
+    return _XML_INVALID.sub("\ufffd", value)
+
+
+def xml_name_ok(name: str) -> bool:
+    """True for attribute names we are willing to emit (plain ASCII XML names)."""
+    return _XML_NAME.fullmatch(name) is not None
+
+
+def xml_element(tag: str, attrs: Iterable[tuple[str, str]]) -> ET.Element:
+    """An element whose attribute values are XML-safe (order kept as given)."""
+    element = ET.Element(tag)
+    for name, value in attrs:
+        element.set(name, xml_safe(value))
+    return element
+
+
+def xml_document(root: ET.Element) -> bytes:
+    """The XML declaration plus ``root``, UTF-8 encoded, ending in a newline."""
+    return XML_DECLARATION + ET.tostring(root, encoding="unicode", short_empty_elements=True).encode() + b"\n"
+
+
+def response_xml(code: int, status: str) -> bytes:
+    """``<Response code=".." status=".."/>``: the body of every command answer, success or error."""
+    return xml_document(xml_element("Response", [("code", str(code)), ("status", status)]))
+
+
+@dataclass(frozen=True)
+class FaceIdentity:
+    """What a face says about itself in /resources, GDM and push headers."""
+
+    machine_identifier: str
+    name: str
+    product: str
+    version: str
+    platform: str
+    platform_version: str
+    device_class: str
+    capabilities: tuple[str, ...]
+
+    def push_headers(self) -> dict[str, str]:
+        """The X-Plex-* headers a player sends with its own requests (timeline pushes)."""
+        return {
+            "X-Plex-Client-Identifier": self.machine_identifier,
+            "X-Plex-Device-Name": self.name,
+            "X-Plex-Product": self.product,
+            "X-Plex-Version": self.version,
+            "X-Plex-Platform": self.platform,
+            "X-Plex-Platform-Version": self.platform_version,
+            "X-Plex-Provides": "player",
+        }
+
+
+def resources_xml(identity: FaceIdentity) -> bytes:
+    """``GET /resources``: one ``<Player>`` inside a ``<MediaContainer>``."""
+    root = ET.Element("MediaContainer")
+    root.set("size", "1")
+    root.append(xml_element("Player", [
+        ("title", identity.name),
+        ("machineIdentifier", identity.machine_identifier),
+        ("product", identity.product),
+        ("version", identity.version),
+        ("platform", identity.platform),
+        ("platformVersion", identity.platform_version),
+        ("protocol", "plex"),
+        ("protocolVersion", "1"),
+        ("protocolCapabilities", ",".join(identity.capabilities)),
+        ("deviceClass", identity.device_class),
+    ]))
+    return xml_document(root)
