@@ -1,9 +1,8 @@
 """GDM over real multicast between two network namespaces joined by a veth pair.
 
-Side A (this module run as ``python -m tests.functional.test_multicast_netns --side-a ...``) is
-the bridge side: a GdmResponder advertising one face and a GdmScanner printing sightings as JSON
-lines. It stands in for ``python -m companion run --config ...`` until the daemon exists.
-Side B is a FakeGdmPeer player, then a FakeGdmPeer controller searching.
+Side A runs the real daemon (``python -m companion run --config ...``) on the default group.
+Side B is a FakeGdmPeer player, then a FakeGdmPeer controller searching: the face the daemon opened
+for the player (proof that it discovered it) must be found from the player's side.
 
 The namespaces, the veth pair and its 10.250.x addresses exist only for the test and are deleted
 at teardown; all traffic stays inside them. Needs root (the suite runs as root in scripts/netns-run).
@@ -11,13 +10,10 @@ at teardown; all traffic stays inside them. Needs root (the suite runs as root i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -27,64 +23,13 @@ from typing import Any
 
 import pytest
 
-from companion.discovery.gdm import GdmResponder, GdmScanner, GdmSettings
-from companion.proto.gdm import Advert
-
 REPO = Path(__file__).resolve().parents[2]
 GROUP = "239.0.0.250"
 ADDR_A = "10.250.0.1"
 ADDR_B = "10.250.0.2"
 PLAYER_PORT, ANNOUNCE_PORT, SERVER_PORT = 41412, 41413, 41414
-FACE_IDENT = "cb-netns-face-1"
+FACE_PORT = 42500
 WAIT = 5.0  # generous bound for subprocess start-up on a loaded machine; normally well under 1 s
-
-
-# --- side A: the bridge side, run inside namespace A -------------------------------------------
-
-def _emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
-async def _side_a(args: argparse.Namespace) -> None:
-    settings = GdmSettings(group=args.group, player_port=args.player_port,
-                           announce_port=args.announce_port, server_port=args.server_port,
-                           search_interval=args.search_interval, interfaces=tuple(args.interface))
-    advert = Advert(resource_identifier=args.ident, name=args.name, port=args.face_port,
-                    product="companion-bridge", version="0.1.0", capabilities=("timeline", "playback"))
-    responder = GdmResponder(settings, lambda: [advert])
-    scanner = GdmScanner(settings, lambda s: _emit("sighting", **dataclasses.asdict(s)),
-                         lambda s: _emit("bye", **dataclasses.asdict(s)),
-                         is_own=lambda ident: ident == advert.resource_identifier)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await responder.start()
-    try:
-        await scanner.start()
-        try:
-            _emit("ready")
-            await stop.wait()
-        finally:
-            await scanner.stop()
-    finally:
-        await responder.stop()
-    _emit("stopped")
-
-
-def side_a_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.functional.test_multicast_netns --side-a")
-    parser.add_argument("--side-a", action="store_true", required=True)
-    parser.add_argument("--group", default=GROUP)
-    parser.add_argument("--player-port", type=int, default=PLAYER_PORT)
-    parser.add_argument("--announce-port", type=int, default=ANNOUNCE_PORT)
-    parser.add_argument("--server-port", type=int, default=SERVER_PORT)
-    parser.add_argument("--search-interval", type=float, default=0.25)
-    parser.add_argument("--interface", action="append", default=[])
-    parser.add_argument("--ident", default=FACE_IDENT)
-    parser.add_argument("--name", default="Netns Face")
-    parser.add_argument("--face-port", type=int, default=32500)
-    asyncio.run(_side_a(parser.parse_args(argv)))
 
 
 # --- the test --------------------------------------------------------------------------------------
@@ -165,35 +110,39 @@ async def run_in(ns: str, module: str, *args: str, stderr: Path) -> AsyncIterato
 @pytest.mark.netns
 async def test_bridge_and_player_in_separate_namespaces_find_each_other_over_multicast(namespaces, tmp_path):
     ns_a, ns_b = namespaces
-    ports = ["--player-port", str(PLAYER_PORT), "--announce-port", str(ANNOUNCE_PORT),
-             "--server-port", str(SERVER_PORT)]
+    config = tmp_path / "bridge.yaml"
+    config.write_text(f"""
+interfaces: [{ADDR_A}]
+gdm: {{group: {GROUP}, player_port: {PLAYER_PORT}, announce_port: {ANNOUNCE_PORT}, server_port: {SERVER_PORT},
+       search_interval: 0.5}}
+mdns: {{enabled: false}}
+http: {{admin_port: 0, relay_port: 0, face_port_base: {FACE_PORT}}}
+state_dir: {tmp_path / "state"}
+""")
     player_args = ["--player", "--bind", f"0.0.0.0:{PLAYER_PORT}", "--group", GROUP,
                    "--interface", ADDR_B, "--ident", "netns-player-1", "--name", "Netns TV", "--port", "8123"]
     async with run_in(ns_b, "tests.fakes.gdm_peer", *player_args, stderr=tmp_path / "player.err") as player:
         await player.wait_for(lambda e: e["event"] == "ready", "fake player ready")
-        async with run_in(ns_a, "tests.functional.test_multicast_netns", "--side-a", *ports,
-                          "--interface", ADDR_A, stderr=tmp_path / "bridge.err") as bridge:
-            sighting = await bridge.wait_for(
-                lambda e: e["event"] == "sighting" and e["ident"] == "netns-player-1",
-                "bridge side discovering the player in the other namespace")
-            assert (sighting["kind"], sighting["name"]) == ("companion", "Netns TV")
-            assert (sighting["address"], sighting["port"]) == (ADDR_B, 8123)
-            assert sighting["interface"] == ADDR_A
-
+        async with run_in(ns_a, "companion", "--log-level", "debug", "run", "--config", str(config),
+                          stderr=tmp_path / "bridge.err") as bridge:
             controller_args = ["--search", f"{GROUP}:{PLAYER_PORT}", "--bind", f"{ADDR_B}:0",
-                               "--interface", ADDR_B, "--timeout", str(WAIT), "--expect", "2"]
-            async with run_in(ns_b, "tests.fakes.gdm_peer", *controller_args,
-                              stderr=tmp_path / "controller.err") as controller:
-                reply = await controller.wait_for(
-                    lambda e: e["event"] == "reply"
-                    and e.get("headers", {}).get("Resource-Identifier") == FACE_IDENT,
-                    "a controller in the player's namespace finding the bridge's face")
+                               "--interface", ADDR_B, "--timeout", "0.5", "--expect", "2"]
+            reply: dict[str, Any] | None = None
+            for _ in range(int(WAIT / 0.5)):  # bounded: searches until the face exists, at most WAIT s
+                async with run_in(ns_b, "tests.fakes.gdm_peer", *controller_args,
+                                  stderr=tmp_path / "controller.err") as controller:
+                    await controller.proc.wait()
+                    assert controller.proc.stdout is not None
+                    for line in (await controller.proc.stdout.read()).splitlines():
+                        event = json.loads(line)
+                        if event["event"] == "reply" and event["headers"].get("Name") == "Netns TV (bridge)":
+                            reply = event
+                if reply is not None:
+                    break
+            assert reply is not None, f"no face for the player; bridge log: {(tmp_path / 'bridge.err').read_text()}"
             assert reply["from"] == [ADDR_A, PLAYER_PORT]
-            assert reply["headers"]["Name"] == "Netns Face"
-            assert reply["headers"]["Port"] == "32500"
-        assert not [e for e in bridge.events if e["event"] == "sighting" and e["ident"] == FACE_IDENT], \
-            "the bridge must not list its own face as a player"
-
-
-if __name__ == "__main__":
-    side_a_main(sys.argv[1:])
+            assert reply["headers"]["Port"] == str(FACE_PORT)
+            assert reply["headers"]["Resource-Identifier"] != "netns-player-1"
+            log = (tmp_path / "bridge.err").read_text()
+            assert "for Netns TV (10.250.0.2:8123) listening on port" in log
+            assert bridge.proc.returncode is None, "the daemon is still running"
