@@ -54,10 +54,12 @@ def free_port_block(n: int) -> int:
     raise RuntimeError("no free port block")
 
 
-def bridge_config(tmp_path: Path, extra: str = "", **overrides: Any) -> Any:
+def bridge_config(tmp_path: Path, extra: str = "", *, timeouts: dict[str, float] | None = None) -> Any:
     """A config on loopback test ports (never 32412-32414), state in ``tmp_path``."""
     gdm = free_port_block(3)
     faces = free_port_block(8)
+    t = {"command": 1.0, "target_expiry": 60.0, **(timeouts or {})}
+    timeouts_yaml = ", ".join(f"{k}: {v}" for k, v in t.items())
     text = f"""
 name: test-bridge
 interfaces: [127.0.0.1]
@@ -65,7 +67,7 @@ gdm: {{group: 239.0.0.250, player_port: {gdm}, announce_port: {gdm + 1}, server_
        hello_interval: 30, search_interval: 0.5}}
 mdns: {{enabled: false}}
 http: {{bind: 127.0.0.1, admin_port: 0, relay_port: 0, face_port_base: {faces}}}
-timeouts: {{command: 1.0, target_expiry: 60}}
+timeouts: {{{timeouts_yaml}}}
 state_dir: {tmp_path / "state"}
 {extra}
 """

@@ -65,7 +65,7 @@ async def test_scan_table_for_people(tmp_path: Path) -> None:
 async def test_bad_config_stops_the_daemon_before_anything_starts(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("gdm:\n  player_port: 40000\n  hello_interval: often\n")
-    code, out, err = await companion("run", "--config", str(config))
+    code, _, err = await companion("run", "--config", str(config))
     assert code == 2
     assert f"{config}:3: gdm.hello_interval: expected a number of seconds, got 'often'" in err
     assert "started" not in err
