@@ -10,24 +10,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import aiohttp
 
 from companion import __version__
+from companion.audit import AuditLog
 from companion.config import Config
 from companion.discovery.gdm import GdmResponder, GdmScanner, GdmSettings
 from companion.errors import CompanionError, StateError, TargetUnavailable
 from companion.faces.app import Face, FaceLimits
-from companion.model import Command, Sighting, Target, TargetKind
-from companion.proto.companion import FaceIdentity, media_request
+from companion.flinging import FlingService
+from companion.metrics import Metrics
+from companion.model import Command, Server, Sighting, Target, TargetKind
+from companion.proto.companion import FaceIdentity
 from companion.proto.gdm import Advert
 from companion.proto.timeline import PlayerState
-from companion.registry import Registry
+from companion.registry import Registry, config_server_id
+from companion.security.probe import ProbeCache
+from companion.security.profiles import ProfileSet, load_profiles, shipped_profiles_dir
 from companion.state import StateDir
 from companion.targets.base import TargetAdapter
 from companion.targets.companion_player import CompanionPlayerTarget, TimelineListener
@@ -66,6 +73,13 @@ class Bridge:
         self.registry = Registry(expiry=config.timeouts.target_expiry)
         self.faces: dict[str, FaceSlot] = {}
         self.bridge_id = ""
+        self.metrics = Metrics()
+        self.metrics.track_targets(lambda: [(slot.target.kind.value, slot.adapter.available)
+                                            for slot in self.faces.values()])
+        self.profiles: ProfileSet = ProfileSet({}, (), {}, {})
+        self.audit = AuditLog(self.state.path / "audit.sqlite3", retention_days=config.audit_retention_days)
+        self.probe = ProbeCache(timeout=config.timeouts.command)
+        self.flings: FlingService | None = None
         self._session: aiohttp.ClientSession | None = None
         self._listener: TimelineListener | None = None
         self._responder: GdmResponder | None = None
@@ -96,6 +110,14 @@ class Bridge:
         cfg = self.config
         self.state.ensure()
         self.bridge_id = self.state.bridge_id()
+        self.profiles = await asyncio.to_thread(self.load_profiles)
+        await asyncio.to_thread(self.audit.open)
+        self.flings = FlingService(config=cfg, profiles=self.profiles, registry=self.registry, audit=self.audit,
+                                   probe=self.probe, metrics=self.metrics)
+        for server in cfg.servers:
+            self.registry.add_server(Server(
+                id=config_server_id(server.url), name=server.host, address=server.host, port=server.port,
+                source="config", scheme="https" if server.scheme == "https" else "http", token=server.token))
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.command),
             connector=aiohttp.TCPConnector(limit=256, enable_cleanup_closed=True),
@@ -145,6 +167,7 @@ class Bridge:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self.audit.close()
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -159,7 +182,16 @@ class Bridge:
 
     # -- discovery ----------------------------------------------------------------------------
 
+    def load_profiles(self) -> ProfileSet:
+        """Shipped profiles plus the configured directories; a broken profile is skipped, not fatal."""
+        extra = [Path(os.path.expanduser(d)) for d in self.config.profiles_dirs]
+        profiles = load_profiles([*extra, shipped_profiles_dir()])
+        for error in profiles.errors:
+            log.error("profile skipped: %s", error)
+        return profiles
+
     def _sighted(self, sighting: Sighting) -> None:
+        self.metrics.sightings.labels(source=sighting.source, kind=sighting.kind).inc()
         self.registry.observe(sighting, time.monotonic())
 
     def _bye(self, sighting: Sighting) -> None:
@@ -302,17 +334,32 @@ class Bridge:
         if slot is None:
             raise TargetUnavailable("this player is no longer bridged")
         slot.commands += 1
+        started = time.monotonic()
+        outcome = "ok"
         try:
             if command.group in ("playback", "mirror") and command.name in ("playMedia", "details"):
                 await self.fling(slot, command)
             else:
                 await slot.adapter.send(command)
         except CompanionError as exc:
+            outcome = "error"
             slot.errors += 1
             slot.last_error = str(exc)
             raise
+        finally:
+            self.metrics.command_seconds.labels(kind=slot.target.kind.value, outcome=outcome).observe(
+                time.monotonic() - started)
 
     async def fling(self, slot: FaceSlot, command: Command) -> None:
-        """The seam where the secure decision goes: for now the server block passes unchanged."""
-        request = media_request(command)
-        await slot.adapter.play_media(request, command)
+        """Decide (secure, relay, insecure or refused), rewrite the server block, carry it, flag it."""
+        assert self.flings is not None
+        prepared = await self.flings.prepare(slot.target, command)  # PolicyRefusal is flagged already
+        plain_command_leg = slot.target.kind is TargetKind.COMPANION  # Companion commands are plain HTTP
+        try:
+            await slot.adapter.play_media(prepared.request, command)
+        except CompanionError as exc:
+            await self.flings.finish(prepared.fling, f"error: {exc}", command_plain_http=plain_command_leg,
+                                     server_address=prepared.server.address, command=command)
+            raise
+        await self.flings.finish(prepared.fling, "ok", command_plain_http=plain_command_leg,
+                                 server_address=prepared.server.address, command=command)

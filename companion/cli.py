@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 from companion import __version__
@@ -139,6 +141,182 @@ async def _scan(config: Config, timeout: float, as_json: bool) -> int:
     return EXIT_OK
 
 
+# -- profiles -----------------------------------------------------------------------------------
+
+
+def cmd_profiles_lint(args: argparse.Namespace) -> int:
+    from companion.security.profiles import lint
+
+    paths = [Path(p) for p in args.paths]
+    errors = lint(paths)
+    for error in errors:
+        print(error, file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} error(s)", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"ok: {', '.join(args.paths) if args.paths else 'shipped profiles'}")
+    return EXIT_OK
+
+
+def _profile_set(config: Config) -> Any:
+    from companion.security.profiles import load_profiles, shipped_profiles_dir
+
+    extra = [Path(os.path.expanduser(d)) for d in config.profiles_dirs]
+    profiles = load_profiles([*extra, shipped_profiles_dir()])
+    for error in profiles.errors:
+        print(f"profile skipped: {error}", file=sys.stderr)
+    return profiles
+
+
+def cmd_profiles_list(args: argparse.Namespace) -> int:
+    from companion.security.profiles import describe
+
+    profiles = _profile_set(_config_from_args(args))
+    described = [describe(p) for p in profiles.profiles.values()]
+    if args.json:
+        _print_json(described)
+        return EXIT_OK
+    rows = []
+    for p in profiles.profiles.values():
+        matches = "; ".join(", ".join(f"{k}={v}" for k, v in clause.items()) for clause in p.match) or "(override)"
+        tls = "no https" if not p.media_https else f"TLS {p.tls.min_version}-{p.tls.max_version}"
+        rows.append([p.id, p.transport, tls, p.roots.store, p.dns_resolver, p.confidence, matches])
+    print(_table(rows, ["ID", "TRANSPORT", "TLS", "ROOTS", "DNS", "CONFIDENCE", "MATCHES"]))
+    return EXIT_OK
+
+
+# -- flings -------------------------------------------------------------------------------------
+
+
+def cmd_flings(args: argparse.Namespace) -> int:
+    from companion.audit import AuditLog, format_table, record_to_json
+
+    config = _config_from_args(args)
+    path = config.state_path / "audit.sqlite3"
+    if not path.exists():
+        records = []
+    else:
+        with AuditLog(path) as audit:
+            records = audit.recent(args.limit, insecure_only=args.insecure)
+    if args.json:
+        _print_json([record_to_json(r) for r in records])
+    else:
+        print(format_table(records))
+    return EXIT_OK
+
+
+# -- explain ------------------------------------------------------------------------------------
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    return asyncio.run(_explain(config, args))
+
+
+def _explain_profile(config: Config, profiles: Any, target: str | None, profile_id: str | None) -> Any:
+    from companion.model import Target, TargetKind, stable_id
+
+    if profile_id:
+        return profiles.get(profile_id)
+    assert target is not None
+    for t in config.targets:
+        if target in (t.name, stable_id(t.kind, f"config:{t.name}")):
+            fields = Target(id="", kind=TargetKind(t.kind), name=t.name, address=t.address, port=t.port,
+                            source="config", ident="").match_fields
+            return profiles.match(fields, override=config.profiles.get(t.name) or t.profile)
+    if target in profiles.profiles:
+        return profiles.get(target)
+    raise CompanionError(f"unknown target {target!r}: name a target from the config's targets:, "
+                         "or give --profile ID (see `companion profiles list`)")
+
+
+async def _explain(config: Config, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+    from urllib.parse import urlsplit
+
+    from companion.errors import ProtocolError, TrustError
+    from companion.flinging import parse_resolver
+    from companion.proto import plexdirect
+    from companion.security.decide import decide, explain
+    from companion.security.dnscheck import check_plex_direct
+    from companion.security.probe import probe_server
+
+    profiles = _profile_set(config)
+    profile = _explain_profile(config, profiles, args.target, args.profile)
+    url = urlsplit(args.server)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"--server: expected http(s)://host:port, got {args.server!r}")
+    host = url.hostname
+    port = url.port or 32400
+    server_hash: str | None = None
+    try:
+        parsed = plexdirect.parse_name(host)
+        address, server_hash = parsed.address, parsed.hash
+    except ProtocolError:
+        address = host
+    try:
+        sni = plexdirect.build_name(address, server_hash) if server_hash else None
+    except ProtocolError:
+        sni = None
+    if not args.json:
+        print(f"probing {address}:{port} ...", file=sys.stderr)
+    try:
+        facts = await probe_server(address, port, server_name=sni, timeout=config.timeouts.command)
+    except TrustError as exc:
+        facts = None
+        if not args.json:
+            print(f"  server TLS: {exc}", file=sys.stderr)
+    dns = None
+    if facts is not None and profile.dns_resolver == "lan" and config.security.dns_check:
+        wanted = server_hash or facts.plex_direct_hash
+        if wanted:
+            with contextlib.suppress(ProtocolError):
+                dns = await check_plex_direct(plexdirect.build_name(address, wanted), address,
+                                              resolver=parse_resolver(args.resolver or config.security.resolver))
+    policy = args.policy or config.security.policy
+    now = datetime.now(UTC)
+    roots = profiles.roots_for(profile)
+    common = {"profile": profile, "roots": roots, "server_address": address, "server_port": port, "facts": facts,
+              "dns": dns, "policy": policy, "relay_available": config.security.relay, "now": now,
+              "server_hash": server_hash}
+    checks = explain(**common)
+    decision = decide(**common)
+    if args.json:
+        _print_json({
+            "profile": {"id": profile.id, "name": profile.name, "confidence": profile.confidence},
+            "server": {"address": address, "port": port, "hash": facts.plex_direct_hash if facts else None,
+                       "tls_versions": sorted(facts.tls_versions) if facts else [],
+                       "chain": [c.subject.rfc4514_string() for c in facts.chain] if facts else []},
+            "policy": policy,
+            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail,
+                        "reasons": [{"code": r.code, "text": r.text} for r in c.reasons]} for c in checks],
+            "decision": {"mode": decision.mode, "secure": decision.secure,
+                         "token_exposed": decision.token_exposed, "stream_base": decision.stream_base,
+                         "reasons": [{"code": r.code, "text": r.text} for r in decision.reasons]},
+        })
+    else:
+        print(f"device profile: {profile.id} ({profile.name}); confidence: {profile.confidence}")
+        if profile.notes:
+            print(f"  notes: {' '.join(profile.notes.split())}")
+        if facts is not None:
+            print(f"server: {address}:{port}; TLS {', '.join(sorted(facts.tls_versions)) or 'none'}; "
+                  f"hash {facts.plex_direct_hash or '-'}")
+            for cert in facts.chain:
+                print(f"  sent: {cert.subject.rfc4514_string()}  (issuer {cert.issuer.rfc4514_string()})")
+        print(f"policy: {policy}")
+        for c in checks:
+            mark = "PASS" if c.passed else ("FAIL" if c.passed is False else " -- ")
+            print(f"  {mark}  {c.name:<16} {c.detail}")
+        verdict = decision.mode + ("" if decision.secure else
+                                   (" (token exposed)" if decision.token_exposed else " (token kept off the LAN)"))
+        print(f"verdict: {verdict}")
+        if decision.stream_base:
+            print(f"stream base for the device: {decision.stream_base}")
+        for r in decision.reasons:
+            print(f"  - {r.code}: {r.text}")
+    return EXIT_OK if decision.secure else EXIT_FAIL
+
+
 # -- parser -------------------------------------------------------------------------------------
 
 
@@ -161,12 +339,42 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to listen (default 3)")
     scan.add_argument("--json", action="store_true", help="machine-readable output")
     scan.set_defaults(func=cmd_scan)
+
+    profiles = sub.add_parser("profiles", help="device profiles: lint and list")
+    psub = profiles.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
+    plint = psub.add_parser("lint", help="validate profile and root-store files; file:line: message per error")
+    plint.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: shipped)")
+    plint.set_defaults(func=cmd_profiles_lint)
+    plist = psub.add_parser("list", help="the loaded profiles and what they match")
+    plist.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
+    plist.add_argument("--json", action="store_true", help="machine-readable output")
+    plist.set_defaults(func=cmd_profiles_list)
+
+    flings = sub.add_parser("flings", help="the audit log of flings, newest first")
+    flings.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
+    flings.add_argument("--insecure", action="store_true", help="only flings that were not fully secure")
+    flings.add_argument("--limit", type=int, default=50, metavar="N", help="at most N records (default 50)")
+    flings.add_argument("--json", action="store_true", help="machine-readable output")
+    flings.set_defaults(func=cmd_flings)
+
+    explain = sub.add_parser("explain", help="the secure/insecure decision for a target and a server, check by "
+                             "check (exit 0 when secure, 1 when not)")
+    explain.add_argument("target", nargs="?", metavar="TARGET", help="a configured target's name or id")
+    explain.add_argument("--profile", metavar="ID", help="judge this device profile instead of a target")
+    explain.add_argument("--server", required=True, metavar="URL", help="https://<ip>:<port> or the plex.direct URL")
+    explain.add_argument("--policy", choices=["required", "preferred", "disabled"], help="override the policy")
+    explain.add_argument("--resolver", metavar="IP[:PORT]", help="LAN resolver to check plex.direct names with")
+    explain.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.set_defaults(func=cmd_explain)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "explain" and not args.target and not args.profile:
+        parser.error("explain: give a TARGET or --profile ID")
     setup_logging(args.log_level)
     try:
         return int(args.func(args))

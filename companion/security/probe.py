@@ -1,0 +1,388 @@
+"""Server TLS facts: what one Plex server sends and accepts over TLS, gathered once and cached.
+
+The I/O shell of the trust decision (SECURITY.md section 2). It connects with verification OFF
+and records the chain exactly as the server sends it, the plex.direct hash from the leaf, which
+TLS versions and (for TLS <= 1.2) which cipher suites the server accepts, and the leaf's key and
+validity. Whether a given device would accept all that is decided later, per profile, by
+:mod:`companion.security.trust` and :mod:`companion.security.decide`; one probe serves every
+profile.
+
+Local limits are told apart from server refusals: before a handshake is sent, the ClientHello is
+built in memory; when the local OpenSSL cannot even produce one (TLS 1.0 without ``@SECLEVEL=0``,
+a cipher it does not build) the version or cipher is recorded as untestable or skipped, never as
+refused by the server (research/secure-connections-and-tls.md section 5.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+
+from companion.errors import TrustError
+from companion.proto.plexdirect import hash_from_certificate
+from companion.security.decide import TLS_VERSIONS
+
+_SSL_VERSION: Mapping[str, ssl.TLSVersion] = MappingProxyType({
+    "1.0": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+})
+# SECLEVEL=0 so that the local OpenSSL still offers what old devices offer; we measure the
+# server, not our own taste. PSK/SRP/anonymous suites need credentials no device has.
+_ALL_CIPHERS = "ALL:!PSK:!SRP:!aNULL:@SECLEVEL=0"
+_CIPHER_CONCURRENCY = 8
+_DER = 2  # _ssl.ENCODING_DER
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """Everything the trust decision needs to know about one server's TLS, as measured."""
+
+    address: str
+    port: int
+    chain_der: tuple[bytes, ...]  # exactly as sent, leaf first
+    plex_direct_hash: str | None
+    tls_versions: frozenset[str]  # "1.0".."1.3" accepted by the server
+    tls_versions_untestable: frozenset[str]  # the local OpenSSL cannot offer them
+    ciphers: frozenset[str]  # OpenSSL names accepted for TLS <= 1.2
+    leaf_key_type: str  # "rsa" | "ec" | "dsa" | "ed25519" | "ed448"
+    leaf_key_bits: int
+    signature_hashes: tuple[str, ...]  # one per certificate in chain_der, e.g. "sha256"
+    not_before: datetime
+    not_after: datetime
+    fingerprint: str  # sha256 of the leaf DER, lowercase hex
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """The sent chain as certificates (leaf first)."""
+        return tuple(x509.load_der_x509_certificate(der) for der in self.chain_der)
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return x509.load_der_x509_certificate(self.chain_der[0])
+
+    @classmethod
+    def from_chain(
+        cls,
+        address: str,
+        port: int,
+        chain_der: Iterable[bytes],
+        *,
+        tls_versions: Iterable[str],
+        tls_versions_untestable: Iterable[str] = (),
+        ciphers: Iterable[str] = (),
+    ) -> ServerFacts:
+        """Facts derived from a sent chain plus the measured versions and ciphers.
+
+        Raises TrustError when the chain is empty or a certificate cannot be parsed.
+        """
+        ders = tuple(chain_der)
+        if not ders:
+            raise TrustError(f"server {address}:{port} sent no certificate")
+        try:
+            certs = [x509.load_der_x509_certificate(der) for der in ders]
+        except ValueError as exc:
+            raise TrustError(f"server {address}:{port} sent a certificate that cannot be parsed: {exc}") from None
+        leaf = certs[0]
+        key_type, key_bits = key_facts(leaf)
+        return cls(
+            address=address,
+            port=port,
+            chain_der=ders,
+            plex_direct_hash=hash_from_certificate(leaf),
+            tls_versions=frozenset(tls_versions),
+            tls_versions_untestable=frozenset(tls_versions_untestable),
+            ciphers=frozenset(ciphers),
+            leaf_key_type=key_type,
+            leaf_key_bits=key_bits,
+            signature_hashes=tuple(signature_hash(cert) for cert in certs),
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+            fingerprint=hashlib.sha256(ders[0]).hexdigest(),
+        )
+
+
+def key_facts(cert: x509.Certificate) -> tuple[str, int]:
+    """(key type, size in bits) of a certificate's public key."""
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return "unknown", 0
+    if isinstance(key, rsa.RSAPublicKey):
+        return "rsa", key.key_size
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ec", key.key_size
+    if isinstance(key, dsa.DSAPublicKey):
+        return "dsa", key.key_size
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "ed25519", 256
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "ed448", 448
+    return type(key).__name__.lower(), 0
+
+
+def signature_hash(cert: x509.Certificate) -> str:
+    """The hash a certificate was signed with ("sha256", "sha1", ...; "none" for Ed25519)."""
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return "unknown"
+    return algorithm.name if algorithm is not None else "none"
+
+
+def _client_context(min_version: str, max_version: str, ciphers: str) -> ssl.SSLContext:
+    # Setting TLS 1.0/1.1 bounds emits a DeprecationWarning; probing old servers is the point.
+    # No await happens inside, so the global warnings state is not shared with other tasks.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.minimum_version = _SSL_VERSION[min_version]
+        ctx.maximum_version = _SSL_VERSION[max_version]
+        ctx.set_ciphers(ciphers)
+    return ctx
+
+
+def _locally_offerable(ctx: ssl.SSLContext) -> bool:
+    """Can the local OpenSSL build a ClientHello with this context? (no network involved)"""
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        return True  # the ClientHello is written and it waits for the server: offerable
+    except ssl.SSLError:
+        return False
+    return True
+
+
+def _chain_der(obj: ssl.SSLObject) -> tuple[bytes, ...]:
+    """The certificates the server sent, leaf first, as DER.
+
+    Python 3.13 has ``SSLObject.get_unverified_chain()`` (DER bytes). On 3.10-3.12 the same call
+    exists on the private ``_sslobj`` and returns ``_ssl.Certificate`` objects. When neither is
+    there, only the leaf can be had (``getpeercert``); the verdict then treats every chain as
+    leaf-only, i.e. "intermediate missing" for servers that do send one.
+    """
+    getter: Any = getattr(obj, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None)
+    if getter is not None:
+        sent = getter() or []
+        ders = tuple(c if isinstance(c, bytes) else c.public_bytes(_DER) for c in sent)
+        if ders:
+            return ders
+    leaf = obj.getpeercert(binary_form=True)
+    return (leaf,) if leaf else ()
+
+
+@dataclass(frozen=True)
+class _Handshake:
+    version: str
+    cipher: str
+    chain_der: tuple[bytes, ...]
+
+
+async def _handshake(
+    address: str, port: int, ctx: ssl.SSLContext, server_name: str | None, timeout: float
+) -> _Handshake:
+    """One TLS handshake; raises OSError, TimeoutError or ssl.SSLError as the socket layer did."""
+    async with asyncio.timeout(timeout):
+        _reader, writer = await asyncio.open_connection(
+            address, port, ssl=ctx, server_hostname=server_name or "", ssl_handshake_timeout=timeout
+        )
+    try:
+        obj = writer.get_extra_info("ssl_object")
+        if not isinstance(obj, ssl.SSLObject):
+            raise ssl.SSLError("no TLS session after the handshake")
+        cipher = obj.cipher()
+        return _Handshake(
+            version=obj.version() or "", cipher=cipher[0] if cipher else "", chain_der=_chain_der(obj)
+        )
+    finally:
+        writer.close()
+        try:
+            async with asyncio.timeout(timeout):
+                await writer.wait_closed()
+        except (OSError, ssl.SSLError, TimeoutError):
+            pass  # the server may drop the connection first; the facts are already in hand
+
+
+def _unreachable(address: str, port: int, exc: BaseException, timeout: float) -> TrustError:
+    where = f"server {address}:{port}"
+    if isinstance(exc, TimeoutError):
+        return TrustError(f"{where} did not complete a TLS handshake within {timeout:g} s")
+    if isinstance(exc, ConnectionRefusedError):
+        return TrustError(f"{where} refused the connection (is Plex running, and on this port?)")
+    if isinstance(exc, ssl.SSLError):
+        return TrustError(
+            f"{where} does not speak TLS on this port or rejected every offer ({exc.reason or exc})"
+        )
+    return TrustError(f"{where} cannot be reached: {exc.strerror or exc}" if isinstance(exc, OSError)
+                      else f"{where} cannot be reached: {exc}")
+
+
+async def _accepts(
+    address: str, port: int, ctx: ssl.SSLContext, server_name: str | None, timeout: float,
+    limit: asyncio.Semaphore,
+) -> bool:
+    async with limit:
+        try:
+            await _handshake(address, port, ctx, server_name, timeout)
+        except (OSError, TimeoutError, ssl.SSLError):
+            return False
+    return True
+
+
+async def leaf_fingerprint(
+    address: str, port: int, *, server_name: str | None = None, timeout: float = 5.0
+) -> str:
+    """SHA-256 of the server's leaf certificate: one handshake, for cheap change detection."""
+    ctx = _client_context("1.0", "1.3", _ALL_CIPHERS)
+    try:
+        shake = await _handshake(address, port, ctx, server_name, timeout)
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        raise _unreachable(address, port, exc, timeout) from None
+    if not shake.chain_der:
+        raise TrustError(f"server {address}:{port} sent no certificate")
+    return hashlib.sha256(shake.chain_der[0]).hexdigest()
+
+
+async def probe_server(
+    address: str, port: int, *, server_name: str | None = None, timeout: float = 5.0
+) -> ServerFacts:
+    """Measure a server's TLS: chain as sent, versions, TLS <= 1.2 ciphers, leaf key and validity.
+
+    ``server_name`` is sent as SNI (a plex.direct name, typically); None sends no SNI.
+    Raises TrustError with a readable message when the server cannot be reached or speaks no TLS.
+    """
+    first = _client_context("1.0", "1.3", _ALL_CIPHERS)
+    try:
+        shake = await _handshake(address, port, first, server_name, timeout)
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        raise _unreachable(address, port, exc, timeout) from None
+
+    limit = asyncio.Semaphore(_CIPHER_CONCURRENCY)
+    untestable: set[str] = set()
+    version_jobs: dict[str, asyncio.Task[bool]] = {}
+    async with asyncio.TaskGroup() as group:
+        for version in TLS_VERSIONS:
+            ctx = _client_context(version, version, _ALL_CIPHERS)
+            if not _locally_offerable(ctx):
+                untestable.add(version)
+                continue
+            version_jobs[version] = group.create_task(
+                _accepts(address, port, ctx, server_name, timeout, limit), name=f"probe-tls-{version}"
+            )
+    accepted = {v for v, job in version_jobs.items() if job.result()}
+
+    ciphers = await _accepted_ciphers(address, port, server_name, timeout, accepted, limit)
+    return ServerFacts.from_chain(
+        address, port, shake.chain_der,
+        tls_versions=accepted, tls_versions_untestable=untestable, ciphers=ciphers,
+    )
+
+
+async def _accepted_ciphers(
+    address: str, port: int, server_name: str | None, timeout: float, accepted_versions: set[str],
+    limit: asyncio.Semaphore,
+) -> frozenset[str]:
+    """Offer one local TLS <= 1.2 cipher at a time, within the versions the server accepts."""
+    old = [v for v in TLS_VERSIONS[:3] if v in accepted_versions]
+    if not old:
+        return frozenset()
+    low, high = old[0], old[-1]
+    listing = _client_context(low, high, _ALL_CIPHERS)
+    names = sorted({c["name"] for c in listing.get_ciphers() if c["protocol"] != "TLSv1.3"})
+    jobs: dict[str, asyncio.Task[bool]] = {}
+    async with asyncio.TaskGroup() as group:
+        for name in names:
+            try:
+                ctx = _client_context(low, high, f"{name}:@SECLEVEL=0")
+            except ssl.SSLError:
+                continue
+            if not _locally_offerable(ctx):
+                continue  # e.g. a TLS 1.2-only suite while the server only speaks 1.0
+            jobs[name] = group.create_task(
+                _accepts(address, port, ctx, server_name, timeout, limit), name=f"probe-cipher-{name}"
+            )
+    return frozenset(name for name, job in jobs.items() if job.result())
+
+
+@dataclass
+class _Entry:
+    facts: ServerFacts
+    server_name: str | None
+    checked_at: float
+
+
+class ProbeCache:
+    """ServerFacts per server, re-probed only when the server's certificate changed.
+
+    A cached entry is trusted for ``recheck_interval`` seconds; after that one handshake fetches
+    the leaf fingerprint, and only a different fingerprint (or a new address/port) costs a full
+    probe. ``clock`` is injectable (monotonic seconds).
+    """
+
+    def __init__(
+        self, *, recheck_interval: float = 300.0, timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval = recheck_interval
+        self._timeout = timeout
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, server_key: str, address: str, port: int, server_name: str | None) -> ServerFacts:
+        """Cached facts for ``server_key``; probes on first use and when the certificate changed.
+
+        Raises TrustError (and forgets the entry) when the server cannot be reached.
+        """
+        lock = self._locks.setdefault(server_key, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(server_key)
+            same = (entry is not None and entry.facts.address == address and entry.facts.port == port
+                    and entry.server_name == server_name)
+            if entry is not None and same:
+                now = self._clock()
+                if now - entry.checked_at < self._interval:
+                    return entry.facts
+                try:
+                    current = await leaf_fingerprint(address, port, server_name=server_name,
+                                                     timeout=self._timeout)
+                except TrustError:
+                    self._entries.pop(server_key, None)
+                    raise
+                if current == entry.facts.fingerprint:
+                    entry.checked_at = now
+                    return entry.facts
+            try:
+                facts = await probe_server(address, port, server_name=server_name, timeout=self._timeout)
+            except TrustError:
+                self._entries.pop(server_key, None)
+                raise
+            self._entries[server_key] = _Entry(facts, server_name, self._clock())
+            return facts
+
+    def peek(self, server_key: str) -> ServerFacts | None:
+        """The cached facts without any I/O (for status pages), or None."""
+        entry = self._entries.get(server_key)
+        return entry.facts if entry else None
+
+    def invalidate(self, server_key: str) -> None:
+        """Forget a server; the next get() probes it afresh."""
+        self._entries.pop(server_key, None)

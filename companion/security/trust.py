@@ -1,0 +1,333 @@
+"""Chain trust: would a device with this root store and these TLS limits accept the server's chain?
+
+Pure (no sockets, no event loop, the clock is a parameter). The path is built by
+``cryptography.x509.verification`` against the device's roots with exactly the intermediates the
+server sent (plus AIA-fetched ones only for devices that fetch them), then the limits the library
+does not check are applied: the leaf's RSA size, SHA-1 anywhere in the path, ECDSA anywhere in the
+path (SECURITY.md section 3 step 3; research/secure-connections-and-tls.md section 5.1).
+
+The library reports one error string and cannot tell "root missing" from "intermediate missing"
+(both are "candidates exhausted"), so a failure is diagnosed here by walking the sent chain
+ourselves: that gives reasons a person can act on, naming the certificate at fault.
+
+``Reason`` lives here (decide.py re-exports it) because decide.py imports this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509 import DNSName
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from companion.proto.plexdirect import hash_from_dns_names
+from companion.security.profiles import TlsCaps
+
+if TYPE_CHECKING:
+    from companion.security.probe import ServerFacts
+
+_WEAK_HASHES = frozenset({"sha1", "md5"})
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a fling is (not) secure: a short stable code and a sentence a person can act on."""
+
+    code: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.text}"
+
+
+@dataclass(frozen=True)
+class TrustResult:
+    """The verdict on one chain for one device: ok, why not, and the path that was built."""
+
+    ok: bool
+    reasons: tuple[Reason, ...]
+    path: tuple[str, ...]  # RFC 4514 subjects, leaf first, ending at the device's root
+
+
+def display_name(name: x509.Name) -> str:
+    """A certificate name as people know it: its CN, else the full RFC 4514 string."""
+    try:
+        cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        cns = []
+    if cns:
+        value = cns[0].value
+        return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return name.rfc4514_string() or "(empty name)"
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except InvalidSignature:
+        return False
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # cryptography refuses to check some signatures at all (SHA-1); the names match, so the
+        # walk goes on and the weak hash is reported as such instead of as a missing issuer.
+        return True
+    return True
+
+
+def _self_issued(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject
+
+
+def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return ()
+    return tuple(san.get_values_for_type(x509.DNSName))
+
+
+def name_matches(pattern: str, name: str) -> bool:
+    """RFC 6125 matching as TLS clients do it: a ``*`` covers exactly the leftmost label."""
+    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
+    if pattern == name:
+        return True
+    if not pattern.startswith("*."):
+        return False
+    head, _, rest = name.partition(".")
+    return bool(head) and rest == pattern[2:]
+
+
+def _walk(
+    leaf: x509.Certificate, intermediates: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]
+) -> tuple[list[x509.Certificate], x509.Certificate | None]:
+    """Follow issuers from the leaf through what was sent; returns (path so far, root or None)."""
+    path = [leaf]
+    current = leaf
+    for _ in range(len(intermediates) + 1):
+        root = next((r for r in roots if _issued_by(current, r)), None)
+        if root is not None:
+            return path, root
+        nxt = next((c for c in intermediates if c not in path and _issued_by(current, c)), None)
+        if nxt is None:
+            return path, None
+        path.append(nxt)
+        current = nxt
+    return path, None
+
+
+def _validity_reason(certs: Sequence[x509.Certificate], now: datetime) -> Reason | None:
+    for index, cert in enumerate(certs):
+        role = "the server's certificate" if index == 0 else f"the certificate {display_name(cert.subject)!r}"
+        if now > cert.not_valid_after_utc:
+            return Reason(
+                "cert-expired",
+                f"{role} expired on {_when(cert.not_valid_after_utc)} (checked at {_when(now)}); "
+                "renew it on the server (Plex renews its own plex.direct certificate when it can "
+                "reach plex.tv), or check the clock",
+            )
+        if now < cert.not_valid_before_utc:
+            return Reason(
+                "cert-not-yet-valid",
+                f"{role} is valid only from {_when(cert.not_valid_before_utc)} (checked at {_when(now)}); "
+                "check the clock of this machine and of the server",
+            )
+    return None
+
+
+def _name_reason(leaf: x509.Certificate, name: str) -> Reason | None:
+    names = _dns_names(leaf)
+    if any(name_matches(pattern, name) for pattern in names):
+        return None
+    wanted = name.lower().split(".")
+    cert_hash = hash_from_dns_names(names)
+    if cert_hash is not None and len(wanted) == 4 and wanted[1] != cert_hash:
+        return Reason(
+            "name-mismatch",
+            f"the server's certificate is for *.{cert_hash}.plex.direct but the stream would use {name} "
+            "(wrong hash): the server's hash changed or belongs to another server; refresh the "
+            "server list",
+        )
+    shown = ", ".join(names[:4]) or "no DNS names"
+    return Reason("name-mismatch", f"the server's certificate names {shown}, not {name}")
+
+
+def _path_reason(
+    leaf: x509.Certificate, intermediates: Sequence[x509.Certificate], roots: Sequence[x509.Certificate],
+    tls: TlsCaps,
+) -> Reason | None:
+    path, root = _walk(leaf, intermediates, roots)
+    if root is not None:
+        return None
+    last = path[-1]
+    if _self_issued(last) and len(path) > 1:
+        return Reason(
+            "root-missing",
+            f"this device's root store lacks {display_name(last.subject)!r}, the root the server's "
+            "chain ends in",
+        )
+    needed = display_name(last.issuer)
+    same_name = [r for r in roots if r.subject == last.issuer]
+    if same_name:
+        return Reason(
+            "root-missing",
+            f"this device's root store has a {needed!r} but not the one that signed "
+            f"{display_name(last.subject)!r} (a different key of the same name)",
+        )
+    if len(path) == 1 and not _self_issued(last):
+        fetch = ("and none could be fetched (AIA)" if tls.follows_aia
+                 else "and this device does not fetch missing issuers (AIA)")
+        return Reason(
+            "intermediate-missing",
+            f"the server sent its certificate without the intermediate {needed!r} {fetch}; "
+            "configure the server to send the full chain",
+        )
+    return Reason(
+        "root-missing",
+        f"this device's root store lacks {needed!r}, which the server's chain needs "
+        f"(issuer of {display_name(last.subject)!r})",
+    )
+
+
+def _diagnose(
+    leaf: x509.Certificate, intermediates: Sequence[x509.Certificate], roots: Sequence[x509.Certificate],
+    name: str, now: datetime, tls: TlsCaps, library_message: str,
+) -> tuple[Reason, ...]:
+    reasons: list[Reason] = []
+    path, root = _walk(leaf, intermediates, roots)
+    validity = _validity_reason([*path, *([root] if root is not None else [])], now)
+    if validity is not None:
+        reasons.append(validity)
+    named = _name_reason(leaf, name)
+    if named is not None:
+        reasons.append(named)
+    missing = _path_reason(leaf, intermediates, roots, tls)
+    if missing is not None:
+        reasons.append(missing)
+    weak = [c for c in path if _signature_hash_name(c) in _WEAK_HASHES]
+    if weak and missing is None:
+        reasons.append(Reason(
+            "sha1-signature",
+            f"{display_name(weak[0].subject)!r} is signed with {_signature_hash_name(weak[0]).upper()}, "
+            "which current TLS stacks (and this check) refuse; the server needs a SHA-2 certificate",
+        ))
+    if not reasons and "RSA key is too weak" in library_message:
+        reasons.append(Reason(
+            "rsa-key-too-small",
+            "a certificate in the server's chain is signed by an RSA key below 2048 bits",
+        ))
+    if not reasons:
+        reasons.append(Reason(
+            "chain-invalid", f"the device would reject the server's chain: {library_message}"
+        ))
+    return tuple(reasons)
+
+
+def _is_ecdsa(cert: x509.Certificate) -> bool:
+    try:
+        if isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+            return True
+    except (ValueError, UnsupportedAlgorithm):
+        pass
+    return isinstance(cert.signature_algorithm_parameters, ec.ECDSA)
+
+
+def _signature_hash_name(cert: x509.Certificate) -> str:
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return "unknown"
+    return algorithm.name if isinstance(algorithm, hashes.HashAlgorithm) else "none"
+
+
+def device_limits(path: Sequence[x509.Certificate], tls: TlsCaps) -> tuple[Reason, ...]:
+    """The checks the library does not do: leaf RSA size, SHA-1 in the path, ECDSA in the path."""
+    reasons: list[Reason] = []
+    leaf = path[0]
+    try:
+        key = leaf.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        key = None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < tls.rsa_min_bits:
+        reasons.append(Reason(
+            "rsa-key-too-small",
+            f"the server's RSA key is {key.key_size} bits; this device needs at least {tls.rsa_min_bits}",
+        ))
+    if tls.requires_sha2:
+        # The root's own signature is not checked by TLS clients; everything below it is.
+        weak = [c for c in path[:-1] if _signature_hash_name(c) in _WEAK_HASHES]
+        if weak:
+            reasons.append(Reason(
+                "sha1-signature",
+                f"{display_name(weak[0].subject)!r} is signed with {_signature_hash_name(weak[0]).upper()}; "
+                "this device requires SHA-2 signatures",
+            ))
+    if not tls.ecdsa:
+        ecdsa = [c for c in path if _is_ecdsa(c)]
+        if ecdsa:
+            which = ", ".join(repr(display_name(c.subject)) for c in ecdsa)
+            reasons.append(Reason(
+                "ecdsa-not-supported",
+                f"the chain uses ECDSA keys or signatures ({which}); this device accepts only RSA",
+            ))
+    return tuple(reasons)
+
+
+def verify_chain(
+    facts: ServerFacts,
+    roots: Sequence[x509.Certificate],
+    *,
+    name: str,
+    now: datetime,
+    tls: TlsCaps,
+    extra_intermediates: Sequence[x509.Certificate] = (),
+) -> TrustResult:
+    """Would a device with ``roots`` and limits ``tls`` accept the server's chain for ``name``?
+
+    Uses exactly the intermediates the server sent; ``extra_intermediates`` (AIA-fetched issuers)
+    are added only when ``tls.follows_aia``, so callers may always pass them.
+    """
+    now = _as_utc(now)
+    try:
+        chain = facts.chain
+    except ValueError as exc:
+        return TrustResult(False, (Reason("chain-invalid", f"the server's certificate cannot be parsed: {exc}"),), ())
+    if not chain:
+        return TrustResult(False, (Reason("chain-invalid", "the server sent no certificate"),), ())
+    leaf = chain[0]
+    intermediates = list(chain[1:])
+    if tls.follows_aia:
+        intermediates += [c for c in extra_intermediates if c not in intermediates]
+    if not roots:
+        return TrustResult(False, (Reason(
+            "root-missing",
+            f"this device's root store is empty, so it trusts nothing; the server's chain needs "
+            f"{display_name(_walk(leaf, intermediates, ())[0][-1].issuer)!r}",
+        ),), ())
+    try:
+        verifier = (PolicyBuilder().store(Store(list(roots))).time(now.replace(tzinfo=None))
+                    .build_server_verifier(DNSName(name)))
+        built = verifier.verify(leaf, intermediates)
+    except VerificationError as exc:
+        return TrustResult(False, _diagnose(leaf, intermediates, roots, name, now, tls, str(exc)), ())
+    except ValueError as exc:
+        return TrustResult(False, (Reason("chain-invalid", f"cannot check the chain for {name!r}: {exc}"),), ())
+    path = tuple(built)
+    reasons = device_limits(path, tls)
+    return TrustResult(not reasons, reasons, tuple(c.subject.rfc4514_string() for c in path))

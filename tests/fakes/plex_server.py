@@ -1,0 +1,428 @@
+"""FakePlexServer: a Plex Media Server stand-in over real HTTPS on loopback, plus its test PKI.
+
+The PKI mirrors plex.direct: a trustme root, an intermediate made with ``create_child_ca()``, and a
+leaf for ``*.<hash>.plex.direct`` (plus the loopback IP) built with ``cryptography`` so tests can
+pick key type and size (RSA 1024 included) and the validity window. The server sends leaf +
+intermediate, or the leaf alone (``send_intermediate=False``), as PMS 2026 does with a missing
+issuer.
+
+HTTP side: the endpoints a player touches during a fling (``/identity``, ``/library/metadata/<id>``,
+``/playQueues/<id>``, ``/library/parts/<id>/file`` with Range and HEAD, ``/:/timeline``), every
+request recorded (method, path, query, headers) so tests can check where tokens went. Everything
+except ``/identity`` (which real PMS answers without a token) needs ``X-Plex-Token`` as a header or
+query parameter equal to the configured token, else 401.
+
+Usage::
+
+    async with FakePlexServer(token="t0k") as server:
+        url = f"https://127.0.0.1:{server.port}/identity"     # TLS, verify with server.root_pem
+        server.plex_direct_name("127.0.0.1")                   # 127-0-0-1.<hash>.plex.direct
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import secrets
+import socket
+import ssl
+import tempfile
+import warnings
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+from xml.sax.saxutils import quoteattr
+
+import trustme
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+KeyType = Literal["rsa", "ecdsa"]
+_TLS = {
+    "1.0": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+# --- test PKI ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlexChain:
+    """A plex.direct-shaped chain: root -> intermediate -> leaf ``*.<hash>.plex.direct``."""
+
+    hash: str
+    root_pem: bytes
+    intermediate_pem: bytes
+    leaf_pem: bytes
+    leaf_key_pem: bytes = field(repr=False)
+    intermediate_key_pem: bytes = field(default=b"", repr=False)
+
+    @property
+    def root(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.root_pem)
+
+    @property
+    def intermediate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.intermediate_pem)
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.leaf_pem)
+
+    def chain_der(self, *, with_intermediate: bool = True) -> tuple[bytes, ...]:
+        """The DER chain a server would send, leaf first."""
+        certs = [self.leaf, self.intermediate] if with_intermediate else [self.leaf]
+        return tuple(c.public_bytes(serialization.Encoding.DER) for c in certs)
+
+    def name(self, address: str) -> str:
+        ip = ipaddress.ip_address(address)
+        dashed = ip.exploded.replace(":", "-") if ip.version == 6 else address.replace(".", "-")
+        return f"{dashed}.{self.hash}.plex.direct"
+
+
+def _trustme_key(key_type: KeyType) -> trustme.KeyType:
+    return trustme.KeyType.RSA if key_type == "rsa" else trustme.KeyType.ECDSA
+
+
+def make_plex_chain(
+    *,
+    server_hash: str | None = None,
+    key_type: KeyType = "rsa",
+    ca_key_type: KeyType | None = None,
+    rsa_bits: int = 2048,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    addresses: Sequence[str] = ("127.0.0.1",),
+    root_name: str = "Fake ISRG Root YR",
+) -> PlexChain:
+    """Build a fresh root/intermediate/leaf. ``ca_key_type`` defaults to ``key_type``."""
+    server_hash = server_hash or secrets.token_hex(16)
+    ca_kind = _trustme_key(ca_key_type or key_type)
+    root = trustme.CA(key_type=ca_kind, organization_name=root_name)
+    inter = root.create_child_ca(key_type=ca_kind)
+    inter_cert = x509.load_pem_x509_certificate(inter.cert_pem.bytes())
+    inter_key = serialization.load_pem_private_key(inter.private_key_pem.bytes(), password=None)
+    if not isinstance(inter_key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise TypeError("unexpected trustme key type")
+
+    leaf_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    if key_type == "rsa":
+        leaf_key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+    else:
+        leaf_key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    sans: list[x509.GeneralName] = [x509.DNSName(f"*.{server_hash}.plex.direct")]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"*.{server_hash}.plex.direct")]))
+        .issuer_name(inter_cert.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or now - dt.timedelta(days=1))
+        .not_valid_after(not_after or now + dt.timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(inter_key.public_key()), critical=False
+        )
+        .sign(inter_key, hashes.SHA256())
+    )
+    return PlexChain(
+        hash=server_hash,
+        root_pem=root.cert_pem.bytes(),
+        intermediate_pem=inter.cert_pem.bytes(),
+        leaf_pem=leaf.public_bytes(serialization.Encoding.PEM),
+        leaf_key_pem=leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+        intermediate_key_pem=inter.private_key_pem.bytes(),
+    )
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the fake server saw it."""
+
+    method: str
+    path: str
+    query: Mapping[str, str] = field(repr=False)  # may hold X-Plex-Token
+    headers: Mapping[str, str] = field(repr=False)
+
+    @property
+    def token(self) -> str | None:
+        return self.headers.get("X-Plex-Token") or self.query.get("X-Plex-Token")
+
+
+def media_bytes(size: int) -> bytes:
+    """The deterministic content of every fake media part (so tests can compare ranges)."""
+    pattern = bytes(range(256))
+    return (pattern * (size // 256 + 1))[:size]
+
+
+class FakePlexServer:
+    """A Plex Media Server over HTTPS (or plain HTTP with ``tls=False``) on loopback."""
+
+    def __init__(
+        self,
+        *,
+        token: str = "fake-plex-token",
+        chain: PlexChain | None = None,
+        key_type: KeyType = "rsa",
+        tls: bool = True,
+        tls_min: str = "1.2",
+        tls_max: str = "1.3",
+        ciphers: str | None = None,
+        send_intermediate: bool = True,
+        host: str = "127.0.0.1",
+        machine_identifier: str = "fake-plex-server-0001",
+        media_size: int = 256 * 1024,
+        items: Mapping[str, str] | None = None,
+    ) -> None:
+        self._token = token
+        self._chain = chain if chain is not None or not tls else make_plex_chain(key_type=key_type)
+        self._tls = tls
+        self._tls_min = tls_min
+        self._tls_max = tls_max
+        self._ciphers = ciphers
+        self._send_intermediate = send_intermediate
+        self._host = host
+        self.machine_identifier = machine_identifier
+        self.media = media_bytes(media_size)
+        self.items: dict[str, str] = dict(items or {"501": "Fake Movie"})
+        self.requests: list[RecordedRequest] = []
+        self.server_names: list[str | None] = []  # SNI of every TLS handshake, in order
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._ctx: ssl.SSLContext | None = None
+
+    # -- lifecycle --
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._record_and_authorize])
+        app.router.add_get("/identity", self._identity)
+        app.router.add_get("/library/metadata/{id}", self._metadata)
+        app.router.add_get("/playQueues/{id}", self._play_queue)
+        app.router.add_post("/playQueues", self._create_play_queue)
+        app.router.add_get("/library/parts/{id}/file", self._part)
+        app.router.add_route("*", "/:/timeline", self._timeline)
+        if self._tls:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fake-plex-")
+            self._ctx = self._server_context()
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self._host, 0))
+        self._port = sock.getsockname()[1]
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock, ssl_context=self._ctx).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    async def __aenter__(self) -> FakePlexServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- facts for tests --
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return self._host
+
+    @property
+    def chain(self) -> PlexChain:
+        if self._chain is None:
+            raise RuntimeError("a plain-HTTP FakePlexServer has no certificate chain")
+        return self._chain
+
+    @property
+    def hash(self) -> str:
+        return self.chain.hash
+
+    @property
+    def root_pem(self) -> bytes:
+        return self.chain.root_pem
+
+    @property
+    def handshakes(self) -> int:
+        return len(self.server_names)
+
+    def plex_direct_name(self, address: str | None = None) -> str:
+        return self.chain.name(address or self._host)
+
+    def base_url(self, address: str | None = None) -> str:
+        if self._tls:
+            return f"https://{self.plex_direct_name(address)}:{self._port}"
+        host = address or self._host
+        return f"http://[{host}]:{self._port}" if ":" in host else f"http://{host}:{self._port}"
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts this server's root (for aiohttp sessions in tests)."""
+        ctx = ssl.create_default_context(cadata=self.root_pem.decode())
+        return ctx
+
+    def rotate_certificate(self, chain: PlexChain | None = None) -> PlexChain:
+        """Serve a new chain from the next handshake on (the port stays the same)."""
+        self._chain = chain or make_plex_chain(server_hash=self.hash)
+        if self._ctx is not None:
+            self._load_chain(self._ctx)
+        return self._chain
+
+    def requests_to(self, path_prefix: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.startswith(path_prefix)]
+
+    # -- TLS --
+
+    def _server_context(self) -> ssl.SSLContext:
+        # TLS 1.0/1.1 bounds warn (DeprecationWarning) and need SECLEVEL=0; an old server is the point.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = _TLS[self._tls_min]
+            ctx.maximum_version = _TLS[self._tls_max]
+        old = self._tls_min in ("1.0", "1.1")
+        if self._ciphers is not None:
+            ctx.set_ciphers(self._ciphers + (":@SECLEVEL=0" if old else ""))
+        elif old:
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        ctx.sni_callback = self._on_hello
+        self._load_chain(ctx)
+        return ctx
+
+    def _load_chain(self, ctx: ssl.SSLContext) -> None:
+        assert self._tmp is not None
+        chain = self.chain
+        cert_path = Path(self._tmp.name) / "chain.pem"
+        key_path = Path(self._tmp.name) / "key.pem"
+        cert_path.write_bytes(chain.leaf_pem + (chain.intermediate_pem if self._send_intermediate else b""))
+        key_path.write_bytes(chain.leaf_key_pem)
+        ctx.load_cert_chain(cert_path, key_path)
+
+    def _on_hello(self, _sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        self.server_names.append(server_name)
+
+    # -- HTTP --
+
+    @web.middleware
+    async def _record_and_authorize(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        record = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            query=MappingProxyType(dict(request.query)),
+            headers=MappingProxyType(dict(request.headers)),
+        )
+        self.requests.append(record)
+        if request.path != "/identity" and record.token != self._token:
+            return web.Response(status=401, text="<html><head><title>Unauthorized</title></head></html>",
+                                content_type="text/html")
+        return await handler(request)
+
+    def _xml(self, body: str) -> web.Response:
+        return web.Response(text='<?xml version="1.0" encoding="UTF-8"?>\n' + body,
+                            content_type="text/xml", charset="utf-8")
+
+    def _video(self, rating_key: str, extra: str = "") -> str:
+        title = self.items[rating_key]
+        size = len(self.media)
+        return (
+            f'<Video ratingKey="{rating_key}" key="/library/metadata/{rating_key}" type="movie" '
+            f'title={quoteattr(title)} duration="600000"{extra}>'
+            f'<Media id="{rating_key}" duration="600000" container="mkv">'
+            f'<Part id="{rating_key}" key="/library/parts/{rating_key}/file" size="{size}" container="mkv"/>'
+            "</Media></Video>"
+        )
+
+    async def _identity(self, _request: web.Request) -> web.Response:
+        return self._xml(f'<MediaContainer size="0" claimed="1" machineIdentifier="{self.machine_identifier}" '
+                         'version="1.41.0.0000-fake"/>')
+
+    async def _metadata(self, request: web.Request) -> web.Response:
+        rating_key = request.match_info["id"]
+        if rating_key not in self.items:
+            return web.Response(status=404)
+        return self._xml(f'<MediaContainer size="1" machineIdentifier="{self.machine_identifier}">'
+                         f"{self._video(rating_key)}</MediaContainer>")
+
+    def _queue(self, queue_id: str) -> web.Response:
+        keys = sorted(self.items)
+        videos = "".join(self._video(k, f' playQueueItemID="{i + 1}"') for i, k in enumerate(keys))
+        return self._xml(
+            f'<MediaContainer size="{len(keys)}" playQueueID="{queue_id}" playQueueSelectedItemID="1" '
+            f'playQueueSelectedItemOffset="0" playQueueTotalCount="{len(keys)}" playQueueVersion="1" '
+            f'machineIdentifier="{self.machine_identifier}">{videos}</MediaContainer>'
+        )
+
+    async def _play_queue(self, request: web.Request) -> web.Response:
+        return self._queue(request.match_info["id"])
+
+    async def _create_play_queue(self, _request: web.Request) -> web.Response:
+        return self._queue("1")
+
+    async def _timeline(self, _request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _part(self, request: web.Request) -> web.Response:
+        if request.match_info["id"] not in self.items:
+            return web.Response(status=404)
+        size = len(self.media)
+        header = request.headers.get("Range")
+        headers = {"Accept-Ranges": "bytes", "Content-Type": "video/x-matroska"}
+        if not header:
+            return web.Response(body=self.media, headers=headers)
+        span = _parse_range(header, size)
+        if span is None:
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+        start, end = span
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        return web.Response(status=206, body=self.media[start:end + 1], headers=headers)
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One ``bytes=a-b`` / ``a-`` / ``-n`` range as inclusive (start, end); None if unsatisfiable."""
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        return None
+    first, _, last = spec.strip().partition("-")
+    try:
+        if not first:
+            length = int(last)
+            if length <= 0:
+                return None
+            return max(0, size - length), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size or end < start:
+        return None
+    return start, min(end, size - 1)
