@@ -241,13 +241,16 @@ class Face:
                       disconnected=not self._available)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        target = _plex_value(request, "X-Plex-Target-Client-Identifier")
-        if target and target.strip() != self._identity.machine_identifier:
-            return xml_response(404, "Not Found: not this player (X-Plex-Target-Client-Identifier)")
         if request.can_read_body:
             await request.read()  # enforces client_max_size (413) before anything is parsed
         path = request.path
-        if path.rstrip("/") == "/resources":
+        is_resources = path.rstrip("/") == "/resources"
+        target = _plex_value(request, "X-Plex-Target-Client-Identifier")
+        # /resources is how a controller learns who we are, so a stale target id there is ignored:
+        # python-plexapi keeps the last player's id in its shared default headers.
+        if target and not is_resources and target.strip() != self._identity.machine_identifier:
+            return xml_response(404, "Not Found: not this player (X-Plex-Target-Client-Identifier)")
+        if is_resources:
             if request.method not in ("GET", "HEAD"):
                 return xml_response(405, f"Method Not Allowed: {request.method[:16]} /resources")
             return web.Response(body=resources_xml(self._identity), content_type=XML_CONTENT_TYPE,

@@ -3,7 +3,12 @@
 pychromecast is thread-based: one socket thread per device, listeners called on that thread,
 blocking request/response. This adapter keeps that world behind a fence:
 
-* every call that may block (socket writes, joins) goes through ``asyncio.to_thread``;
+* requests are written by pychromecast's own socket thread, never by ours: pychromecast reads
+  its TLS socket on that thread, and a write from another thread at the same moment corrupts
+  the TLS stream (``DECRYPTION_FAILED_OR_BAD_RECORD_MAC``; our stress runs hit it, and so do
+  Home Assistant users, home-assistant/core#111762 and #141619). Each request is queued on the
+  connection and the socket thread is woken to send it;
+* the other blocking calls (disconnect and join) go through ``asyncio.to_thread``;
 * every listener callback is snapshotted on the socket thread (pychromecast mutates its status
   objects in place) and handed to the event loop with ``call_soon_threadsafe``;
 * replies are awaited in the loop, not in a thread: each request carries a pychromecast
@@ -21,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +76,9 @@ DEFAULT_MEDIA_RECEIVER_APP_ID = "CC1AD845"
 STEP_FORWARD_S = 30.0
 STEP_BACK_S = 10.0
 MAX_RECONNECT_BACKOFF = 60.0
+# Cast devices report their position only when something changes; while playing, the timeline
+# is re-published this often with the position extrapolated from the last report.
+TICK_INTERVAL = 1.0
 CONTROLLABLE = ("playPause", "stop", "volume", "seekTo", "stepBack", "stepForward")
 FEATURES = frozenset({
     "playback/playMedia", "playback/play", "playback/pause", "playback/stop", "playback/seekTo",
@@ -131,9 +141,11 @@ class MediaSnapshot:
     content_type: str | None = None
     metadata_type: int | None = None
     media_session_id: int | None = None
+    playback_rate: float = 1.0
+    reported_at: float = 0.0  # monotonic clock when the device reported current_time
 
     @classmethod
-    def of(cls, status: MediaStatus) -> MediaSnapshot:
+    def of(cls, status: MediaStatus, now: float) -> MediaSnapshot:
         metadata_type = status.metadata_type
         return cls(
             player_state=str(status.player_state), idle_reason=status.idle_reason,
@@ -141,7 +153,14 @@ class MediaSnapshot:
             duration=float(status.duration) if status.duration is not None else None,
             content_id=status.content_id, content_type=status.content_type,
             metadata_type=metadata_type if isinstance(metadata_type, int) else None,
-            media_session_id=status.media_session_id)
+            media_session_id=status.media_session_id,
+            playback_rate=float(status.playback_rate or 1.0), reported_at=now)
+
+    def position(self, now: float) -> float:
+        """Seconds into the media at ``now``: extrapolated while playing, as reported otherwise."""
+        if self.player_state != "PLAYING":
+            return self.current_time
+        return self.current_time + self.playback_rate * max(0.0, now - self.reported_at)
 
 
 @dataclass(frozen=True)
@@ -173,9 +192,9 @@ def _timeline_type(media_type: str) -> str:
 
 
 def player_state_from(media: MediaSnapshot | None, receiver: ReceiverSnapshot | None,
-                      request: MediaRequest | None) -> PlayerState:
-    """The timeline a controller sees, from the device's last media and receiver status and the
-    playMedia that started it (which supplies the server and play-queue fields)."""
+                      request: MediaRequest | None, now: float) -> PlayerState:
+    """The timeline a controller sees at ``now`` (monotonic seconds), from the device's last media
+    and receiver status and the playMedia that started it (server and play-queue fields)."""
     if media is None:
         return PlayerState()
     state = _PLAYER_STATES.get(media.player_state)
@@ -187,7 +206,7 @@ def player_state_from(media: MediaSnapshot | None, receiver: ReceiverSnapshot | 
     mtype = media_type_of(media.content_type, media.metadata_type,
                           request.media_type if request else "video")
     duration = round(media.duration * 1000) if media.duration else 0
-    time_ms = max(0, round(media.current_time * 1000))
+    time_ms = max(0, round(media.position(now) * 1000))
     if duration:
         time_ms = min(time_ms, duration)
     key = ""
@@ -254,13 +273,39 @@ class _NothingPlaying(Exception):
 
 
 class _Link:
-    """One pychromecast connection (Chromecast + socket thread) and its controllers."""
+    """One pychromecast connection (Chromecast + socket thread), its controllers, and the queue
+    of requests its socket thread sends for us."""
 
     def __init__(self, generation: int, cast: pychromecast.Chromecast) -> None:
         self.generation = generation
         self.cast = cast
         self.plex = BaseMediaPlayer(supporting_app_id=PLEX_APP_ID, app_must_match=True)
         self.dmr = DefaultMediaReceiverController()
+        self._outbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        client = cast.socket_client
+        original = client._run_once
+
+        def run_once() -> int:
+            self.drain()
+            return original()
+
+        # SocketClient.run() calls self._run_once() in its loop; wrapping it on this instance
+        # is the one place our requests can be written from the thread that also reads.
+        client._run_once = run_once  # type: ignore[method-assign]
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue a job for the socket thread and wake it from its select()."""
+        self._outbox.put(job)
+        with contextlib.suppress(OSError):  # the thread is gone: the supervisor fails the rest
+            self.cast.socket_client.socketpair[1].send(b"x")
+
+    def drain(self) -> None:
+        while True:
+            try:
+                job = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            job()
 
 
 class _Listener(CastStatusListener, MediaStatusListener, ConnectionStatusListener):
@@ -275,7 +320,8 @@ class _Listener(CastStatusListener, MediaStatusListener, ConnectionStatusListene
         self._owner._post(self._owner._on_receiver, self._generation, snap)
 
     def new_media_status(self, status: MediaStatus) -> None:
-        self._owner._post(self._owner._on_media, self._generation, MediaSnapshot.of(status))
+        snap = MediaSnapshot.of(status, time.monotonic())
+        self._owner._post(self._owner._on_media, self._generation, snap)
 
     def load_media_failed(self, queue_item_id: int, error_code: int) -> None:
         self._owner._post(self._owner._on_load_failed, self._generation, error_code)
@@ -307,6 +353,7 @@ class ChromecastTarget:
         self._ever_connected = False
         self._thread_ended = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
         self._media: MediaSnapshot | None = None
         self._receiver: ReceiverSnapshot | None = None
@@ -343,14 +390,17 @@ class ChromecastTarget:
         self._stopping = False
         self._supervisor = self._loop.create_task(
             self._supervise(), name=f"chromecast-supervisor:{self.target.id}")
+        self._ticker = self._loop.create_task(
+            self._tick(), name=f"chromecast-timeline:{self.target.id}")
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-            self._supervisor = None
+        for task in (self._supervisor, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._supervisor = self._ticker = None
         links = [*self._retired, *([self._link] if self._link else [])]
         self._retired.clear()
         self._link = None
@@ -358,6 +408,7 @@ class ChromecastTarget:
         self._available = False
         for link in links:
             await asyncio.to_thread(self._release, link)
+            link.drain()
 
     async def send(self, command: Command) -> None:
         if command.group != "playback" or f"playback/{command.name}" not in FEATURES \
@@ -368,7 +419,7 @@ class ChromecastTarget:
         if name in ("play", "pause", "stop"):
             await self._media_command(name, {"type": name.upper()})
         elif name == "seekTo":
-            offset = _int_param(command, "offset")
+            offset = max(0, _int_param(command, "offset"))
             await self._media_command(name, {"type": "SEEK", "currentTime": offset / 1000,
                                              "resumeState": "PLAYBACK_START"})
         elif name in ("stepForward", "stepBack"):
@@ -377,7 +428,23 @@ class ChromecastTarget:
             await self._set_parameters(command)
 
     async def play_media(self, request: MediaRequest, command: Command) -> None:
+        if not request.extra.get("stream_url") and not (
+                request.protocol in ("http", "https") and request.address):
+            raise ProtocolError(
+                f"playMedia for Chromecast {self.target.name!r} has neither a server address nor "
+                "a stream URL")
         link = self._require_link()
+        # Known before the LOAD is answered, so the first MEDIA_STATUS already carries the
+        # server and play-queue fields; put back if the device refuses.
+        previous, self._request = self._request, request
+        try:
+            await self._load(link, request)
+        except BaseException:
+            self._request = previous
+            raise
+        self._publish()
+
+    async def _load(self, link: _Link, request: MediaRequest) -> None:
         stream_url = request.extra.get("stream_url", "")
         if stream_url:
             content_type = request.extra.get("content_type") or (
@@ -388,21 +455,15 @@ class ChromecastTarget:
                 link.dmr.play_media(stream_url, content_type, current_time=offset_s,
                                     stream_type="BUFFERED", callback_function=cb)
 
-            await self._call("playMedia (Default Media Receiver)", load_url, _MEDIA_OK)
-        elif request.protocol in ("http", "https") and request.address:
+            await self._call(link, "playMedia (Default Media Receiver)", load_url, _MEDIA_OK)
+        else:
             def load_plex(cb: CallbackType) -> None:
                 # Launches the Plex app first when it is not the running app (app_must_match),
                 # then sends LOAD on the media namespace to the app's transport.
                 link.plex.send_message(plex_load_message(request), inc_session_id=True,
                                        callback_function=cb)
 
-            await self._call("playMedia (Plex app)", load_plex, _MEDIA_OK)
-        else:
-            raise ProtocolError(
-                f"playMedia for Chromecast {self.target.name!r} has neither a server address nor "
-                "a stream URL")
-        self._request = request
-        self._publish()
+            await self._call(link, "playMedia (Plex app)", load_plex, _MEDIA_OK)
 
     # --- commands ----------------------------------------------------------------------------
 
@@ -417,7 +478,7 @@ class ChromecastTarget:
             controller.send_message({**payload, "mediaSessionId": session}, inc_session_id=True,
                                     callback_function=cb)
 
-        await self._call(what, send, _MEDIA_OK)
+        await self._call(link, what, send, _MEDIA_OK)
 
     async def _step(self, delta_s: float) -> None:
         link = self._require_link()
@@ -435,7 +496,7 @@ class ChromecastTarget:
                  "mediaSessionId": status.media_session_id},
                 inc_session_id=True, callback_function=cb)
 
-        await self._call("stepForward" if delta_s > 0 else "stepBack", send, _MEDIA_OK)
+        await self._call(link, "stepForward" if delta_s > 0 else "stepBack", send, _MEDIA_OK)
 
     async def _set_parameters(self, command: Command) -> None:
         params = command.params
@@ -461,7 +522,7 @@ class ChromecastTarget:
                 receiver.send_message({"type": "SET_VOLUME", "volume": {key: value}},
                                       callback_function=cb)
 
-            await self._call("setParameters", send, _RECEIVER_OK)
+            await self._call(link, "setParameters", send, _RECEIVER_OK)
 
     def _require_link(self) -> _Link:
         if self._link is None or not self._connected:
@@ -470,22 +531,28 @@ class ChromecastTarget:
                 "is not connected")
         return self._link
 
-    async def _call(self, what: str, send: Callable[[CallbackType], None],
+    async def _call(self, link: _Link, what: str, send: Callable[[CallbackType], None],
                     ok: frozenset[str]) -> dict[str, Any] | None:
-        """Send one request and await its reply (matched by requestId) within command_timeout."""
+        """Have the socket thread send one request; await its reply (matched by requestId by
+        pychromecast) in the loop, within command_timeout."""
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[tuple[bool, dict[str, Any] | None]] = loop.create_future()
 
         def callback(sent: bool, response: dict[str, Any] | None) -> None:
             self._post(_settle, reply, sent, response)
 
+        def job() -> None:  # runs on pychromecast's socket thread
+            try:
+                send(callback)
+            except Exception as err:  # handed to the waiting coroutine, which translates it
+                self._post(_fail, reply, err)
+
         who = f"Chromecast {self.target.name!r} ({self.target.address}:{self.target.port})"
         try:
-            # The write happens on a worker thread because pychromecast's sendall blocks; if the
-            # device stops reading, that thread stays blocked until the socket timeout (set to
-            # command_timeout) even after we gave up here: Python threads cannot be cancelled.
+            # No thread of ours blocks here. A device that stops reading can still hold the
+            # socket thread in sendall until the socket timeout (set to command_timeout).
             async with asyncio.timeout(self._command_timeout):
-                await asyncio.to_thread(send, callback)
+                link.submit(job)
                 sent, response = await reply
         except TimeoutError:
             self._set_available(False)
@@ -513,15 +580,22 @@ class ChromecastTarget:
         while not self._stopping:
             self._thread_ended.clear()
             self._ever_connected = False
-            self._link = self._connect()
-            await self._thread_ended.wait()
-            # pychromecast's thread gave up (retries exhausted) and is ending: retire it and
-            # build a fresh connection later, so the target comes back with the device.
-            link, self._link = self._link, None
-            if link is not None:
-                self._retired.append(link)
-                await asyncio.to_thread(self._release, link)
-                self._retired.remove(link)
+            try:
+                self._link = self._connect()
+            except (PyChromecastError, OSError, ValueError) as err:
+                log.warning("%r: cannot set up a Cast connection: %s", self, err)
+            else:
+                await self._thread_ended.wait()
+                # pychromecast's thread gave up (retries exhausted) and is ending: retire it
+                # and build a fresh connection later, so the target comes back with the device.
+                link, self._link = self._link, None
+                if link is not None:
+                    self._retired.append(link)
+                    await asyncio.to_thread(self._release, link)
+                    self._retired.remove(link)
+                    # Requests queued after the thread's last loop: pychromecast is stopped, so
+                    # each fails at once with PyChromecastStopped instead of timing out.
+                    link.drain()
             backoff = self._retry_wait if self._ever_connected else min(
                 backoff * 2, MAX_RECONNECT_BACKOFF)
             log.debug("%r: reconnecting in %.1f s", self, backoff)
@@ -587,9 +661,11 @@ class ChromecastTarget:
         if generation != self._generation or self._stopping:
             return
         if status == CONNECTION_STATUS_CONNECTED:
+            # Not yet "available": a device that accepts TLS but never speaks Cast is not a
+            # usable player. pychromecast asks for the receiver status right after connecting;
+            # the answer (see _on_receiver) is what makes the target available.
             self._connected = True
             self._ever_connected = True
-            self._set_available(True)
             return
         self._connected = False
         if status != CONNECTION_STATUS_CONNECTING:
@@ -620,11 +696,22 @@ class ChromecastTarget:
             log.warning("Chromecast %r could not load the media (Cast error %d)", self.target.name,
                         error_code)
 
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            if self._media is not None and self._media.player_state == "PLAYING":
+                self._publish()
+
     def _publish(self) -> None:
-        state = player_state_from(self._media, self._receiver, self._request)
+        state = player_state_from(self._media, self._receiver, self._request, time.monotonic())
         if state != self._state:
             self._state = state
             self._on_state(state)
+
+
+def _fail(fut: asyncio.Future[tuple[bool, dict[str, Any] | None]], err: Exception) -> None:
+    if not fut.done():
+        fut.set_exception(err)
 
 
 def _settle(fut: asyncio.Future[tuple[bool, dict[str, Any] | None]], sent: bool,

@@ -214,7 +214,11 @@ class FakePlexServer:
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._record_and_authorize])
+        app.router.add_get("/", self._root)
         app.router.add_get("/identity", self._identity)
+        app.router.add_get("/security/token", self._transient_token)
+        app.router.add_get("/library", self._library)
+        app.router.add_get("/library/sections", self._library)
         app.router.add_get("/library/metadata/{id}", self._metadata)
         app.router.add_get("/playQueues/{id}", self._play_queue)
         app.router.add_post("/playQueues", self._create_play_queue)
@@ -342,7 +346,7 @@ class FakePlexServer:
             headers=MappingProxyType(dict(request.headers)),
         )
         self.requests.append(record)
-        if request.path != "/identity" and record.token != self._token:
+        if request.path != "/identity" and record.token not in (self._token, self.transient_token):
             return web.Response(status=401, text="<html><head><title>Unauthorized</title></head></html>",
                                 content_type="text/html")
         return await handler(request)
@@ -361,6 +365,23 @@ class FakePlexServer:
             f'<Part id="{rating_key}" key="/library/parts/{rating_key}/file" size="{size}" container="mkv"/>'
             "</Media></Video>"
         )
+
+    @property
+    def transient_token(self) -> str:
+        """The delegation token ``/security/token`` hands out (what python-plexapi puts in playMedia)."""
+        return f"transient-{self._token}"
+
+    async def _root(self, _request: web.Request) -> web.Response:
+        # Enough of a real server's root for python-plexapi's PlexServer to load.
+        return self._xml(f'<MediaContainer size="0" friendlyName="Fake Server" claimed="1" '
+                         f'machineIdentifier="{self.machine_identifier}" version="1.41.0.0000-fake" '
+                         'platform="Linux" platformVersion="6.1" myPlex="0" transcoderVideo="1"/>')
+
+    async def _library(self, _request: web.Request) -> web.Response:
+        return self._xml('<MediaContainer size="0" title1="Plex Library"/>')
+
+    async def _transient_token(self, _request: web.Request) -> web.Response:
+        return self._xml(f'<MediaContainer size="0" token="{self.transient_token}"/>')
 
     async def _identity(self, _request: web.Request) -> web.Response:
         return self._xml(f'<MediaContainer size="0" claimed="1" machineIdentifier="{self.machine_identifier}" '

@@ -181,7 +181,8 @@ def test_unknown_media_types_are_ignored():
                              + "/></MediaContainer>").encode(),
               st.dictionaries(st.sampled_from(["type", "state", "time", "duration", "volume", "mute",
                                                "shuffle", "repeat", "controllable", "x"]),
-                              st.text(alphabet=st.characters(blacklist_characters='"<&'), max_size=12),
+                              st.text(alphabet=st.characters(blacklist_characters='"<&', blacklist_categories=("Cs",)),
+                                      max_size=12),
                               max_size=6)),
 ))
 def test_parse_player_timeline_raises_only_protocol_error(data):
