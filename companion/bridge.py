@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,30 +21,59 @@ from pathlib import Path
 from typing import Literal
 
 import aiohttp
+from cryptography import x509
 
 from companion import __version__
 from companion.audit import AuditLog
 from companion.config import Config
 from companion.discovery.gdm import GdmResponder, GdmScanner, GdmSettings
-from companion.errors import CompanionError, StateError, TargetUnavailable
+from companion.discovery.mdns import MdnsDiscovery, MdnsSettings
+from companion.errors import CompanionError, ConfigError, PolicyRefusal, ProtocolError, StateError, TargetUnavailable
 from companion.faces.app import Face, FaceLimits
-from companion.flinging import FlingService
+from companion.flinging import FlingService, Prepared
 from companion.metrics import Metrics
-from companion.model import Command, Server, Sighting, Target, TargetKind
+from companion.model import Command, Controller, MediaRequest, Server, Sighting, Target, TargetKind
+from companion.proto import plexdirect
 from companion.proto.companion import FaceIdentity
 from companion.proto.gdm import Advert
 from companion.proto.timeline import PlayerState
 from companion.registry import Registry, config_server_id
+from companion.relay import Relay
+from companion.security.decide import Decision
 from companion.security.probe import ProbeCache
 from companion.security.profiles import ProfileSet, load_profiles, shipped_profiles_dir
 from companion.state import StateDir
 from companion.targets.base import TargetAdapter
+from companion.targets.chromecast import ChromecastTarget
 from companion.targets.companion_player import CompanionPlayerTarget, TimelineListener
 
 log = logging.getLogger("companion.bridge")
 
 _FACE_NAMESPACE = uuid.UUID("6b0f9a4e-5d1c-4c59-9a55-0c6d1f3d2b71")
 _PORT_TRIES = 50
+
+
+def local_address_towards(address: str) -> str:
+    """The local IP a target reaches us on (a connected UDP socket sends nothing)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1" if family == socket.AF_INET else "::1"
+
+
+def load_extra_roots(paths: tuple[str, ...]) -> list[x509.Certificate]:
+    """The configured extra root certificates (PEM files, several certificates per file allowed)."""
+    roots: list[x509.Certificate] = []
+    for path in paths:
+        try:
+            roots += x509.load_pem_x509_certificates(Path(os.path.expanduser(path)).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load root certificates: {exc}", path=path,
+                              key="security.extra_roots") from None
+    return roots
 
 
 def face_identifier(target_id: str) -> str:
@@ -84,6 +115,9 @@ class Bridge:
         self._listener: TimelineListener | None = None
         self._responder: GdmResponder | None = None
         self._scanner: GdmScanner | None = None
+        self.mdns: MdnsDiscovery | None = None
+        self.relay: Relay | None = None
+        self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._face_lock = asyncio.Lock()
         self._started = False
@@ -112,8 +146,14 @@ class Bridge:
         self.bridge_id = self.state.bridge_id()
         self.profiles = await asyncio.to_thread(self.load_profiles)
         await asyncio.to_thread(self.audit.open)
+        if cfg.security.relay:
+            self.relay = Relay(bind=cfg.http.bind, port=cfg.http.relay_port, state_dir=self.state.path,
+                               extra_roots=load_extra_roots(cfg.security.extra_roots),
+                               idle_timeout=cfg.security.relay_idle_timeout, allowed_hosts=cfg.http.allowed_hosts)
+            await self.relay.start()
         self.flings = FlingService(config=cfg, profiles=self.profiles, registry=self.registry, audit=self.audit,
-                                   probe=self.probe, metrics=self.metrics)
+                                   probe=self.probe, metrics=self.metrics,
+                                   relay_available=lambda: self.relay is not None)
         for server in cfg.servers:
             self.registry.add_server(Server(
                 id=config_server_id(server.url), name=server.host, address=server.host, port=server.port,
@@ -133,6 +173,10 @@ class Bridge:
             kind: Literal["companion", "chromecast"] = "chromecast" if t.kind == "chromecast" else "companion"
             self.registry.observe(Sighting(source="config", kind=kind, ident=f"config:{t.name}", name=t.name,
                                            address=t.address, port=t.port, profile=t.profile), now)
+        if cfg.mdns.enabled:
+            self.mdns = MdnsDiscovery(MdnsSettings(enabled=True, interfaces=cfg.interfaces), self._sighted,
+                                      self._bye)
+            await self.mdns.start()
         if cfg.gdm.enabled:
             self._responder = GdmResponder(self.gdm_settings, self._adverts)
             await self._responder.start()
@@ -164,6 +208,12 @@ class Bridge:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+        if self.relay is not None:
+            await self.relay.stop()
+            self.relay = None
+        if self.mdns is not None:
+            await self.mdns.stop()  # after the Chromecast adapters: they borrow its zeroconf
+            self.mdns = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -183,8 +233,12 @@ class Bridge:
     # -- discovery ----------------------------------------------------------------------------
 
     def load_profiles(self) -> ProfileSet:
+        return self._load_profiles_for(self.config)
+
+    @staticmethod
+    def _load_profiles_for(config: Config) -> ProfileSet:
         """Shipped profiles plus the configured directories; a broken profile is skipped, not fatal."""
-        extra = [Path(os.path.expanduser(d)) for d in self.config.profiles_dirs]
+        extra = [Path(os.path.expanduser(d)) for d in config.profiles_dirs]
         profiles = load_profiles([*extra, shipped_profiles_dir()])
         for error in profiles.errors:
             log.error("profile skipped: %s", error)
@@ -248,7 +302,9 @@ class Bridge:
                 target, session=self._session, bridge_id=self.bridge_id, bridge_name=self.config.name,
                 listener=self._listener, on_state=on_state, on_available=on_available,
                 command_timeout=self.config.timeouts.command)
-        raise TargetUnavailable(f"no adapter for {target.kind.value} targets yet")
+        return ChromecastTarget(
+            target, zeroconf=self.mdns.zeroconf if self.mdns is not None else None, on_state=on_state,
+            on_available=on_available, command_timeout=self.config.timeouts.command)
 
     async def _open_face(self, target: Target) -> None:
         async with self._face_lock:
@@ -318,6 +374,8 @@ class Bridge:
     async def _close_slot(self, slot: FaceSlot, *, bye: bool = False) -> None:
         if bye and self._responder is not None:
             await self._responder.bye(slot.advert)
+        if self.relay is not None:
+            self.relay.revoke_target(slot.target.address)
         await slot.face.stop()
         await slot.adapter.stop()
 
@@ -329,7 +387,8 @@ class Bridge:
 
         return handle
 
-    async def handle_command(self, target_id: str, command: Command) -> None:
+    async def handle_command(self, target_id: str, command: Command) -> Decision | None:
+        """Carry one command to a target; for a fling, returns the decision it went out with."""
         slot = self.faces.get(target_id)
         if slot is None:
             raise TargetUnavailable("this player is no longer bridged")
@@ -338,9 +397,9 @@ class Bridge:
         outcome = "ok"
         try:
             if command.group in ("playback", "mirror") and command.name in ("playMedia", "details"):
-                await self.fling(slot, command)
-            else:
-                await slot.adapter.send(command)
+                return await self.fling(slot, command)
+            await slot.adapter.send(command)
+            return None
         except CompanionError as exc:
             outcome = "error"
             slot.errors += 1
@@ -350,16 +409,77 @@ class Bridge:
             self.metrics.command_seconds.labels(kind=slot.target.kind.value, outcome=outcome).observe(
                 time.monotonic() - started)
 
-    async def fling(self, slot: FaceSlot, command: Command) -> None:
+    async def fling(self, slot: FaceSlot, command: Command) -> Decision:
         """Decide (secure, relay, insecure or refused), rewrite the server block, carry it, flag it."""
         assert self.flings is not None
         prepared = await self.flings.prepare(slot.target, command)  # PolicyRefusal is flagged already
         plain_command_leg = slot.target.kind is TargetKind.COMPANION  # Companion commands are plain HTTP
+        request = prepared.request
+        if prepared.decision.mode == "relay":
+            request = self._relay_request(slot.target, prepared)
         try:
-            await slot.adapter.play_media(prepared.request, command)
+            await slot.adapter.play_media(request, command)
         except CompanionError as exc:
             await self.flings.finish(prepared.fling, f"error: {exc}", command_plain_http=plain_command_leg,
                                      server_address=prepared.server.address, command=command)
             raise
         await self.flings.finish(prepared.fling, "ok", command_plain_http=plain_command_leg,
                                  server_address=prepared.server.address, command=command)
+        return prepared.decision
+
+    def _relay_request(self, target: Target, prepared: Prepared) -> MediaRequest:
+        """Point the target at the relay: the capability travels as its token, the real one stays here."""
+        assert self.relay is not None
+        server = prepared.server
+        token = prepared.request.token or server.token
+        if not token:
+            raise PolicyRefusal("the relay needs the server's token to fetch the stream, and neither the "
+                                "controller nor the config (servers: token) gave one")
+        facts = self.probe.peek(server.id)
+        server_hash = server.host.split(".")[0] if server.host else (facts.plex_direct_hash if facts else None)
+        try:
+            upstream_host = plexdirect.build_name(server.address, server_hash) if server_hash else server.address
+        except ProtocolError:
+            upstream_host = server.address
+        grant = self.relay.grant(target_address=target.address, server_id=server.id, upstream_host=upstream_host,
+                                 upstream_address=server.address, upstream_port=server.port, token=token)
+        bridge_ip = local_address_towards(target.address)
+        log.info("fling to %s goes through the relay (%s) at %s:%d", target.name, grant.label, bridge_ip,
+                 self.relay.port)
+        # Both Companion players and the Plex Cast receiver take a server block; the capability rides
+        # as the token, so the relay base works without a path prefix.
+        return dataclasses.replace(prepared.request, protocol="http", address=bridge_ip, port=self.relay.port,
+                                   token=grant.capability)
+
+    async def fling_api(self, *, target_id: str, server_id: str, key: str, offset_ms: int = 0) -> Decision:
+        """A fling asked for by a script through the admin API, with the configured server token."""
+        target = self.registry.find_target(target_id)
+        if target is None or target.id not in self.faces:
+            raise TargetUnavailable(f"no bridged target {target_id!r}")
+        server = self.registry.server(server_id) or next(
+            (s for s in self.registry.servers() if server_id in (s.base_url, s.name)), None)
+        if server is None:
+            raise PolicyRefusal(f"{server_id!r} is not a server this bridge knows")
+        params = {"key": key, "offset": str(offset_ms), "type": "video", "machineIdentifier": server.id,
+                  "protocol": server.scheme, "address": server.address, "port": str(server.port)}
+        if server.token:
+            params["token"] = server.token
+        command = Command(group="playback", name="playMedia", params=params,
+                          controller=Controller(client_id="admin-api", name="admin API", address="127.0.0.1"))
+        decision = await self.handle_command(target.id, command)
+        assert decision is not None
+        return decision
+
+    async def reload(self, config: Config) -> None:
+        """SIGHUP: take a new config's policies, timeouts and profiles without dropping any face.
+
+        Listening addresses and ports stay as they are (changing them needs a restart).
+        """
+        profiles = await asyncio.to_thread(self._load_profiles_for, config)
+        self.config = dataclasses.replace(config, gdm=self.config.gdm, http=self.config.http,
+                                          state_dir=self.config.state_dir, interfaces=self.config.interfaces)
+        self.profiles = profiles
+        if self.flings is not None:
+            self.flings.config = self.config
+            self.flings.profiles = profiles
+        log.info("reloaded configuration from %s and %d profile(s)", config.source, len(profiles.profiles))

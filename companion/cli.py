@@ -26,6 +26,7 @@ from companion.errors import CompanionError, ConfigError
 log = logging.getLogger("companion")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_CONFIG = 78  # EX_CONFIG: the service unit does not restart on it
 
 
 def setup_logging(level: str) -> None:
@@ -58,6 +59,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get("COMPANION_CONFIG")
     if path and not args.config and not os.path.exists(path):
         # COMPANION_CONFIG from the service unit names the usual place; no file there = defaults.
+        log.info("no config file at %s (COMPANION_CONFIG); running on the embedded defaults", path)
         path = None
     config = load_config(path)
     state_env = os.environ.get("STATE_DIRECTORY")
@@ -83,30 +85,76 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
-    return asyncio.run(_run(config))
+    return asyncio.run(_run(config, args))
 
 
-async def _run(config: Config) -> int:
+def status_line(bridge: Any) -> str:
+    """One line for systemd's STATUS= and the logs: faces, availability, flings."""
+    faces = len(bridge.faces)
+    down = sum(1 for slot in bridge.faces.values() if not slot.adapter.available)
+    flings = list(bridge.flings.recent) if bridge.flings is not None else []
+    insecure = sum(1 for f in flings if not f.decision.secure)
+    return (f"{faces} face(s)" + (f", {down} unavailable" if down else "")
+            + f"; {len(flings)} fling(s) since start, {insecure} not secure")
+
+
+async def _run(config: Config, args: argparse.Namespace) -> int:
     from companion.bridge import Bridge
+    from companion.sdnotify import Notifier
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    reload_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+    notifier = Notifier()
     bridge = Bridge(config)
     try:
         await bridge.start()
     except CompanionError as exc:
         log.error("cannot start: %s", exc)
-        return EXIT_USAGE
+        notifier.close()
+        return EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_FAIL
     except OSError as exc:
         log.error("cannot start: %s", exc)
+        notifier.close()
         return EXIT_FAIL
+    notifier.ready()  # every listener is up
+    notifier.status(status_line(bridge))
+
+    async def watchdog() -> None:
+        period = notifier.ping_period() or 10.0
+        while True:
+            notifier.watchdog()  # sent from the event loop: a stuck loop stops the pings
+            notifier.status(status_line(bridge))
+            await asyncio.sleep(period)
+
+    async def reloader() -> None:
+        while True:
+            await reload_requested.wait()
+            reload_requested.clear()
+            notifier.reloading()
+            path = getattr(args, "config", None) or os.environ.get("COMPANION_CONFIG")
+            try:
+                new = _config_from_args(args) if path else config
+                await bridge.reload(new)
+            except CompanionError as exc:
+                log.error("reload failed, keeping the running configuration: %s", exc)
+            notifier.ready()
+
+    tasks = [asyncio.create_task(watchdog(), name="sd-watchdog"),
+             asyncio.create_task(reloader(), name="sighup-reload")]
     try:
         await stop.wait()
         log.info("stopping")
+        notifier.stopping()
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await bridge.stop()
+        notifier.close()
     return EXIT_OK
 
 
@@ -380,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"companion: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
     except CompanionError as exc:
         print(f"companion: {exc}", file=sys.stderr)
         return EXIT_FAIL

@@ -60,6 +60,8 @@ class SecurityConfig:
     dns_check: bool = True
     resolver: str | None = None  # "ip" or "ip:port"; None = the system's resolver
     relay_idle_timeout: float = 6 * 3600.0
+    # PEM files of roots the bridge itself trusts (on top of the certifi bundle) when it relays.
+    extra_roots: tuple[str, ...] = ()
     # Per-target policy overrides: target name or id -> policy.
     target_policies: Mapping[str, Policy] = field(default_factory=dict)
 
@@ -359,6 +361,7 @@ _SPEC: dict[str, Callable[[_Ctx, yaml.Node, str], Any]] = {
     "security": _section(SecurityConfig, {
         "policy": _choice(POLICIES), "relay": _bool, "dns_check": _bool, "resolver": _resolver,
         "relay_idle_timeout": _number(1, 7 * 86400), "target_policies": _map_of(_choice(POLICIES)),
+        "extra_roots": _list(_nonempty_str),
     }),
     "timeouts": _section(TimeoutsConfig, {
         "command": _number(0.1, 300), "target_expiry": _number(1, 86400), "push": _number(0.1, 60),

@@ -565,6 +565,16 @@ class Relay:
         capability, slash, rest = after.partition("/")
         key = _key(capability)
         live = self._grants.get(key)
+        if live is None and key not in self._revoked:
+            # A Companion player is handed a server block (protocol, address, port, token), not a
+            # URL, so it cannot carry a path prefix: it gets the capability as its "token" and sends
+            # it back as X-Plex-Token on every request, with plain Plex paths.
+            presented = _presented_token(request)
+            if presented:
+                key = _key(presented)
+                live = self._grants.get(key)
+                if live is not None or key in self._revoked:
+                    capability, slash, rest = presented, "/", after
         if live is None:
             why = self._revoked.get(key)
             text = {
@@ -898,6 +908,13 @@ def _certifi_roots() -> list[x509.Certificate]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         return list(x509.load_pem_x509_certificates(Path(certifi.where()).read_bytes()))
+
+
+def _presented_token(request: web.Request) -> str:
+    for name, value in request.query.items():
+        if name.lower() == "x-plex-token":
+            return value
+    return request.headers.get("X-Plex-Token", "")
 
 
 def _is_ip(text: str) -> bool:

@@ -39,11 +39,23 @@ class PlayerFakeState:
 
 
 @dataclass
+class Fetched:
+    """One HTTP exchange the player made with the server base it was given (what a TV would see)."""
+
+    url: str
+    request_headers: dict[str, str]
+    status: int
+    response_headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
 class PlayerUseCases:
     delay: float = 0.0  # seconds before answering a command
     refuse_subscribe: bool = False  # answer 404 to subscribe (forces the bridge to poll)
     status: int = 200  # HTTP status for commands
     garbage_timeline: bool = False
+    fetch_media: bool = False  # on playMedia, fetch metadata, play queue and a media range like a real TV
 
 
 class FakeCompanionPlayer:
@@ -61,6 +73,8 @@ class FakeCompanionPlayer:
         self._changed = asyncio.Condition()
         self._poll_waiters: set[asyncio.Future[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.fetched: list[Fetched] = []
+        self.playback_done = asyncio.Event()
 
     async def start(self, port: int = 0) -> None:
         app = web.Application()
@@ -192,12 +206,38 @@ class FakeCompanionPlayer:
         elif name == "setParameters" and "volume" in q:
             self.state.volume = int(q["volume"])
         elif name == "playMedia":
+            if self.use_cases.fetch_media:
+                self._spawn(self._play(dict(q)))
             self.state.state = "playing"
             self.state.key = q.get("key", "")
             self.state.time = int(q.get("offset", "0") or 0)
             self.state.duration = max(self.state.duration, self.state.time + 600000)
         self._spawn(self._notify())
         return self._ok()
+
+    async def _play(self, params: dict[str, str]) -> None:
+        """Fetch what a real player fetches: the item, its play queue, then a range of its media part."""
+        assert self._session is not None
+        base = f"{params['protocol']}://{params['address']}:{params['port']}"
+        headers = {"X-Plex-Token": params.get("token", ""), "X-Plex-Client-Identifier": self.ident}
+        try:
+            meta = await self._fetch(base + params["key"], headers)
+            if params.get("containerKey"):
+                await self._fetch(base + params["containerKey"], headers)
+            part = meta.body.split(b'<Part ', 1)[1].split(b'key="', 1)[1].split(b'"', 1)[0].decode()
+            await self._fetch(base + part, {**headers, "Range": "bytes=0-1023"})
+        except (aiohttp.ClientError, IndexError, KeyError, TimeoutError):
+            pass
+        finally:
+            self.playback_done.set()
+
+    async def _fetch(self, url: str, headers: dict[str, str]) -> Fetched:
+        assert self._session is not None
+        async with self._session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            got = Fetched(url=url, request_headers=dict(headers), status=resp.status,
+                          response_headers=dict(resp.headers), body=await resp.read())
+        self.fetched.append(got)
+        return got
 
     def _ok(self) -> web.Response:
         return web.Response(text='<?xml version="1.0" encoding="UTF-8"?>\n<Response code="200" status="OK"/>',

@@ -66,7 +66,7 @@ async def test_bad_config_stops_the_daemon_before_anything_starts(tmp_path: Path
     config = tmp_path / "bad.yaml"
     config.write_text("gdm:\n  player_port: 40000\n  hello_interval: often\n")
     code, _, err = await companion("run", "--config", str(config))
-    assert code == 2
+    assert code == 78, "EX_CONFIG: systemd does not restart a daemon whose config is wrong"
     assert f"{config}:3: gdm.hello_interval: expected a number of seconds, got 'often'" in err
     assert "started" not in err
 
@@ -75,7 +75,7 @@ async def test_unknown_key_is_named(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("name: x\nsecurity:\n  polcy: required\n")
     code, _, err = await companion("run", "--config", str(config))
-    assert code == 2
+    assert code == 78
     assert f"{config}:3: security.polcy: unknown key" in err
 
 

@@ -225,3 +225,61 @@ async def test_fling_to_an_unknown_server_is_refused_and_recorded(
     assert [r.mode for r in records] == ["refused"] * 4
     assert {r.reasons[0][0] for r in records} == {"unknown-server"}
 
+
+
+async def test_target_that_cannot_verify_plays_through_the_relay_and_never_sees_the_token(
+        tmp_path: Path, server: FakePlexServer, players: tuple[FakeCompanionPlayer, FakeCompanionPlayer]) -> None:
+    secure, old = players
+    old.use_cases.fetch_media = True
+    root_pem = tmp_path / "lab-root.pem"
+    root_pem.write_bytes(server.root_pem)  # the bridge trusts the lab root; the old TV does not
+    write_test_profiles(tmp_path / "profiles", server)
+    config = bridge_config(tmp_path, f"""
+servers:
+  - {{url: "https://127.0.0.1:{server.port}", token: "{TOKEN}"}}
+targets:
+  - {{name: Lab Old TV, address: 127.0.0.1, port: {old.port}, profile: lab-old-tv}}
+profiles_dirs: [{tmp_path / "profiles"}]
+security: {{policy: preferred, relay: true, extra_roots: ["{root_pem}"]}}
+""")
+    bridge = Bridge(config)
+    await bridge.start()
+    sessions: list[requests.Session] = []
+    try:
+        await until(lambda: len(bridge.faces) == 1, message="face for the old TV")
+        pms = await asyncio.to_thread(plex_server, server, tmp_path)
+        sessions.append(pms._session)
+        movie = await asyncio.to_thread(pms.fetchItem, 501)
+        client = await asyncio.to_thread(PlexClient, baseurl=f"http://127.0.0.1:{face_port(bridge, 'Lab Old TV')}",
+                                         timeout=10)
+        sessions.append(client._session)
+        await asyncio.to_thread(client.playMedia, movie)
+        await asyncio.wait_for(old.playback_done.wait(), 10)
+        assert bridge.relay is not None
+        relay_port = bridge.relay.port
+        records = bridge.audit.recent(5)
+    finally:
+        for session in sessions:
+            session.close()
+        await bridge.stop()
+
+    got = old.received("playMedia")[0].params
+    assert (got["protocol"], got["address"], got["port"]) == ("http", "127.0.0.1", str(relay_port))
+    assert [f.status for f in old.fetched] == [200, 200, 206], [f.url for f in old.fetched]
+    assert old.fetched[2].body == server.media[:1024]
+    # The server saw the user's token on every relayed request ...
+    relayed = [r for r in server.requests if r.path.startswith(("/library/metadata", "/playQueues", "/library/parts"))]
+    assert len(relayed) >= 3
+    assert all(r.token in (TOKEN, server.transient_token) for r in relayed)
+    # ... and the TV never did: not in what it was told, sent or received.
+    for secret in (TOKEN, server.transient_token):
+        assert secret not in json.dumps(got)
+        for f in old.fetched:
+            assert secret not in f.url
+            assert secret not in json.dumps(f.request_headers)
+            assert secret not in json.dumps(f.response_headers)
+            assert secret.encode() not in f.body
+    assert records[0].mode == "relay"
+    assert records[0].token_exposed is False
+    assert records[0].secure is False
+    assert "relay-last-hop-plaintext" in [code for code, _ in records[0].reasons]
