@@ -229,7 +229,7 @@ async def test_fling_to_an_unknown_server_is_refused_and_recorded(
 
 async def test_target_that_cannot_verify_plays_through_the_relay_and_never_sees_the_token(
         tmp_path: Path, server: FakePlexServer, players: tuple[FakeCompanionPlayer, FakeCompanionPlayer]) -> None:
-    secure, old = players
+    _, old = players
     old.use_cases.fetch_media = True
     root_pem = tmp_path / "lab-root.pem"
     root_pem.write_bytes(server.root_pem)  # the bridge trusts the lab root; the old TV does not
