@@ -1,0 +1,515 @@
+"""``companion doctor``: checks of the machine and network the bridge depends on, each with its fix.
+
+Owns the checks (GDM multicast loop-back per interface, free face and admin ports, plex.direct
+through the LAN resolver, each known server's chain against every profile, the clock), their
+Finding records, the exit code and the two renderings (people and ``--json``). Every network
+step is bounded by a timeout; nothing here sends a token anywhere (the clock check asks the
+server's ``/identity``, which Plex answers without one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import secrets
+import socket
+import ssl
+import struct
+import sys
+import time
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+from cryptography import x509
+
+from companion.config import Config
+from companion.errors import CompanionError, ConfigError, ProtocolError, TrustError
+from companion.proto import plexdirect
+from companion.security.decide import DNS_REBIND_FIX
+from companion.security.dnscheck import check_plex_direct
+from companion.security.probe import ServerFacts, probe_server
+from companion.security.profiles import ProfileSet, load_profiles, shipped_profiles_dir
+from companion.security.trust import display_name, verify_chain
+
+if TYPE_CHECKING:
+    from companion.bridge import Bridge
+
+Status = Literal["PASS", "WARN", "FAIL"]
+_RANK: dict[str, int] = {"PASS": 0, "WARN": 1, "FAIL": 2}
+
+# This release was written after this day: a clock showing an earlier date is certainly wrong,
+# and every certificate check made with it would be too.
+BUILD_DATE = datetime(2025, 6, 1, tzinfo=UTC)
+# Plex tokens and TLS validity tolerate small skews; beyond this, devices and the bridge disagree.
+CLOCK_SKEW_WARN = timedelta(seconds=60)
+CLOCK_SKEW_FAIL = timedelta(minutes=5)
+MULTICAST_WAIT = 1.0
+DNS_TIMEOUT = 2.0
+HTTP_TIMEOUT = 3.0
+# A private LAN address under a made-up hash: what a stripping resolver drops, whatever server
+# exists. Plex's DNS answers any hash, so a resolver that passes plex.direct answers this too.
+SYNTHETIC_ADDRESS = "192.168.1.10"
+SYNTHETIC_HASH = "0123456789abcdef0123456789abcdef"
+_IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's verdict: what was checked, how it went, and what to do about it."""
+
+    check: str
+    status: Status
+    detail: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class KnownServer:
+    """A server the doctor looks at: where it is and the plex.direct hash it is known by."""
+
+    label: str
+    address: str
+    port: int
+    hash: str | None = None
+    key: str = ""  # the bridge's server id, when it comes from a running bridge
+
+
+def exit_code(findings: Iterable[Finding]) -> int:
+    """0 when everything passed, 1 when the worst is a WARN, 2 when anything FAILed."""
+    return max((_RANK[f.status] for f in findings), default=0)
+
+
+def format_findings(findings: Sequence[Finding]) -> str:
+    """The report for people: one block per check, the fix under every WARN and FAIL."""
+    lines: list[str] = []
+    for f in findings:
+        lines.append(f"{f.status:<4}  {f.check}: {f.detail}")
+        if f.status != "PASS" and f.fix:
+            lines.append(f"      fix: {f.fix}")
+    counts = {s: sum(1 for f in findings if f.status == s) for s in ("PASS", "WARN", "FAIL")}
+    lines.append(f"{counts['PASS']} passed, {counts['WARN']} warning(s), {counts['FAIL']} failed")
+    return "\n".join(lines)
+
+
+def findings_to_json(findings: Iterable[Finding]) -> list[dict[str, str]]:
+    """The ``--json`` shape (and the admin API's): a list of {check, status, detail, fix}."""
+    return [asdict(f) for f in findings]
+
+
+# -- GDM ----------------------------------------------------------------------------------------
+
+
+async def check_gdm_multicast(config: Config, *, wait: float = MULTICAST_WAIT) -> list[Finding]:
+    """Per configured interface: can a datagram to the GDM group come back to a member socket?"""
+    if not config.gdm.enabled:
+        return [Finding("gdm", "WARN", "GDM is disabled in the config: controllers will not discover the faces",
+                        "set gdm.enabled: true unless controllers find the bridge another way")]
+    return [await _multicast_loop(config.gdm.group, interface, wait)
+            for interface in (config.interfaces or ("",))]
+
+
+async def _multicast_loop(group: str, interface: str, wait: float) -> Finding:
+    where = interface or "the default interface"
+    name = f"gdm-multicast ({where})"
+    nonce = f"companion-doctor {secrets.token_hex(8)}".encode()
+    loop = asyncio.get_running_loop()
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError as exc:
+        return Finding(name, "FAIL", f"cannot open a UDP socket: {exc.strerror or exc}", "check the host's sandbox")
+    with sock:
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            if sys.platform == "linux":
+                sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
+            if interface:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+            sock.bind(("0.0.0.0", 0))
+            port = int(sock.getsockname()[1])
+            if _is_multicast(group):
+                membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(interface or "0.0.0.0"))
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        except OSError as exc:
+            return Finding(name, "FAIL", f"cannot join the GDM group {group} on {where}: {exc.strerror or exc}",
+                           _multicast_fix(interface))
+        try:
+            await loop.sock_sendto(sock, nonce, (group, port))
+        except OSError as exc:
+            return Finding(name, "FAIL", f"cannot send to the GDM group {group} on {where}: {exc.strerror or exc}",
+                           _multicast_fix(interface))
+        try:
+            async with asyncio.timeout(wait):
+                while True:
+                    data, _sender = await loop.sock_recvfrom(sock, 2048)
+                    if data == nonce:
+                        break
+        except TimeoutError:
+            return Finding(name, "FAIL",
+                           f"a datagram sent to {group}:{port} on {where} did not come back within {wait:g} s",
+                           _multicast_fix(interface))
+        except OSError as exc:
+            return Finding(name, "FAIL", f"receiving on {where} failed: {exc.strerror or exc}",
+                           _multicast_fix(interface))
+    return Finding(name, "PASS", f"sent to the GDM group {group} on {where} and received it back", "")
+
+
+def _is_multicast(group: str) -> bool:
+    try:
+        return 224 <= int(group.split(".")[0]) <= 239
+    except ValueError:
+        return False
+
+
+def _multicast_fix(interface: str) -> str:
+    route = f"the interface with address {interface}" if interface else "the default interface"
+    return (f"make sure {route} is up and has a multicast route (`ip route show 224.0.0.0/4`), that a "
+            "firewall accepts UDP to 239.0.0.250 ports 32412-32414, and that `interfaces:` lists this "
+            "host's LAN address")
+
+
+# -- ports --------------------------------------------------------------------------------------
+
+
+def check_ports(config: Config, *, own: Collection[int] = ()) -> list[Finding]:
+    """Face ports (face_port_base .. +N) and the admin port: free, or held by this bridge (``own``)."""
+    bind = config.http.bind
+    count = max(1, len(config.targets))
+    wanted = [(f"face port {p}", p, "http.face_port_base")
+              for p in range(config.http.face_port_base, config.http.face_port_base + count)]
+    if config.http.admin_port:
+        wanted.append((f"admin port {config.http.admin_port}", config.http.admin_port, "http.admin_port"))
+    busy: list[str] = []
+    ours: list[int] = []
+    for label, port, key in wanted:
+        if port in own:
+            ours.append(port)
+            continue
+        problem = _bind_problem(bind, port)
+        if problem is not None:
+            busy.append(f"{label} on {bind}: {problem} (config key {key})")
+    if busy:
+        return [Finding("ports", "FAIL", "; ".join(busy),
+                        "stop the program holding the port (find it with `ss -ltnp`), or move the bridge to "
+                        "free ports with http.face_port_base / http.admin_port")]
+    note = f" ({len(ours)} held by this bridge)" if ours else ""
+    ports = ", ".join(str(p) for _, p, _ in wanted)
+    return [Finding("ports", "PASS", f"TCP ports {ports} on {bind} are free{note}", "")]
+
+
+def _bind_problem(bind: str, port: int) -> str | None:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As the server will: SO_REUSEADDR ignores connections lingering in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "in use by another program"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return "http.bind is not an address of this host"
+            return exc.strerror or str(exc)
+    return None
+
+
+# -- DNS ----------------------------------------------------------------------------------------
+
+
+def _resolver(text: str | None) -> tuple[str, int] | None:
+    from companion.flinging import parse_resolver
+
+    return parse_resolver(text)
+
+
+async def check_dns(config: Config, servers: Sequence[KnownServer], *, timeout: float = DNS_TIMEOUT) -> list[Finding]:
+    """Does the LAN resolver answer plex.direct names for private addresses (no rebinding strip)?"""
+    if not config.security.dns_check:
+        return [Finding("dns", "WARN", "the plex.direct DNS check is disabled (security.dns_check: false)",
+                        "set security.dns_check: true so that stripped plex.direct answers are caught")]
+    resolver = _resolver(config.security.resolver)
+    names: list[tuple[str, str, str]] = [
+        ("synthetic name", plexdirect.build_name(SYNTHETIC_ADDRESS, SYNTHETIC_HASH), SYNTHETIC_ADDRESS)]
+    for server in servers:
+        if server.hash is None:
+            continue
+        with contextlib.suppress(ProtocolError):
+            names.append((server.label, plexdirect.build_name(server.address, server.hash), server.address))
+    results = await asyncio.gather(*(check_plex_direct(name, address, resolver=resolver, timeout=timeout)
+                                     for _, name, address in names))
+    findings: list[Finding] = []
+    for (label, _name, _address), facts in zip(names, results, strict=True):
+        check = f"dns ({label})"
+        if facts.outcome == "ok":
+            findings.append(Finding(check, "PASS", facts.detail, ""))
+        elif facts.outcome == "stripped":
+            findings.append(Finding(check, "FAIL", facts.detail.split(". Fix:")[0], _dns_fix()))
+        elif facts.outcome == "wrong-address":
+            findings.append(Finding(check, "FAIL", facts.detail,
+                                    "remove the local override for plex.direct names from the router's DNS"))
+        else:
+            findings.append(Finding(check, "WARN", facts.detail,
+                                    "set security.resolver to the resolver your players use (usually the "
+                                    "router), so the check asks the same one"))
+    return findings
+
+
+def _dns_fix() -> str:
+    return DNS_REBIND_FIX.removeprefix("Fix: ")
+
+
+# -- servers and chains -------------------------------------------------------------------------
+
+
+def servers_from(config: Config, server_url: str | None, bridge: Bridge | None) -> list[KnownServer]:
+    """``--server URL`` first, then the config's servers, then those a running bridge knows."""
+    out: list[KnownServer] = []
+    if server_url:
+        out.append(parse_server_url(server_url))
+    for configured in config.servers:
+        with contextlib.suppress(ConfigError):
+            out.append(parse_server_url(configured.url))
+    if bridge is not None:
+        for server in bridge.registry.servers():
+            server_hash = bridge.flings.server_hash(server) if bridge.flings is not None else None
+            out.append(KnownServer(server.name or server.address, server.address, server.port, server_hash,
+                                   server.id))
+    merged: dict[tuple[str, int], KnownServer] = {}
+    for known in out:
+        first = merged.get((known.address, known.port))
+        if first is None:
+            merged[(known.address, known.port)] = known
+        else:  # one server named twice: keep the first label, learn the hash and the bridge's id
+            merged[(known.address, known.port)] = KnownServer(first.label, first.address, first.port,
+                                                              first.hash or known.hash, first.key or known.key)
+    return list(merged.values())
+
+
+def parse_server_url(url: str) -> KnownServer:
+    """``https://<ip>:<port>`` or a plex.direct URL -> KnownServer; ConfigError otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--server: expected http(s)://host:port, got {url!r}")
+    try:
+        port = parts.port or 32400
+    except ValueError:
+        raise ConfigError(f"--server: bad port in {url!r}") from None
+    host = parts.hostname
+    try:
+        parsed = plexdirect.parse_name(host)
+    except ProtocolError:
+        return KnownServer(f"{host}:{port}", host, port)
+    return KnownServer(f"{host}:{port}", parsed.address, port, parsed.hash)
+
+
+async def _facts(server: KnownServer, bridge: Bridge | None, timeout: float) -> ServerFacts:
+    if bridge is not None and bridge.flings is not None and server.key:
+        known = bridge.registry.server(server.key)
+        if known is not None:
+            facts = await bridge.flings.server_facts(known, server.hash)
+            if facts is None:
+                raise TrustError(f"server {server.address}:{server.port} offers no usable TLS")
+            return facts
+    sni = None
+    if server.hash:
+        with contextlib.suppress(ProtocolError):
+            sni = plexdirect.build_name(server.address, server.hash)
+    return await probe_server(server.address, server.port, server_name=sni, timeout=timeout)
+
+
+def _verifying_profiles(facts: ServerFacts, server: KnownServer, profiles: ProfileSet,
+                        now: datetime) -> tuple[list[str], list[tuple[str, str]]]:
+    """(profiles that accept the chain, [(profile, first reason)] for those that do not)."""
+    server_hash = server.hash or facts.plex_direct_hash
+    if server_hash is None:
+        return [], []
+    try:
+        name = plexdirect.build_name(server.address, server_hash)
+    except ProtocolError:
+        return [], []
+    good: list[str] = []
+    bad: list[tuple[str, str]] = []
+    for profile in profiles.profiles.values():
+        if not profile.media_https:
+            continue
+        try:
+            roots = profiles.roots_for(profile)
+        except CompanionError as exc:
+            bad.append((profile.id, str(exc)))
+            continue
+        result = verify_chain(facts, roots, name=name, now=now, tls=profile.tls)
+        if result.ok:
+            good.append(profile.id)
+        else:
+            bad.append((profile.id, result.reasons[0].code if result.reasons else "rejected"))
+    return good, bad
+
+
+async def check_chain(server: KnownServer, facts: ServerFacts | None, error: str | None,
+                      profiles: ProfileSet, now: datetime) -> Finding:
+    check = f"chain ({server.label})"
+    if facts is None:
+        return Finding(check, "FAIL", error or "the server could not be probed",
+                       "check that Plex runs there and that Settings > Network > Secure connections is not "
+                       "disabled; then run `companion explain TARGET --server URL`")
+    subjects = " <- ".join(_cn(cert) for cert in facts.chain)
+    if facts.plex_direct_hash is None and server.hash is None:
+        return Finding(check, "FAIL", f"the certificate ({subjects}) has no *.<hash>.plex.direct name",
+                       "enable secure connections in the server's network settings and sign it in to Plex")
+    good, bad = await asyncio.to_thread(_verifying_profiles, facts, server, profiles, now)
+    sent = f"sent chain: {subjects}"
+    if not good:
+        shown = ", ".join(f"{p} ({why})" for p, why in bad[:6]) or "no profile plays https"
+        return Finding(check, "FAIL", f"{sent}; no device profile can verify it: {shown}",
+                       "make the server send its intermediate certificate (restart Plex to refresh its "
+                       "certificate), and check the clock; `companion explain` shows the reason per device")
+    if bad:
+        shown = ", ".join(f"{p} ({why})" for p, why in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        return Finding(check, "WARN", f"{sent}; verified by {', '.join(good)}; NOT by {shown}",
+                       "flings to the devices that cannot verify it go insecure (or through the relay); "
+                       "see `companion explain TARGET --server URL` for each")
+    return Finding(check, "PASS", f"{sent}; every https profile verifies it ({', '.join(good)})", "")
+
+
+def _cn(cert: x509.Certificate) -> str:
+    return display_name(cert.subject)
+
+
+# -- clock --------------------------------------------------------------------------------------
+
+
+async def server_date(session: aiohttp.ClientSession, server: KnownServer) -> datetime | None:
+    """The server's clock from the Date header of ``/identity`` (no token needed), or None."""
+    host = f"[{server.address}]" if ":" in server.address else server.address
+    ctx = ssl.create_default_context()
+    # Only the Date header is read; the chain is judged by the chain check, not here.
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    for scheme in ("https", "http"):
+        try:
+            async with session.get(f"{scheme}://{host}:{server.port}/identity",
+                                   ssl=ctx if scheme == "https" else False, allow_redirects=False) as resp:
+                date = resp.headers.get("Date")
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            continue
+        if date:
+            with contextlib.suppress(TypeError, ValueError):
+                parsed = parsedate_to_datetime(date)
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+async def check_clock(servers: Sequence[KnownServer], leaves: Sequence[ServerFacts], now: datetime,
+                      *, timeout: float = HTTP_TIMEOUT) -> Finding:
+    if now < BUILD_DATE:
+        return Finding("clock", "FAIL", f"the clock says {now:%Y-%m-%d %H:%M} UTC, before this release was built",
+                       "enable time synchronisation (e.g. `timedatectl set-ntp true`)")
+    for facts in leaves:
+        if facts.not_before > now:
+            return Finding("clock", "FAIL",
+                           f"the server's certificate only becomes valid at {facts.not_before:%Y-%m-%d %H:%M} "
+                           f"UTC, after this machine's clock ({now:%Y-%m-%d %H:%M} UTC): the clock is behind",
+                           "enable time synchronisation (e.g. `timedatectl set-ntp true`)")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        for server in servers:
+            theirs = await server_date(session, server)
+            if theirs is None:
+                continue
+            skew = now - theirs
+            ahead = "ahead of" if skew > timedelta(0) else "behind"
+            text = (f"this machine's clock is {abs(skew).total_seconds():.0f} s {ahead} the clock of "
+                    f"{server.label} (Date header)")
+            fix = "enable time synchronisation on this machine and on the server (e.g. `timedatectl set-ntp true`)"
+            if abs(skew) > CLOCK_SKEW_FAIL:
+                return Finding("clock", "FAIL", text, fix)
+            if abs(skew) > CLOCK_SKEW_WARN:
+                return Finding("clock", "WARN", text, fix)
+            return Finding("clock", "PASS", text, "")
+    return Finding("clock", "WARN",
+                   f"the clock ({now:%Y-%m-%d %H:%M} UTC) is after this release's date, but no server's "
+                   "clock could be compared with it",
+                   "give --server URL of a reachable Plex server, or list it under servers: in the config")
+
+
+# -- the whole run ------------------------------------------------------------------------------
+
+
+def _load_profiles(config: Config) -> ProfileSet:
+    extra = [Path(os.path.expanduser(d)) for d in config.profiles_dirs]
+    return load_profiles([*extra, shipped_profiles_dir()])
+
+
+async def run_doctor(config: Config, *, server_url: str | None = None, bridge: Bridge | None = None,
+                     now: datetime | None = None) -> list[Finding]:
+    """Every check, in order: GDM, ports, DNS, each server's chain, the clock.
+
+    With ``bridge`` the ports it holds count as fine, its profiles and probe cache are used, and
+    the servers it knows are checked. ``now`` defaults to the system clock (which is under test).
+    """
+    now = now or datetime.now(UTC)
+    own: set[int] = set()
+    if bridge is not None:
+        own = {slot.face.port for slot in bridge.faces.values()}
+        if config.http.admin_port:
+            own.add(config.http.admin_port)  # the bridge runs its admin server there
+        profiles = bridge.profiles
+    else:
+        profiles = await asyncio.to_thread(_load_profiles, config)
+    servers = servers_from(config, server_url, bridge)
+
+    findings = await check_gdm_multicast(config)
+    findings += check_ports(config, own=own)
+
+    probed: list[tuple[KnownServer, ServerFacts | None, str | None]] = []
+    for server in servers:
+        try:
+            probed.append((server, await _facts(server, bridge, config.timeouts.command), None))
+        except TrustError as exc:
+            probed.append((server, None, str(exc)))
+    # Servers first known by address learn their hash from the certificate, for the DNS check.
+    with_hash = [KnownServer(s.label, s.address, s.port, s.hash or (f.plex_direct_hash if f else None), s.key)
+                 for s, f, _ in probed]
+    findings += await check_dns(config, with_hash)
+    if not servers:
+        findings.append(Finding("chain", "WARN", "no Plex server is known, so no certificate chain was checked",
+                                "give --server https://<server ip>:32400, or list it under servers: in the config"))
+    for server, facts, error in probed:
+        findings.append(await check_chain(server, facts, error, profiles, now))
+    findings.append(await check_clock(servers, [f for _, f, _ in probed if f is not None], now))
+    return findings
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """``companion doctor [--server URL] [--json]``: exit 0 all PASS, 1 worst WARN, 2 any FAIL."""
+    from companion.cli import _config_from_args
+
+    config = _config_from_args(args)
+    server_url: str | None = getattr(args, "server", None)
+    as_json = bool(getattr(args, "json", False))
+    if server_url:
+        parse_server_url(server_url)  # a bad URL is a usage error before any check runs
+    started = time.monotonic()
+    findings = asyncio.run(run_doctor(config, server_url=server_url))
+    if as_json:
+        json.dump({"findings": findings_to_json(findings), "exit_code": exit_code(findings)}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_findings(findings))
+        print(f"({time.monotonic() - started:.1f} s)", file=sys.stderr)
+    return exit_code(findings)
+
+
+__all__ = ["Finding", "KnownServer", "cmd_doctor", "exit_code", "findings_to_json", "format_findings",
+           "parse_server_url", "run_doctor"]
