@@ -113,3 +113,22 @@ def test_any_text_gives_config_or_config_error(text: str) -> None:
         parse_config(text, "fuzz.yaml")
     except ConfigError:
         pass
+
+
+def test_the_example_config_parses_and_documents_every_key() -> None:
+    import dataclasses
+    import re
+
+    from companion.config import _SPEC, GdmConfig, HttpConfig, MdnsConfig, SecurityConfig, TimeoutsConfig
+
+    path = Path(__file__).resolve().parents[2] / "systemd" / "config.example.yaml"
+    text = path.read_text()
+    config = parse_config(text, str(path))
+    assert config.security.policy == "preferred"
+    assert config.http.admin_port == 32480
+    documented = set(re.findall(r"^#?\s*([a-z_]+):", text, flags=re.MULTILINE))
+    for key in _SPEC:
+        assert key in documented, f"{key} is not in config.example.yaml"
+    for section in (GdmConfig, MdnsConfig, HttpConfig, SecurityConfig, TimeoutsConfig):
+        for f in dataclasses.fields(section):
+            assert f.name in documented, f"{section.__name__}.{f.name} is not in config.example.yaml"
