@@ -287,6 +287,7 @@ class Bridge:
         slot = self.faces.get(target.id)
         if slot is not None:
             slot.target = target
+            slot.adapter.target = target  # a player that moved to another address is followed there
 
     async def _settle_faces(self) -> None:
         """Wait for the faces of targets known at start (configured ones) to be open."""

@@ -358,7 +358,12 @@ def _verifying_profiles(facts: ServerFacts, server: KnownServer, profiles: Profi
 
 
 async def check_chain(server: KnownServer, facts: ServerFacts | None, error: str | None,
-                      profiles: ProfileSet, now: datetime) -> Finding:
+                      profiles: ProfileSet, now: datetime, *, relevant: Collection[str] = ()) -> Finding:
+    """Which profiles verify the server's chain as sent; ``relevant``: the profiles of the known targets.
+
+    FAIL when the server cannot be probed or no profile verifies it; WARN when a target's profile
+    does not; otherwise PASS (with no targets known, one verifying profile is enough).
+    """
     check = f"chain ({server.label})"
     if facts is None:
         return Finding(check, "FAIL", error or "the server could not be probed",
@@ -375,12 +380,37 @@ async def check_chain(server: KnownServer, facts: ServerFacts | None, error: str
         return Finding(check, "FAIL", f"{sent}; no device profile can verify it: {shown}",
                        "make the server send its intermediate certificate (restart Plex to refresh its "
                        "certificate), and check the clock; `companion explain` shows the reason per device")
-    if bad:
-        shown = ", ".join(f"{p} ({why})" for p, why in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
-        return Finding(check, "WARN", f"{sent}; verified by {', '.join(good)}; NOT by {shown}",
-                       "flings to the devices that cannot verify it go insecure (or through the relay); "
-                       "see `companion explain TARGET --server URL` for each")
-    return Finding(check, "PASS", f"{sent}; every https profile verifies it ({', '.join(good)})", "")
+    verified = f"verified by {_listing(good)}"
+    failing = [(p, why) for p, why in bad if p in relevant]
+    if failing:
+        shown = ", ".join(f"{p} ({why})" for p, why in failing)
+        return Finding(check, "WARN", f"{sent}; {verified}; NOT by the profile(s) of your players: {shown}",
+                       "flings to those players go insecure (or through the relay); "
+                       "`companion explain TARGET --server URL` shows why and what would fix it")
+    others = f"; not by {len(bad)} other profile(s)" if bad else ""
+    return Finding(check, "PASS", f"{sent}; {verified}{others}", "")
+
+
+def _listing(names: Sequence[str], limit: int = 8) -> str:
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def target_profiles(config: Config, profiles: ProfileSet, bridge: Bridge | None) -> set[str]:
+    """The profile ids of the configured targets (and of the bridged ones, with a bridge)."""
+    from companion.model import Target, TargetKind
+
+    ids: set[str] = set()
+    for t in config.targets:
+        fields = Target(id="", kind=TargetKind(t.kind), name=t.name, address=t.address, port=t.port,
+                        source="config", ident="").match_fields
+        with contextlib.suppress(CompanionError):
+            ids.add(profiles.match(fields, override=config.profiles.get(t.name) or t.profile).id)
+    if bridge is not None and bridge.flings is not None:
+        for slot in bridge.faces.values():
+            with contextlib.suppress(CompanionError):
+                ids.add(bridge.flings.profile_for(slot.target).id)
+    return ids
 
 
 def _cn(cert: x509.Certificate) -> str:
@@ -485,8 +515,9 @@ async def run_doctor(config: Config, *, server_url: str | None = None, bridge: B
     if not servers:
         findings.append(Finding("chain", "WARN", "no Plex server is known, so no certificate chain was checked",
                                 "give --server https://<server ip>:32400, or list it under servers: in the config"))
+    relevant = target_profiles(config, profiles, bridge)
     for server, facts, error in probed:
-        findings.append(await check_chain(server, facts, error, profiles, now))
+        findings.append(await check_chain(server, facts, error, profiles, now, relevant=relevant))
     findings.append(await check_clock(servers, [f for _, f, _ in probed if f is not None], now))
     return findings
 

@@ -111,7 +111,8 @@ class Registry:
             id=sighting.ident, name=sighting.name, address=sighting.address, port=sighting.port,
             source=existing.source if existing is not None else sighting.source,
             host=host or (existing.host if existing else ""),
-            scheme=existing.scheme if existing is not None else "http",
+            # A server that announces a plex.direct Host offers secure connections.
+            scheme=existing.scheme if existing is not None else ("https" if host else "http"),
             token=token, version=sighting.version,
         )
         self._servers[server.id] = server

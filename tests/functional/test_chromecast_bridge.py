@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -187,3 +188,17 @@ async def test_chromecast_drop_marks_the_face_unavailable_and_it_recovers(
             assert reply.status == 200
     finally:
         await bridge.stop()
+
+
+async def test_scan_lists_a_chromecast_found_by_mdns_with_its_profile(
+        tmp_path: Path, device: FakeCastDevice, announcer: AsyncZeroconf) -> None:
+    from tests.functional.test_cli import companion
+
+    await announcer.async_register_service(cast_service(device))
+    config = tmp_path / "scan.yaml"
+    config.write_text(f"interfaces: [127.0.0.1]\ngdm: {{enabled: false}}\nstate_dir: {tmp_path / 'state'}\n")
+    code, out, err = await companion("--config", str(config), "scan", "--timeout", "1.5", "--json")
+    assert code == 0, err
+    (row,) = [r for r in json.loads(out) if r["kind"] == "chromecast"]
+    assert (row["name"], row["port"], row["id"]) == (CAST_NAME, device.port, device.cast_id)
+    assert row["profile"].startswith("chromecast")

@@ -46,6 +46,7 @@ async def test_scan_json_lists_a_gdm_player_with_its_companion_port_and_a_server
     assert found["tv-1"]["address"] == "127.0.0.1"
     assert found["tv-1"]["product"] == "Plex for Roku"
     assert found["tv-1"]["kind"] == "companion"
+    assert found["tv-1"]["profile"] == "roku (assumed)", "the profile each matched"
     assert found["srv-1"]["kind"] == "server"
     assert found["srv-1"]["host"] == "0123456789abcdef0123456789abcdef.plex.direct"
 
