@@ -24,6 +24,7 @@ import aiohttp
 from cryptography import x509
 
 from companion import __version__
+from companion.admin.app import AdminServer
 from companion.audit import AuditLog
 from companion.config import Config
 from companion.discovery.gdm import GdmResponder, GdmScanner, GdmSettings
@@ -117,6 +118,7 @@ class Bridge:
         self._scanner: GdmScanner | None = None
         self.mdns: MdnsDiscovery | None = None
         self.relay: Relay | None = None
+        self.admin: AdminServer | None = None
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._face_lock = asyncio.Lock()
@@ -184,6 +186,10 @@ class Bridge:
             await self._scanner.start()
         self._spawn(self._expiry_loop(), "registry-expiry")
         await self._settle_faces()
+        if cfg.http.admin_port != 0:
+            self.admin = AdminServer(self, bind=cfg.http.bind, port=cfg.http.admin_port,
+                                     token=self.state.admin_token(), allowed_hosts=cfg.http.allowed_hosts)
+            await self.admin.start()
         self.ready.set()
         log.info("companion-bridge %s started: %d face(s), GDM %s", __version__, len(self.faces),
                  "on" if cfg.gdm.enabled else "off")
@@ -191,6 +197,9 @@ class Bridge:
     async def stop(self) -> None:
         """Stop in order: GDM BYE, faces closed (long-polls released), adapters, tasks, session."""
         self._started = False
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
         if self._scanner is not None:
             await self._scanner.stop()
             self._scanner = None

@@ -448,7 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     explain.set_defaults(func=cmd_explain)
+
+    doctor = sub.add_parser("doctor", help="check multicast, ports, DNS rebinding, server chains and the clock "
+                            "(exit 0 all PASS, 1 a WARN, 2 a FAIL)")
+    doctor.add_argument("--server", metavar="URL", help="also check this server (https://<ip>:<port>)")
+    doctor.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(func=_cmd_doctor)
     return parser
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from companion.doctor import cmd_doctor
+
+    return cmd_doctor(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

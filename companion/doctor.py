@@ -204,9 +204,10 @@ def check_ports(config: Config, *, own: Collection[int] = ()) -> list[Finding]:
         return [Finding("ports", "FAIL", "; ".join(busy),
                         "stop the program holding the port (find it with `ss -ltnp`), or move the bridge to "
                         "free ports with http.face_port_base / http.admin_port")]
-    note = f" ({len(ours)} held by this bridge)" if ours else ""
-    ports = ", ".join(str(p) for _, p, _ in wanted)
-    return [Finding("ports", "PASS", f"TCP ports {ports} on {bind} are free{note}", "")]
+    free = [str(p) for _, p, _ in wanted if p not in ours]
+    parts = ([f"TCP port(s) {', '.join(free)} on {bind} are free"] if free else []) + (
+        [f"port(s) {', '.join(str(p) for p in ours)} are held by this bridge"] if ours else [])
+    return [Finding("ports", "PASS", "; ".join(parts), "")]
 
 
 def _bind_problem(bind: str, port: int) -> str | None:

@@ -90,6 +90,10 @@ class FlingService:
         self._dns: dict[tuple[str, str], tuple[float, DnsFacts]] = {}
         self.recent: collections.deque[Fling] = collections.deque(maxlen=RECENT)
 
+    def relay_available(self) -> bool:
+        """True when a fling that cannot be secure may go through the bridge's relay."""
+        return self.config.security.relay and self._relay_available()
+
     # -- inputs -------------------------------------------------------------------------------
 
     def profile_for(self, target: Target) -> Profile:
@@ -175,7 +179,7 @@ class FlingService:
         policy = self.policy_for(target)
         decision = decide(profile=profile, roots=self.profiles.roots_for(profile), server_address=server.address,
                           server_port=server.port, facts=facts, dns=dns, policy=policy,
-                          relay_available=self.config.security.relay and self._relay_available(), now=now,
+                          relay_available=self.relay_available(), now=now,
                           server_hash=server_hash)
         fling = self._fling(now, target, command, profile, server.id, request, decision)
         if decision.mode == "refused":

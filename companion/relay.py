@@ -58,6 +58,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from companion.errors import ProtocolError, StateError, TrustError
+from companion.faces.app import QuietServerLog
 from companion.faces.middleware import host_allowed
 from companion.model import SECRET_PARAMS
 from companion.security.probe import ServerFacts
@@ -424,7 +425,8 @@ class Relay:
         app = web.Application(client_max_size=REQUEST_BODY_CAP)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # No access log: request lines carry capabilities. Streams are cut on shutdown quickly.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False,
+                               logger=QuietServerLog(logging.getLogger("companion.relay.http"), {}))
         await runner.setup()
         site = web.TCPSite(runner, self._bind, self._requested_port)
         try:

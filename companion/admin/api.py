@@ -108,10 +108,9 @@ def _predict(bridge: Bridge, target: Target, server: Server, now: datetime) -> L
     except CompanionError as exc:
         return LockView(server.id, name, "unknown", "", "none", False,
                         (Reason("profile-unavailable", scrub(str(exc))),))
-    # relay_available=False: the prediction shows whether the direct path can be secure; which
-    # fallback a fling would take is the fling's own business.
     decision = decide(profile=profile, roots=roots, server_address=server.address, server_port=server.port,
-                      facts=facts, dns=None, policy=flings.policy_for(target), relay_available=False, now=now,
+                      facts=facts, dns=None, policy=flings.policy_for(target),
+                      relay_available=flings.relay_available(), now=now,
                       server_hash=flings.server_hash(server))
     return LockView(server.id, name, _lock_from(decision), decision.mode, "probe", decision.token_exposed,
                     decision.reasons)

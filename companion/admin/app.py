@@ -37,7 +37,7 @@ from companion.errors import (
     TargetError,
     TargetTimeout,
 )
-from companion.faces.app import _ServerLog
+from companion.faces.app import QuietServerLog
 from companion.faces.middleware import host_allowed
 from companion.model import Server, Target
 from companion.security.decide import Decision
@@ -130,7 +130,7 @@ class AdminServer:
         if self._runner is not None:
             return
         runner = web.AppRunner(self._app, handle_signals=False, access_log=None,
-                               logger=_ServerLog(logging.getLogger("companion.admin.http"), {}),
+                               logger=QuietServerLog(logging.getLogger("companion.admin.http"), {}),
                                shutdown_timeout=2.0, max_line_size=MAX_HEADER, max_field_size=MAX_HEADER)
         await runner.setup()
         try:

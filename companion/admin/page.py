@@ -57,7 +57,7 @@ def _e(value: object) -> str:
 
 def lock_svg(state: str) -> str:
     """An inline lock icon; ``currentColor`` lets the CSS class colour it."""
-    shackle = _SHACKLE_CLOSED if state == "closed" else _SHACKLE_OPEN
+    shackle = _SHACKLE_OPEN if state == "open" else _SHACKLE_CLOSED
     mark = ('<text x="12" y="19.5" font-size="8" text-anchor="middle" fill="#fff" font-family="sans-serif">?</text>'
             if state == "unknown" else '<circle cx="12" cy="16" r="1.6" fill="#fff"/>')
     return ('<svg viewBox="0 0 24 24" aria-hidden="true" focusable="false">'
@@ -199,8 +199,8 @@ def render_page(*, name: str, version: str, health: dict[str, Any], targets: Seq
 <body>
 <header><h1>{_e(name)}</h1>
 <div class="small muted">companion-bridge {_e(version)}; up {_uptime(health["uptime_seconds"])};
-status <strong class="{"up" if status == "ok" else "down"}" id="health">{_e(status)}</strong>
-{("(" + _e(problems) + ")") if problems else ""}; page generated
+status <strong class="{"up" if status == "ok" else "down"}" id="health">{_e(status)}</strong>{
+(" (" + _e(problems) + ")") if problems else ""}; page generated
 {_e(now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))} UTC, refreshes every {REFRESH_SECONDS} s</div></header>
 <h2>What the locks mean</h2>
 {_legend()}

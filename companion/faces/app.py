@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 CommandHandler = Callable[[Command], Awaitable[None]]
 
 
-class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+class QuietServerLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's own request-error log, without exception text.
 
     aiohttp logs malformed or oversized requests with an excerpt of the offending line, which
@@ -185,7 +185,7 @@ class Face:
             self._app,
             handle_signals=False,
             access_log=None,
-            logger=_ServerLog(logging.getLogger("companion.faces.http"), {}),
+            logger=QuietServerLog(logging.getLogger("companion.faces.http"), {}),
             # Long-polls are released before cleanup, so handlers end quickly.
             shutdown_timeout=2.0,
             max_line_size=self._limits.max_header_size,
