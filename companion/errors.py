@@ -11,12 +11,8 @@ class CompanionError(Exception):
     """Root of every error companion-bridge raises on purpose."""
 
 
-class ConfigError(CompanionError):
-    """The configuration file is unreadable or holds a bad key, type or value.
-
-    The message names the file, the line and the key, e.g.
-    ``/etc/companion/config.yaml:12: gdm.hello_interval: expected a number, got 'soon'``.
-    """
+class LocatedError(CompanionError):
+    """An error in a file the user wrote: the message starts with ``file:line: key:``."""
 
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
                  key: str | None = None) -> None:
@@ -33,20 +29,16 @@ class ConfigError(CompanionError):
         super().__init__(f"{where}{what}{message}")
 
 
-class ProfileError(CompanionError):
-    """A device profile or root store is malformed (message names file:line and key)."""
+class ConfigError(LocatedError):
+    """The configuration file is unreadable or holds a bad key, type or value.
 
-    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 key: str | None = None) -> None:
-        self.path = path
-        self.line = line
-        self.key = key
-        self.detail = message
-        where = ""
-        if path is not None:
-            where = f"{path}:{line}: " if line is not None else f"{path}: "
-        what = f"{key}: " if key else ""
-        super().__init__(f"{where}{what}{message}")
+    The message names the file, the line and the key, e.g.
+    ``/etc/companion/config.yaml:12: gdm.hello_interval: expected a number, got 'soon'``.
+    """
+
+
+class ProfileError(LocatedError):
+    """A device profile or root store is malformed (message names file:line and key)."""
 
 
 class ProtocolError(CompanionError):
