@@ -328,11 +328,11 @@ def _section(cls: type[T], spec: Mapping[str, Callable[[_Ctx, yaml.Node, str], A
 
 def _server(ctx: _Ctx, node: yaml.Node, key: str) -> ServerConfig:
     server = _section(ServerConfig, {"url": _nonempty_str, "token": _secret}, ("url",))(ctx, node, key)
-    parts = urlsplit(server.url)
     try:
+        parts = urlsplit(server.url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise ctx.error(node, f"{key}.url", "has a bad port") from None
+        raise ctx.error(node, f"{key}.url", f"is not a valid URL: {server.url[:80]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ctx.error(node, f"{key}.url", f"expected http(s)://host:port, got {server.url!r}")
     return server

@@ -33,6 +33,7 @@ from companion.security.profiles import Profile, ProfileSet
 log = logging.getLogger("companion.fling")
 
 DNS_CACHE_SECONDS = 60.0
+DNS_FAILURE_CACHE_SECONDS = 5.0  # a resolver that was down is asked again soon
 RECENT = 200
 
 
@@ -148,8 +149,10 @@ class FlingService:
         key = (resolver, name)
         now = time.monotonic()
         cached = self._dns.get(key)
-        if cached is not None and now - cached[0] < DNS_CACHE_SECONDS:
-            return cached[1]
+        if cached is not None:
+            ttl = DNS_CACHE_SECONDS if cached[1].outcome in ("ok", "stripped") else DNS_FAILURE_CACHE_SECONDS
+            if now - cached[0] < ttl:
+                return cached[1]
         result = await check_plex_direct(name, server.address, resolver=parse_resolver(self.config.security.resolver))
         self._dns[key] = (now, result)
         return result

@@ -7,6 +7,7 @@ through ``repr``.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -138,13 +139,64 @@ class Command:
     def path(self) -> str:
         return f"/player/{self.group}/{self.name}"
 
+    def __repr__(self) -> str:
+        return (f"Command(group={self.group!r}, name={self.name!r}, params={redacted(self.params)!r}, "
+                f"controller={self.controller!r}, command_id={self.command_id!r}, "
+                f"target_client_id={self.target_client_id!r})")
+
 
 SECRET_PARAMS = frozenset({"token", "x-plex-token", "querytoken"})
+REDACTED = "<redacted>"
+
+# Where a token value starts: after `...token=` in a query string, a form or a log line, also
+# percent-encoded (`...token%3D`, as a stream URL nested in another URL's query carries it), so
+# X-Plex-Token, token, querytoken and accessToken are all caught; or after an `X-Plex-Token:`
+# header (also JSON-quoted). Only that header name takes ':' because a bare "token:" is ordinary
+# prose ("exposes the token: the command leg is plain HTTP"). The model's secret parameter names
+# are included by name, whatever they end with. No leading [\w-]* before "token": the value is
+# all we replace, and such a prefix makes the search quadratic on long words.
+_SECRET_KEYS = "|".join(re.escape(name) for name in sorted(SECRET_PARAMS))
+_TOKEN_KEY = re.compile(
+    rf"""(?i)(?:(?:token|{_SECRET_KEYS})\s*(?:=|%3D)|x-plex-token["']?\s*:)\s*["']?""")
+# The value runs to the next separator; percent escapes belong to it except %26, an encoded '&'
+# that starts the next parameter.
+_TOKEN_VALUE = re.compile(r"""(?i)(?:%(?!26)[0-9a-f]{2}|[^\s&;,"'<>%])+""")
+
+
+def scrub(text: str) -> str:
+    """``text`` with every token-looking parameter value replaced by ``<redacted>``.
+
+    Also replaces lone surrogates (from ``surrogateescape``-decoded bytes), which SQLite cannot
+    store as UTF-8. Linear in the length of ``text``.
+    """
+    # Keys are found first and values measured from each, rather than one key=value pattern:
+    # in "token=X-Plex-Token: v" such a pattern would take the second key as the first value
+    # and never see v.
+    out: list[str] = []
+    pos = 0  # end of the text already copied or redacted
+    for key in _TOKEN_KEY.finditer(text):
+        if key.end() < pos:
+            continue  # a key inside a redacted value: its value ends where that one did
+        value = _TOKEN_VALUE.match(text, key.end())
+        if value is None:
+            continue
+        if value.start() >= pos:
+            out += [text[pos:value.start()], REDACTED]
+        pos = value.end()
+    if out:
+        out.append(text[pos:])
+        text = "".join(out)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def redacted(params: Mapping[str, str]) -> dict[str, str]:
-    """A copy of request parameters that is safe to log: every token-like value is masked."""
-    return {k: ("<redacted>" if k.lower() in SECRET_PARAMS else v) for k, v in params.items()}
+    """A copy of request parameters that is safe to log: token parameters masked, and tokens
+    nested in other values (``containerKey=/playQueues/1?X-Plex-Token=...``) scrubbed."""
+    return {k: (REDACTED if k.lower() in SECRET_PARAMS else scrub(v)) for k, v in params.items()}
 
 
 @dataclass(frozen=True)

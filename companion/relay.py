@@ -58,7 +58,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from companion.errors import ProtocolError, StateError, TrustError
-from companion.faces.app import QuietServerLog
+from companion.faces.app import IDLE_TIMEOUT, QuietServerLog
 from companion.faces.middleware import host_allowed
 from companion.model import SECRET_PARAMS
 from companion.security.probe import ServerFacts
@@ -426,6 +426,7 @@ class Relay:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # No access log: request lines carry capabilities. Streams are cut on shutdown quickly.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False,
+                               keepalive_timeout=IDLE_TIMEOUT,
                                logger=QuietServerLog(logging.getLogger("companion.relay.http"), {}))
         await runner.setup()
         site = web.TCPSite(runner, self._bind, self._requested_port)

@@ -37,7 +37,7 @@ from companion.errors import (
     TargetError,
     TargetTimeout,
 )
-from companion.faces.app import QuietServerLog
+from companion.faces.app import IDLE_TIMEOUT, QuietServerLog
 from companion.faces.middleware import host_allowed
 from companion.model import Server, Target
 from companion.security.decide import Decision
@@ -129,7 +129,7 @@ class AdminServer:
         """Listen on ``bind:port`` (OSError when the port cannot be bound) and start the doctor task."""
         if self._runner is not None:
             return
-        runner = web.AppRunner(self._app, handle_signals=False, access_log=None,
+        runner = web.AppRunner(self._app, handle_signals=False, access_log=None, keepalive_timeout=IDLE_TIMEOUT,
                                logger=QuietServerLog(logging.getLogger("companion.admin.http"), {}),
                                shutdown_timeout=2.0, max_line_size=MAX_HEADER, max_field_size=MAX_HEADER)
         await runner.setup()

@@ -69,6 +69,10 @@ class QuietServerLog(logging.LoggerAdapter[logging.Logger]):
         super().log(level, msg, *args, **kwargs)
 
 
+# Idle keep-alive and slowloris bound for every HTTP surface of the bridge (seconds).
+IDLE_TIMEOUT = 60.0
+
+
 @dataclass(frozen=True)
 class FaceLimits:
     """Bounds and timings of one face (SECURITY.md 5: bounded everything)."""
@@ -81,6 +85,9 @@ class FaceLimits:
     push_timeout: float = 5.0
     subscriber_expiry: float = 90.0
     playing_push_interval: float = 1.0
+    # An idle or trickling connection (slowloris) is closed after this long; aiohttp has no
+    # separate header-read timeout, and its default keep-alive bound is an hour.
+    idle_timeout: float = IDLE_TIMEOUT
 
 
 def _first_values(query: Mapping[str, str]) -> dict[str, str]:
@@ -188,6 +195,7 @@ class Face:
             logger=QuietServerLog(logging.getLogger("companion.faces.http"), {}),
             # Long-polls are released before cleanup, so handlers end quickly.
             shutdown_timeout=2.0,
+            keepalive_timeout=self._limits.idle_timeout,
             max_line_size=self._limits.max_header_size,
             max_field_size=self._limits.max_header_size,
         )

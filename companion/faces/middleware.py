@@ -19,6 +19,7 @@ from companion.errors import (
     CompanionError,
     PolicyRefusal,
     ProtocolError,
+    TargetError,
     TargetTimeout,
     TargetUnavailable,
 )
@@ -40,6 +41,7 @@ _STATUS: tuple[tuple[type[CompanionError], int], ...] = (
     (TargetTimeout, 504),
     (TargetUnavailable, 502),
     (FaceBusy, 503),
+    (TargetError, 502),  # the player answered with an error of its own: a bad gateway for us
 )
 
 

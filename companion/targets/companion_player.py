@@ -14,6 +14,7 @@ import itertools
 import logging
 from collections.abc import Callable, Mapping
 from urllib.parse import urlencode
+from xml.etree import ElementTree
 
 import aiohttp
 from aiohttp import web
@@ -52,6 +53,21 @@ _NAVIGATION = frozenset({
 RESUBSCRIBE_EVERY = 60.0  # players expire subscribers 90 s after the last subscribe
 
 
+def player_identifier(body: bytes) -> str | None:
+    """The machineIdentifier in a player's /resources answer (no DTDs, no entities), or None."""
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        return None
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return None
+    for element in root.iter("Player"):
+        ident = element.get("machineIdentifier", "").strip()
+        if ident:
+            return ident
+    return None
+
+
 class TimelineListener:
     """The bridge's own ``/:/timeline`` endpoint: real players push their timelines here.
 
@@ -76,7 +92,7 @@ class TimelineListener:
     async def start(self) -> None:
         app = web.Application(client_max_size=self._max_body)
         app.router.add_post("/:/timeline", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=60.0, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._bind, self._want_port)
         await site.start()
@@ -116,6 +132,10 @@ class CompanionPlayerTarget:
         self._available = True
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # The player's own Resource-Identifier: from GDM it is the sighting's; a configured player is
+        # asked through /resources, since it names itself that way in its timeline pushes.
+        self._player_ident = target.ident
+        self._ident_known = not target.ident.startswith("config:")
 
     # -- TargetAdapter ------------------------------------------------------------------------
 
@@ -141,13 +161,13 @@ class CompanionPlayerTarget:
 
     async def start(self) -> None:
         if self._listener is not None:
-            self._listener.register(self.target.ident, self._deliver)
+            self._listener.register(self._player_ident, self._deliver)
         self._task = asyncio.create_task(self._follow(), name=f"timeline-follow:{self.target.id}")
 
     async def stop(self) -> None:
         self._stopping = True
         if self._listener is not None:
-            self._listener.unregister(self.target.ident)
+            self._listener.unregister(self._player_ident)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -183,7 +203,7 @@ class CompanionPlayerTarget:
             "X-Plex-Client-Identifier": self._bridge_id,
             "X-Plex-Device-Name": self._bridge_name,
             "X-Plex-Product": "companion-bridge",
-            "X-Plex-Target-Client-Identifier": self.target.ident,
+            "X-Plex-Target-Client-Identifier": self._player_ident,
             "X-Plex-Provides": "controller",
         }
 
@@ -232,6 +252,8 @@ class CompanionPlayerTarget:
         use_push = self._listener is not None
         backoff = 1.0
         while not self._stopping:
+            if not self._ident_known:
+                await self._learn_ident()
             if use_push:
                 if await self._subscribe():
                     backoff = 1.0
@@ -252,6 +274,26 @@ class CompanionPlayerTarget:
                     log.debug("polling %s failed: %s", self.target.name, exc)
             await asyncio.sleep(backoff)  # retry pacing for an absent player, not synchronisation
             backoff = min(backoff * 2, 30.0)
+
+    async def _learn_ident(self) -> None:
+        """Ask a configured player for its machineIdentifier (GET /resources)."""
+        url = f"{self.base_url}/resources"
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._session.get(url, headers={"X-Plex-Client-Identifier": self._bridge_id}) as resp:
+                    body = await resp.content.read(64 * 1024)
+        except (TimeoutError, aiohttp.ClientError):
+            return  # not reachable yet; the follow loop tries again
+        ident = player_identifier(body)
+        if ident is None:
+            log.warning("%s answered /resources without a machineIdentifier", self.target.name)
+            self._ident_known = True  # keep the configured id; polling still works
+            return
+        if self._listener is not None:
+            self._listener.unregister(self._player_ident)
+            self._listener.register(ident, self._deliver)
+        self._player_ident = ident
+        self._ident_known = True
 
     async def _subscribe(self) -> bool:
         assert self._listener is not None

@@ -17,6 +17,7 @@ import pytest
 from companion.admin import AdminServer
 from companion.bridge import Bridge
 from companion.config import Config
+from companion.proto.timeline import PlayerState
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.plex_server import FakePlexServer
 from tests.functional.test_fling_decisions import write_test_profiles
@@ -254,6 +255,9 @@ async def test_metrics_are_prometheus_text_with_fling_counters_and_face_gauges(r
 
 async def test_metrics_count_the_long_polls_held_by_the_faces(rig: Rig):
     url = f"http://127.0.0.1:{rig.face_port(SECURE)}/player/timeline/poll"
+    slot = next(s for s in rig.bridge.faces.values() if s.target.name == SECURE)
+    # The player's first timeline answers every waiting poll; let it arrive first.
+    await until(lambda: slot.face.state != PlayerState(), timeout=5, message="the player's first timeline")
 
     async def long_poll() -> None:
         async with rig.http.get(url, params={"wait": "1", "commandID": "5"},
@@ -262,7 +266,6 @@ async def test_metrics_count_the_long_polls_held_by_the_faces(rig: Rig):
 
     held = asyncio.ensure_future(long_poll())
     try:
-        slot = next(s for s in rig.bridge.faces.values() if s.target.name == SECURE)
         await until(lambda: slot.face.long_poll_count == 1, message="the face holds the long-poll")
         _, text = await rig.get("/metrics")
         assert "companion_long_polls_open 1.0" in text

@@ -1,0 +1,1 @@
+"""Hardening tests: fuzz harness smoke runs, hostile HTTP, SSRF, secrets, faults, durability, load."""
