@@ -5,7 +5,9 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: run test lint unit bench fuzz system-deps clean
+FUZZ_SECONDS ?= 60
+
+.PHONY: run test lint bench bench-smoke fuzz system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +25,20 @@ test: $(STAMP) system-deps lint
 
 ## lint: ruff on everything, mypy strict on companion/
 lint: $(STAMP)
-	$(BIN)/ruff check companion tests bench
+	$(BIN)/ruff check companion tests bench fuzz scripts
 	$(BIN)/mypy
+
+## bench: the benchmarks, each against its baseline measured in the same run (in a private netns)
+bench: $(STAMP)
+	scripts/netns-run $(BIN)/python bench/run.py $(ARGS)
+
+## bench-smoke: every benchmark at tiny sizes, no goals judged (what CI runs)
+bench-smoke: $(STAMP)
+	scripts/netns-run $(BIN)/python bench/run.py --smoke
+
+## fuzz: coverage-guided fuzzing (atheris) of every parser, FUZZ_SECONDS each
+fuzz: $(STAMP)
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 ## system-deps: Debian packages the tests drive for real (dnsmasq); installed when root
 system-deps:
