@@ -16,7 +16,8 @@ bytes) with the ratio relay/direct; the goal is >= 0.7. Both ways share the same
 relay's extra process competes for the CPUs with origin and client, as it would on a small home
 server running both the bridge and Plex.
 
-Usage: python bench/relay_throughput.py [SIZE_BYTES] [--smoke] [--repeat N]
+Also the ``relay_throughput`` row of bench/run.py (``run``). Standalone usage:
+python bench/relay_throughput.py [SIZE_BYTES] [--smoke] [--repeat N]
 (SIZE also from RELAY_BENCH_SIZE; default 1 GiB; --smoke = 8 MiB, 5 repeats). One untimed
 warm-up download each way comes first (the relay verifies the chain once, on first use).
 Run it inside the netns wrapper: scripts/netns-run .venv/bin/python bench/relay_throughput.py --smoke
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import ssl
@@ -36,8 +38,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from common import Options, Result, end_profile, profile, progress  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 PART = "/library/parts/1/file"
@@ -125,7 +130,8 @@ async def _download(url: str, *, ssl_ctx: ssl.SSLContext | None, server_hostname
         return got, time.perf_counter() - started
 
 
-async def _client(size: int, repeat: int, origin_port: int, root_pem: bytes, name: str, base: str) -> None:
+async def _client(size: int, repeat: int, origin_port: int, root_pem: bytes, name: str,
+                  base: str) -> dict[str, float]:
     ctx = ssl.create_default_context(cadata=root_pem.decode())
     direct_url = f"https://127.0.0.1:{origin_port}{PART}"
     best = {"direct": 0.0, "relay": 0.0}
@@ -143,11 +149,57 @@ async def _client(size: int, repeat: int, origin_port: int, root_pem: bytes, nam
         if got != size:
             raise SystemExit(f"relay: got {got} of {size} bytes")
         best["relay"] = max(best["relay"], got / took / 1e6)
+    return best
+
+
+def measure(size: int, repeat: int) -> dict[str, float]:
+    """Start origin and relay, download REPEAT times each way, stop both: best MB/s per way."""
+    spawn = mp.get_context("spawn")
+    origin_end, origin_here = spawn.Pipe()
+    relay_end, relay_here = spawn.Pipe()
+    origin = spawn.Process(target=_origin, args=(origin_end, size), name="bench-origin")
+    origin.start()
+    assert origin.pid is not None
+    spies = [profile(origin.pid, "relay-origin")]
+    relay: mp.process.BaseProcess | None = None
+    try:
+        port, root_pem, name = origin_here.recv()
+        relay = spawn.Process(target=_relay, args=(relay_end, port, root_pem, name), name="bench-relay")
+        relay.start()
+        assert relay.pid is not None
+        spies.append(profile(relay.pid, "relay-relay"))
+        base = relay_here.recv()
+        return asyncio.run(_client(size, repeat, port, root_pem, name, base))
+    finally:
+        for conn, proc in ((relay_here, relay), (origin_here, origin)):
+            if proc is not None:
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    conn.send("stop")
+                proc.join(timeout=10)
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join()
+        for spy in spies:
+            end_profile(spy)
+
+
+def run(options: Options) -> Result:
+    """The runner's entry: 1 GiB once each way (8 MiB, best of 5, with --smoke)."""
+    size = 8 * 2**20 if options.smoke else int(os.environ.get("RELAY_BENCH_SIZE", 2**30))
+    repeat = 5 if options.smoke else 1
+    progress(f"relay_throughput: {size / 2**20:.0f} MiB, best of {repeat} each way")
+    best = measure(size, repeat)
     ratio = best["relay"] / best["direct"]
-    print(f"size: {size} bytes ({size / 2**20:.0f} MiB), best of {repeat}")
-    print(f"direct HTTPS:  {best['direct']:8.1f} MB/s")
-    print(f"through relay: {best['relay']:8.1f} MB/s")
-    print(f"ratio relay/direct: {ratio:.2f} (goal >= 0.70) {'OK' if ratio >= 0.7 else 'BELOW GOAL'}")
+    return Result(
+        name="relay_throughput",
+        figure=f"relay {best['relay']:.1f} MB/s",
+        baseline=f"direct {best['direct']:.1f} MB/s",
+        ratio=f"{ratio:.2f}",
+        goal=">= 0.70 of direct",
+        meets=ratio >= 0.7,
+        details={"size_bytes": size, "repeat": repeat, "relay_mb_s": best["relay"], "direct_mb_s": best["direct"],
+                 "ratio": ratio},
+    )
 
 
 def main() -> None:
@@ -158,26 +210,12 @@ def main() -> None:
     args = parser.parse_args()
     size = 8 * 2**20 if args.smoke else args.size
     repeat = args.repeat or (5 if args.smoke else 1)
-    spawn = mp.get_context("spawn")
-    origin_end, origin_here = spawn.Pipe()
-    relay_end, relay_here = spawn.Pipe()
-    origin = spawn.Process(target=_origin, args=(origin_end, size), name="bench-origin")
-    origin.start()
-    relay: mp.process.BaseProcess | None = None
-    try:
-        port, root_pem, name = origin_here.recv()
-        relay = spawn.Process(target=_relay, args=(relay_end, port, root_pem, name), name="bench-relay")
-        relay.start()
-        base = relay_here.recv()
-        asyncio.run(_client(size, repeat, port, root_pem, name, base))
-    finally:
-        for conn, proc in ((relay_here, relay), (origin_here, origin)):
-            if proc is not None:
-                conn.send("stop")
-                proc.join(timeout=10)
-                if proc.is_alive():
-                    proc.terminate()
-                    proc.join()
+    best = measure(size, repeat)
+    ratio = best["relay"] / best["direct"]
+    print(f"size: {size} bytes ({size / 2**20:.0f} MiB), best of {repeat}")
+    print(f"direct HTTPS:  {best['direct']:8.1f} MB/s")
+    print(f"through relay: {best['relay']:8.1f} MB/s")
+    print(f"ratio relay/direct: {ratio:.2f} (goal >= 0.70) {'OK' if ratio >= 0.7 else 'BELOW GOAL'}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from companion.security.decide import Decision, Reason, decide
 from companion.security.dnscheck import DnsFacts, check_plex_direct
 from companion.security.probe import ProbeCache, ServerFacts
 from companion.security.profiles import Profile, ProfileSet
+from companion.security.trust import VerifyCache
 
 log = logging.getLogger("companion.fling")
 
@@ -89,6 +90,7 @@ class FlingService:
         self._relay_available = relay_available
         self._clock = clock
         self._dns: dict[tuple[str, str], tuple[float, DnsFacts]] = {}
+        self.verify_cache = VerifyCache()
         self.recent: collections.deque[Fling] = collections.deque(maxlen=RECENT)
 
     def relay_available(self) -> bool:
@@ -183,7 +185,7 @@ class FlingService:
         decision = decide(profile=profile, roots=self.profiles.roots_for(profile), server_address=server.address,
                           server_port=server.port, facts=facts, dns=dns, policy=policy,
                           relay_available=self.relay_available(), now=now,
-                          server_hash=server_hash)
+                          server_hash=server_hash, verify_cache=self.verify_cache)
         fling = self._fling(now, target, command, profile, server.id, request, decision)
         if decision.mode == "refused":
             await self.finish(fling, "refused", command_plain_http=False, server_address=server.address,

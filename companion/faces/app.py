@@ -123,6 +123,7 @@ class Face:
         self._limits = limits
         self._state = PlayerState()
         self._available = True
+        self._rendered: dict[int | None, bytes] = {}
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
         self._subscribers = Subscribers(
@@ -158,6 +159,7 @@ class Face:
     def update_identity(self, identity: FaceIdentity) -> None:
         """Take a new name/version/capabilities (the machine identifier should stay the same)."""
         self._identity = identity
+        self._rendered.clear()
 
     @property
     def state(self) -> PlayerState:
@@ -240,13 +242,21 @@ class Face:
     # -- internals ------------------------------------------------------------------------
 
     def _changed(self) -> None:
+        self._rendered.clear()
         active = self._state.active
         self._subscribers.changed(playing=active is not None and active.state == "playing")
 
     def _render_for(self, command_id: int | None) -> bytes:
-        return render(self._state, command_id=command_id,
-                      machine_identifier=self._identity.machine_identifier,
-                      disconnected=not self._available)
+        # Every poll and push of one state differs only by commandID: render each once
+        # (a state change with a thousand subscribers would otherwise render a thousand times).
+        body = self._rendered.get(command_id)
+        if body is None:
+            if len(self._rendered) >= 1024:
+                self._rendered.clear()
+            body = self._rendered[command_id] = render(
+                self._state, command_id=command_id, machine_identifier=self._identity.machine_identifier,
+                disconnected=not self._available)
+        return body
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         if request.can_read_body:
@@ -269,9 +279,10 @@ class Face:
 
         command = parse_request(request.method, path, _first_values(request.query), request.headers,
                                 request.remote or "")
-        log.debug("face %r: %s from %r (%s) commandID=%s params=%s", self._identity.name,
-                  command.path, command.controller.name, command.controller.client_id,
-                  command.command_id, redacted(command.params))
+        if log.isEnabledFor(logging.DEBUG):  # redacting the parameters costs; only when it is printed
+            log.debug("face %r: %s from %r (%s) commandID=%s params=%s", self._identity.name,
+                      command.path, command.controller.name, command.controller.client_id,
+                      command.command_id, redacted(command.params))
         if command.group == "timeline":
             return await self._timeline(command)
         client_id = command.controller.client_id

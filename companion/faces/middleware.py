@@ -131,11 +131,17 @@ def host_allowed(host: str | None, allowed_hosts: Collection[str]) -> bool:
 def host_middleware(allowed_hosts: Collection[str]) -> Middleware:
     """421 for any Host that is not an address of ours (DNS-rebinding defence, SECURITY.md 5)."""
     allowed = frozenset(allowed_hosts)
+    verdicts: dict[str | None, bool] = {}  # a controller sends the same Host on every request
 
     @web.middleware
     async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:
         host = request.headers.get("Host")
-        if host_allowed(host, allowed):
+        ok = verdicts.get(host)
+        if ok is None:
+            ok = host_allowed(host, allowed)
+            if len(verdicts) < 256:
+                verdicts[host] = ok
+        if ok:
             return await handler(request)
         shown = (host or "")[:100]
         log.warning("refused %s %s from %s: Host %r is not an address of this player "

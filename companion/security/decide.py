@@ -25,7 +25,7 @@ from cryptography import x509
 from companion.errors import ProtocolError
 from companion.proto.plexdirect import build_name
 from companion.security.profiles import Profile
-from companion.security.trust import Reason, verify_chain
+from companion.security.trust import Reason, VerifyCache, verify_chain
 
 if TYPE_CHECKING:
     from companion.security.dnscheck import DnsFacts
@@ -184,6 +184,7 @@ def explain(
     relay_available: bool,
     now: datetime,
     server_hash: str | None = None,
+    verify_cache: VerifyCache | None = None,
 ) -> list[Check]:
     """Every check of SECURITY.md section 3 in order, each passed / failed / not applicable.
 
@@ -233,7 +234,10 @@ def explain(
         checks.append(_na("chain", "there is no plex.direct name to verify"))
     else:
         checks.append(Check("plex-direct-hash", True, f"the server's name for this fling is {name}"))
-        result = verify_chain(facts, roots, name=name, now=now, tls=profile.tls)
+        if verify_cache is not None:
+            result = verify_cache.verify(facts, roots, name=name, now=now, tls=profile.tls)
+        else:
+            result = verify_chain(facts, roots, name=name, now=now, tls=profile.tls)
         if result.ok:
             checks.append(Check("chain", True, "the device can verify the chain: " + " <- ".join(result.path)))
         else:
@@ -256,11 +260,12 @@ def decide(
     relay_available: bool,
     now: datetime,
     server_hash: str | None = None,
+    verify_cache: VerifyCache | None = None,
 ) -> Decision:
     """The mode, stream base and reasons for one fling (SECURITY.md section 3; see ``explain``)."""
     checks = explain(profile=profile, roots=roots, server_address=server_address, server_port=server_port,
                      facts=facts, dns=dns, policy=policy, relay_available=relay_available, now=now,
-                     server_hash=server_hash)
+                     server_hash=server_hash, verify_cache=verify_cache)
     exposed = Reason("token-exposed-plaintext",
                      f"the device fetches http://{_host(server_address)}:{server_port} directly: the Plex "
                      "token and the media cross the network unencrypted")

@@ -671,6 +671,7 @@ class ProfileSet:
         self._errors = tuple(errors)
         self._stores: Mapping[str, RootStore] = MappingProxyType(dict(stores))
         self._catalogue: Mapping[str, x509.Certificate] = MappingProxyType(dict(catalogue))
+        self._roots_cache: dict[tuple[str, RootsSpec], tuple[x509.Certificate, ...]] = {}
 
     @property
     def profiles(self) -> Mapping[str, Profile]:
@@ -711,7 +712,18 @@ class ProfileSet:
                 from None
 
     def roots_for(self, profile: Profile) -> tuple[x509.Certificate, ...]:
-        """The roots this device trusts: its store, plus ``add``, minus ``remove``."""
+        """The roots this device trusts: its store, plus ``add``, minus ``remove``.
+
+        Computed once per profile (a ProfileSet never changes), and the same tuple is handed out
+        each time, so callers may key caches on it.
+        """
+        key = (profile.id, profile.roots)
+        cached = self._roots_cache.get(key)
+        if cached is None:
+            cached = self._roots_cache[key] = self._compute_roots(profile)
+        return cached
+
+    def _compute_roots(self, profile: Profile) -> tuple[x509.Certificate, ...]:
         certs = {_fingerprint(c): c for c in self.store(profile.roots.store).certificates}
         for name in profile.roots.add:
             cert = self._root(name, profile)

@@ -289,6 +289,47 @@ def device_limits(path: Sequence[x509.Certificate], tls: TlsCaps) -> tuple[Reaso
     return tuple(reasons)
 
 
+@dataclass
+class _Verified:
+    roots: Sequence[x509.Certificate]  # held so that the id() in the key stays this object's
+    result: TrustResult
+    valid_from: datetime
+    valid_to: datetime
+
+
+class VerifyCache:
+    """Remembers chain verdicts per (chain, roots, name, device limits) within the certificates'
+    validity window, so the decision for a server whose facts are cached costs microseconds.
+
+    Roots are keyed by identity: ProfileSet.roots_for hands out one tuple per profile.
+    """
+
+    def __init__(self, max_entries: int = 512) -> None:
+        self._entries: dict[tuple[object, ...], _Verified] = {}
+        self._max = max_entries
+
+    def verify(self, facts: ServerFacts, roots: Sequence[x509.Certificate], *, name: str, now: datetime,
+               tls: TlsCaps, extra_intermediates: Sequence[x509.Certificate] = ()) -> TrustResult:
+        now = _as_utc(now)
+        key = (facts.chain_der, id(roots), name, tls, tuple(id(c) for c in extra_intermediates))
+        entry = self._entries.get(key)
+        if entry is not None and entry.roots is roots and entry.valid_from <= now < entry.valid_to:
+            return entry.result
+        result = verify_chain(facts, roots, name=name, now=now, tls=tls, extra_intermediates=extra_intermediates)
+        try:
+            chain = facts.chain
+        except ValueError:
+            return result
+        if chain:
+            # Time changes the verdict only when a certificate of the chain starts or stops being valid.
+            valid_from = max(c.not_valid_before_utc for c in chain)
+            valid_to = min(c.not_valid_after_utc for c in chain)
+            if len(self._entries) >= self._max:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = _Verified(roots, result, valid_from, valid_to)
+        return result
+
+
 def verify_chain(
     facts: ServerFacts,
     roots: Sequence[x509.Certificate],

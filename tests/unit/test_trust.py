@@ -164,3 +164,23 @@ def test_sha1_signed_leaf_is_reported_as_sha1_not_as_a_missing_issuer(tmp_path, 
                           tls=TlsCaps(requires_sha2=True))
     assert [r.code for r in result.reasons] == ["sha1-signature"]
     assert "sha1-leaf" in result.reasons[0].text
+
+
+def test_verify_cache_reuses_a_verdict_while_the_chain_is_valid_and_not_after(rsa_chain):
+    from companion.security.trust import VerifyCache
+
+    cache = VerifyCache()
+    roots = (rsa_chain.root,)
+    server = facts(rsa_chain)
+    name = rsa_chain.name(ADDRESS)
+    first = cache.verify(server, roots, name=name, now=NOW, tls=TlsCaps())
+    again = cache.verify(server, roots, name=name, now=NOW + dt.timedelta(days=1), tls=TlsCaps())
+    assert first.ok
+    assert again is first, "a chain already judged for these roots is not verified again"
+    expired = cache.verify(server, roots, name=name, now=rsa_chain.leaf.not_valid_after_utc + dt.timedelta(days=1),
+                           tls=TlsCaps())
+    assert not expired.ok
+    assert "cert-expired" in codes(expired), "outside the validity window the chain is judged afresh"
+    other_roots = (make_plex_chain().root,)
+    assert not cache.verify(server, other_roots, name=name, now=NOW, tls=TlsCaps()).ok, "other roots, other verdict"
+    assert not cache.verify(server, roots, name=name, now=NOW, tls=TlsCaps(rsa_min_bits=4096)).ok
