@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -23,7 +24,20 @@ def no_leaked_threads() -> Iterator[None]:
     yield
     deadline = time.monotonic() + 3.0
     for thread in threading.enumerate():
-        if thread.ident not in before:
+        if thread.ident not in before and not thread.name.startswith("asyncio_"):
             thread.join(timeout=max(0.0, deadline - time.monotonic()))  # bounded: threads already ending
-    leaked = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    # asyncio_N are the event loop's default executor, shut down with the loop itself.
+    leaked = [t.name for t in threading.enumerate()
+              if t.ident not in before and t.is_alive() and not t.name.startswith("asyncio_")]
     assert not leaked, f"threads left running after the test: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Every task a test (or the code under test) started must be finished when it ends."""
+    yield
+    current = asyncio.current_task()
+    for _ in range(5):  # let tasks that were just cancelled run their last step
+        await asyncio.sleep(0)
+    leaked = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    assert not leaked, f"tasks left running after the test: {[(t.get_name(), t.get_coro()) for t in leaked]}"

@@ -7,6 +7,7 @@ or unwilling to accept subscriptions so the bridge's fallbacks can be exercised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,7 @@ class FakeCompanionPlayer:
         self._poll_waiters: set[asyncio.Future[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.fetched: list[Fetched] = []
+        self._stopping = asyncio.Event()
         self.playback_done = asyncio.Event()
 
     async def start(self, port: int = 0) -> None:
@@ -94,6 +96,7 @@ class FakeCompanionPlayer:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        self._stopping.set()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -191,7 +194,9 @@ class FakeCompanionPlayer:
         name = request.match_info["name"]
         self._record(request, name)
         if self.use_cases.delay:
-            await asyncio.sleep(self.use_cases.delay)  # the fake being slow is the behaviour under test
+            # The fake being slow is the behaviour under test; stop() cuts the wait short.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.use_cases.delay)
         if self.use_cases.status != 200:
             return web.Response(status=self.use_cases.status, text="error")
         q = request.query

@@ -49,6 +49,7 @@ async def device() -> AsyncIterator[FakeCastDevice]:
 async def announcer() -> AsyncIterator[AsyncZeroconf]:
     aiozc = AsyncZeroconf(interfaces=["127.0.0.1"])
     yield aiozc
+    await aiozc.async_unregister_all_services()
     await aiozc.async_close()
 
 
@@ -112,9 +113,10 @@ async def test_chromecast_gets_a_face_within_2s_takes_a_secure_fling_and_reports
     await bridge.start()
     try:
         announced = time.monotonic()
-        await announcer.async_register_service(cast_service(device))
+        broadcast = await announcer.async_register_service(cast_service(device))
         await until(lambda: len(bridge.faces) == 1, timeout=2.0, message="a face within 2 s of the announcement")
         assert time.monotonic() - announced < 2.0
+        await broadcast  # zeroconf's repeated announcements, so no task outlives the test
         slot = next(iter(bridge.faces.values()))
         assert slot.face.identity.name == f"{CAST_NAME} (bridge)"
         await until(lambda: slot.adapter.available, timeout=5, message="the bridge connected to the device")
@@ -149,7 +151,7 @@ async def test_chromecast_that_cannot_verify_plays_through_the_relay(
     bridge = Bridge(config)
     await bridge.start()
     try:
-        await announcer.async_register_service(cast_service(device))
+        await (await announcer.async_register_service(cast_service(device)))  # and its announcement
         await until(lambda: len(bridge.faces) == 1, timeout=2.0, message="a face for the Chromecast")
         slot = next(iter(bridge.faces.values()))
         await until(lambda: slot.adapter.available, timeout=5, message="connected")
@@ -170,7 +172,7 @@ async def test_chromecast_drop_marks_the_face_unavailable_and_it_recovers(
     bridge = Bridge(config)
     await bridge.start()
     try:
-        await announcer.async_register_service(cast_service(device))
+        await (await announcer.async_register_service(cast_service(device)))  # and its announcement
         await until(lambda: len(bridge.faces) == 1, timeout=2.0, message="a face")
         slot = next(iter(bridge.faces.values()))
         await until(lambda: slot.adapter.available, timeout=5, message="connected")
@@ -194,7 +196,7 @@ async def test_scan_lists_a_chromecast_found_by_mdns_with_its_profile(
         tmp_path: Path, device: FakeCastDevice, announcer: AsyncZeroconf) -> None:
     from tests.functional.test_cli import companion
 
-    await announcer.async_register_service(cast_service(device))
+    await (await announcer.async_register_service(cast_service(device)))
     config = tmp_path / "scan.yaml"
     config.write_text(f"interfaces: [127.0.0.1]\ngdm: {{enabled: false}}\nstate_dir: {tmp_path / 'state'}\n")
     code, out, err = await companion("--config", str(config), "scan", "--timeout", "1.5", "--json")
