@@ -233,8 +233,8 @@ class AdminServer:
         scheme, _, given = header.partition(" ")
         ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token.encode())
         if not ok:
-            log.warning("admin: refused %s %s from %s: %s admin token", request.method, request.path,
-                        request.remote, "wrong" if header else "no")
+            log.warning("admin: refused %s %s from %s: %s Authorization header", request.method,
+                        request.path, request.remote, "wrong" if header else "no")
             raise ApiError(401, "this action needs the admin token: send 'Authorization: Bearer <token>' "
                                 "(the token is in the state directory, file admin-token)")
 
