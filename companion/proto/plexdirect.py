@@ -11,6 +11,7 @@ wildcard ``*.<hash>.plex.direct``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ def normalize_hash(value: str) -> str:
     return lowered
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked for on every fling decision
 def dashed_address(address: str) -> str:
     """The first label of a plex.direct name for an IP literal (IPv6 fully expanded)."""
     try:

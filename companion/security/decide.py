@@ -14,6 +14,7 @@ resolver kind; 6 the fallback under ``preferred`` (relay, else direct http) or a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -299,6 +300,7 @@ def decide(
     return Decision("direct-insecure", False, True, (*failures, exposed), "http", server_address, server_port)
 
 
+@functools.lru_cache(maxsize=256)
 def _host(address: str) -> str:
     try:
         return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
