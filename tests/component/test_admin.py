@@ -20,8 +20,8 @@ from companion.config import Config
 from companion.proto.timeline import PlayerState
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.plex_server import FakePlexServer
-from tests.functional.test_fling_decisions import write_test_profiles
 from tests.helpers import bridge_config, until
+from tests.lab import write_test_profiles
 
 TOKEN = "ACCOUNT-TOKEN-7d2e4b90"  # recognisable: searched for in every answer
 SECURE, OLD = "Lab Secure TV", "Lab Old TV"

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import socket
-import time
-from contextlib import asynccontextmanager
 
-import dns.asyncquery
-import dns.exception
-import dns.message
 import pytest
 
 from companion.security.dnscheck import check_plex_direct
 from tests.fakes.dns import PlexDirectResolver
+from tests.fakes.dnsmasq import HASH, dnsmasq
 
-HASH = "625d406a00ac415b978ddb368c0d1289"
 LAN_NAME = f"192-168-1-10.{HASH}.plex.direct"
-DNSMASQ = "/usr/sbin/dnsmasq"
 
 
 async def test_name_resolving_to_the_server_address_is_ok():
@@ -71,48 +63,6 @@ async def test_empty_answer_is_stripped_and_names_the_fixes():
 
 
 # --- a real dnsmasq in front of the synthetic plex.direct server -------------------------------
-
-def _free_udp_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-async def _until_answers(host: str, port: int, name: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    query = dns.message.make_query(name, "A")
-    while True:
-        try:
-            await dns.asyncquery.udp(query, host, port=port, timeout=0.2)
-            return
-        except (dns.exception.Timeout, OSError):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"dnsmasq did not answer on {host}:{port} within {timeout} s") from None
-
-
-@asynccontextmanager
-async def dnsmasq(tmp_path, upstream: tuple[str, int], *extra: str):
-    host = "127.0.0.10"
-    port = _free_udp_port(host)
-    log = tmp_path / "dnsmasq.log"
-    args = [
-        DNSMASQ, "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--keep-in-foreground",
-        "--bind-interfaces", f"--listen-address={host}", f"--port={port}", "--cache-size=0",
-        f"--server=/plex.direct/{upstream[0]}#{upstream[1]}", f"--log-facility={log}",
-        f"--pid-file={tmp_path / 'dnsmasq.pid'}", *extra,
-    ]
-    if os.geteuid() == 0:
-        args.append("--user=root")
-    proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.DEVNULL)
-    try:
-        await _until_answers(host, port, f"1-1-1-1.{HASH}.plex.direct")
-        yield (host, port), log
-    finally:
-        proc.terminate()
-        await proc.wait()
-
 
 @pytest.fixture
 async def upstream():

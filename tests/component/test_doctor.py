@@ -28,10 +28,11 @@ from companion.doctor import (
 )
 from companion.errors import ConfigError
 from companion.security.probe import probe_server
-from tests.component.test_dnscheck import dnsmasq, upstream  # noqa: F401  (fixture)
+from tests.component.test_dnscheck import upstream  # noqa: F401  (fixture)
+from tests.fakes.dnsmasq import dnsmasq
 from tests.fakes.plex_server import FakePlexServer
-from tests.functional.test_fling_decisions import write_test_profiles
 from tests.helpers import bridge_config, free_port_block
+from tests.lab import write_test_profiles
 
 TOKEN = "DOCTOR-TOKEN-31c0a5"
 

@@ -11,7 +11,9 @@ from companion.bridge import Bridge
 from companion.config import Config
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.gdm_peer import FakeGdmPeer
+from tests.fakes.plex_server import FakePlexServer
 from tests.helpers import bridge_config
+from tests.lab import TOKEN
 
 
 @pytest.fixture
@@ -45,3 +47,12 @@ async def bridge(config: Config) -> AsyncIterator[Bridge]:
     await b.start()
     yield b
     await b.stop()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakePlexServer]:
+    """A Plex server over TLS (test PKI) that wants the lab TOKEN."""
+    fake = FakePlexServer(token=TOKEN)
+    await fake.start()
+    yield fake
+    await fake.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import socket
@@ -16,25 +17,17 @@ from plexapi.client import PlexClient
 from zeroconf import ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
-from companion.bridge import Bridge
+from companion.bridge import Bridge, FaceSlot
 from companion.config import Config, MdnsConfig
 from companion.discovery.mdns import CAST_SERVICE
 from companion.proto.timeline import parse_player_timeline
 from tests.fakes.cast_device import FakeCastDevice
 from tests.fakes.controller import FakeController
 from tests.fakes.plex_server import FakePlexServer
-from tests.functional.test_fling_decisions import TOKEN, plex_server, write_test_profiles
 from tests.helpers import bridge_config, until
+from tests.lab import TOKEN, companion, plex_server, write_test_profiles
 
 CAST_NAME = "Kitchen Cast"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakePlexServer]:
-    fake = FakePlexServer(token=TOKEN)
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture
@@ -86,6 +79,22 @@ profiles: {{"{CAST_NAME}": lab-cast}}
 security: {{policy: preferred, relay: true, extra_roots: ["{root}"]}}
 """)
     return dataclasses.replace(config, mdns=MdnsConfig(enabled=True))
+
+
+@contextlib.asynccontextmanager
+async def bridged_cast(config: Config, device: FakeCastDevice,
+                       announcer: AsyncZeroconf) -> AsyncIterator[tuple[Bridge, FaceSlot]]:
+    """A running bridge with a connected face for ``device``, announced by mDNS."""
+    bridge = Bridge(config)
+    await bridge.start()
+    try:
+        await (await announcer.async_register_service(cast_service(device)))  # and its announcement
+        await until(lambda: len(bridge.faces) == 1, timeout=2.0, message="a face for the Chromecast")
+        slot = next(iter(bridge.faces.values()))
+        await until(lambda: slot.adapter.available, timeout=5, message="the bridge connected to the device")
+        yield bridge, slot
+    finally:
+        await bridge.stop()
 
 
 async def _fling(bridge: Bridge, server: FakePlexServer, tmp_path: Path) -> None:
@@ -147,14 +156,7 @@ async def test_chromecast_gets_a_face_within_2s_takes_a_secure_fling_and_reports
 
 async def test_chromecast_that_cannot_verify_plays_through_the_relay(
         tmp_path: Path, server: FakePlexServer, device: FakeCastDevice, announcer: AsyncZeroconf) -> None:
-    config = cast_config(tmp_path, server, secure=False)
-    bridge = Bridge(config)
-    await bridge.start()
-    try:
-        await (await announcer.async_register_service(cast_service(device)))  # and its announcement
-        await until(lambda: len(bridge.faces) == 1, timeout=2.0, message="a face for the Chromecast")
-        slot = next(iter(bridge.faces.values()))
-        await until(lambda: slot.adapter.available, timeout=5, message="connected")
+    async with bridged_cast(cast_config(tmp_path, server, secure=False), device, announcer) as (bridge, _):
         await _fling(bridge, server, tmp_path)
         assert bridge.relay is not None
         block = device.state.loads[-1]["media"]["customData"]["server"]
@@ -162,20 +164,11 @@ async def test_chromecast_that_cannot_verify_plays_through_the_relay(
         assert block["accessToken"] not in (TOKEN, server.transient_token), "the device gets a capability"
         record = bridge.audit.recent(1)[0]
         assert (record.mode, record.token_exposed) == ("relay", False)
-    finally:
-        await bridge.stop()
 
 
 async def test_chromecast_drop_marks_the_face_unavailable_and_it_recovers(
         tmp_path: Path, server: FakePlexServer, device: FakeCastDevice, announcer: AsyncZeroconf) -> None:
-    config = cast_config(tmp_path, server, secure=True)
-    bridge = Bridge(config)
-    await bridge.start()
-    try:
-        await (await announcer.async_register_service(cast_service(device)))  # and its announcement
-        await until(lambda: len(bridge.faces) == 1, timeout=2.0, message="a face")
-        slot = next(iter(bridge.faces.values()))
-        await until(lambda: slot.adapter.available, timeout=5, message="connected")
+    async with bridged_cast(cast_config(tmp_path, server, secure=True), device, announcer) as (_, slot):
         port = device.port
         await device.stop()
         await until(lambda: not slot.adapter.available, timeout=5, message="the face reports unavailable")
@@ -188,14 +181,10 @@ async def test_chromecast_drop_marks_the_face_unavailable_and_it_recovers(
             reply = await phone.request(f"http://127.0.0.1:{slot.face.port}", "/player/playback/setParameters",
                                         {"volume": "20"})
             assert reply.status == 200
-    finally:
-        await bridge.stop()
 
 
 async def test_scan_lists_a_chromecast_found_by_mdns_with_its_profile(
         tmp_path: Path, device: FakeCastDevice, announcer: AsyncZeroconf) -> None:
-    from tests.functional.test_cli import companion
-
     await (await announcer.async_register_service(cast_service(device)))
     config = tmp_path / "scan.yaml"
     config.write_text(f"interfaces: [127.0.0.1]\ngdm: {{enabled: false}}\nstate_dir: {tmp_path / 'state'}\n")

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 from companion import __version__
 from tests.fakes.gdm_peer import FakeGdmPeer
 from tests.helpers import free_port_block
-
-
-async def companion(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "companion", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COMPANION_CONFIG": ""})
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from tests.lab import companion
 
 
 def _gdm_config(tmp_path: Path) -> tuple[Path, int]:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from companion.bridge import Bridge
-from tests.component.test_dnscheck import dnsmasq
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.dns import PlexDirectResolver
+from tests.fakes.dnsmasq import dnsmasq
 from tests.fakes.plex_server import FakePlexServer
-from tests.functional.test_cli import companion
-from tests.functional.test_fling_decisions import TOKEN, write_test_profiles
 from tests.helpers import bridge_config, until
+from tests.lab import TOKEN, companion, write_test_profiles
 
 REPO = Path(__file__).resolve().parents[2]
 BROKEN = REPO / "tests" / "data" / "profiles" / "broken"
@@ -47,14 +45,6 @@ async def test_a_broken_profile_at_runtime_is_skipped_and_the_rest_work(
     assert "fine" in bridge.profiles.profiles
     assert "roku" in bridge.profiles.profiles, "shipped profiles still load"
     assert any("profile skipped" in r.getMessage() for r in caplog.records)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakePlexServer]:
-    fake = FakePlexServer(token=TOKEN)
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 def _lan_profile(tmp_path: Path, server: FakePlexServer) -> Path:

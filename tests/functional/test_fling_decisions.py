@@ -4,7 +4,6 @@ allows; every fling is audited, non-secure ones are logged as warnings; the toke
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import sqlite3
@@ -13,58 +12,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from cryptography import x509
 from plexapi.client import PlexClient
-from plexapi.server import PlexServer
 
 from companion.bridge import Bridge
 from companion.config import Config
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.plex_server import FakePlexServer
 from tests.helpers import bridge_config, until
-
-TOKEN = "ACCOUNT-TOKEN-5f3c9e1d"  # recognisable: searched for in logs and the audit database
-
-
-def write_test_profiles(root: Path, server: FakePlexServer) -> None:
-    """Two devices: one whose store holds the fake server's root, one whose store does not."""
-    (root / "devices").mkdir(parents=True)
-    (root / "roots" / "pem").mkdir(parents=True)
-    cert = x509.load_pem_x509_certificate(server.root_pem)
-    (root / "roots" / "pem" / "fake-test-root.pem").write_bytes(server.root_pem)
-    fingerprint = hashlib.sha256(cert.public_bytes(encoding=__import__("cryptography.hazmat.primitives.serialization",
-                                 fromlist=["Encoding"]).Encoding.DER)).hexdigest()
-    (root / "roots" / "test-lab.yaml").write_text(f"""name: test-lab
-description: the test's own root, generated per run
-trusted_certificates:
-  - name: fake-test-root
-    subject_name: "{cert.subject.rfc4514_string()}"
-    fingerprint: {fingerprint}
-""")
-    common = """transport: companion
-media: {https: true, http: true}
-tls:
-  versions: {min: "1.2", max: "1.3"}
-  rsa_min_bits: 2048
-  ecdsa: true
-dns: {resolver: public}
-evidence:
-  - {claim: "a device made up for this test", confidence: assumed}
-"""
-    (root / "devices" / "lab-secure-tv.yaml").write_text(
-        "id: lab-secure-tv\nname: Lab TV that trusts the test root\nmatch: []\n" + common.replace(
-            "  ecdsa: true\n", "  ecdsa: true\n  roots: {store: test-lab}\n"))
-    (root / "devices" / "lab-old-tv.yaml").write_text(
-        "id: lab-old-tv\nname: Lab TV with an old root store\nmatch: []\n" + common.replace(
-            "  ecdsa: true\n", "  ecdsa: true\n  roots: {store: mozilla-2019}\n"))
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakePlexServer]:
-    fake = FakePlexServer(token=TOKEN)
-    await fake.start()
-    yield fake
-    await fake.stop()
+from tests.lab import TOKEN, plex_server, write_test_profiles
 
 
 @pytest.fixture
@@ -90,15 +45,6 @@ targets:
 profiles_dirs: [{tmp_path / "profiles"}]
 security: {{policy: {policy}, relay: false}}
 """)
-
-
-def plex_server(server: FakePlexServer, tmp_path: Path) -> PlexServer:
-    ca = tmp_path / "fake-root.pem"
-    ca.write_bytes(server.root_pem)
-    session = requests.Session()
-    session.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would override verify
-    session.verify = str(ca)
-    return PlexServer(f"https://127.0.0.1:{server.port}", TOKEN, session=session, timeout=5)
 
 
 def face_port(bridge: Bridge, name: str) -> int:

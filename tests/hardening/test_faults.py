@@ -22,9 +22,9 @@ from companion.targets.chromecast import ChromecastTarget
 from tests.fakes.cast_device import FakeCastDevice
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.plex_server import FakePlexServer, make_plex_chain
-from tests.functional.test_fling_decisions import write_test_profiles
 from tests.hardening.conftest import TOKEN, face_port, running_bridge
 from tests.helpers import until
+from tests.lab import write_test_profiles
 
 COMMAND_TIMEOUT = 1.0
 BOUND = COMMAND_TIMEOUT + 1.5  # the longest a controller may wait for an answer

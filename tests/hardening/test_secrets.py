@@ -19,9 +19,9 @@ from companion.model import Command, Controller, redacted
 from companion.proto.companion import media_request, parse_request
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.plex_server import FakePlexServer
-from tests.functional.test_fling_decisions import write_test_profiles
 from tests.hardening.conftest import TOKEN, face_port
 from tests.helpers import bridge_config, until
+from tests.lab import write_test_profiles
 
 PLAYERS = ("Secure TV", "Old TV", "Insecure TV", "Strict TV", "Broken TV")
 
