@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -156,10 +157,7 @@ class Bridge:
         self.flings = FlingService(config=cfg, profiles=self.profiles, registry=self.registry, audit=self.audit,
                                    probe=self.probe, metrics=self.metrics,
                                    relay_available=lambda: self.relay is not None)
-        for server in cfg.servers:
-            self.registry.add_server(Server(
-                id=config_server_id(server.url), name=server.host, address=server.host, port=server.port,
-                source="config", scheme="https" if server.scheme == "https" else "http", token=server.token))
+        self._add_configured_servers(cfg)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.command),
             connector=aiohttp.TCPConnector(limit=256, enable_cleanup_closed=True),
@@ -170,11 +168,7 @@ class Bridge:
         self.registry.on_removed(self._target_removed)
         self.registry.on_changed(self._target_changed)
         self._started = True
-        now = time.monotonic()
-        for t in cfg.targets:
-            kind: Literal["companion", "chromecast"] = "chromecast" if t.kind == "chromecast" else "companion"
-            self.registry.observe(Sighting(source="config", kind=kind, ident=f"config:{t.name}", name=t.name,
-                                           address=t.address, port=t.port, profile=t.profile), now)
+        self._add_configured_targets(cfg)
         if cfg.mdns.enabled:
             self.mdns = MdnsDiscovery(MdnsSettings(enabled=True, interfaces=cfg.interfaces), self._sighted,
                                       self._bye)
@@ -265,7 +259,19 @@ class Bridge:
 
     async def _expiry_loop(self) -> None:
         period = max(0.5, min(30.0, self.config.timeouts.target_expiry / 4))
+        next_prune = 0.0
         while True:
+            now = time.monotonic()
+            if now >= next_prune:  # audit retention: at start, then daily
+                next_prune = now + 86400.0
+                try:
+                    pruned = await asyncio.to_thread(self.audit.prune, datetime.now(UTC))
+                except StateError as exc:
+                    log.error("could not prune the audit log: %s", exc)
+                else:
+                    if pruned:
+                        log.info("pruned %d fling record(s) older than %d days", pruned,
+                                 self.config.audit_retention_days)
             await asyncio.sleep(period)
             self.registry.expire(time.monotonic())
 
@@ -480,16 +486,40 @@ class Bridge:
         assert decision is not None
         return decision
 
-    async def reload(self, config: Config) -> None:
-        """SIGHUP: take a new config's policies, timeouts and profiles without dropping any face.
+    def _add_configured_servers(self, cfg: Config) -> None:
+        for server in cfg.servers:
+            sid = config_server_id(server.url)
+            known = self.registry.server(sid) or self.registry.server_by_address(server.host, server.port)
+            if known is not None:
+                # Discovered already (it carries its machineIdentifier): keep it, take the token.
+                self.registry.update_server(dataclasses.replace(known, token=server.token or known.token))
+                continue
+            self.registry.add_server(Server(
+                id=sid, name=server.host, address=server.host, port=server.port,
+                source="config", scheme="https" if server.scheme == "https" else "http", token=server.token))
 
-        Listening addresses and ports stay as they are (changing them needs a restart).
+    def _add_configured_targets(self, cfg: Config) -> None:
+        now = time.monotonic()
+        for t in cfg.targets:
+            kind: Literal["companion", "chromecast"] = "chromecast" if t.kind == "chromecast" else "companion"
+            self.registry.observe(Sighting(source="config", kind=kind, ident=f"config:{t.name}", name=t.name,
+                                           address=t.address, port=t.port, profile=t.profile), now)
+
+    async def reload(self, config: Config) -> None:
+        """SIGHUP: take a new config's policies, timeouts, servers, targets and profiles without
+        dropping any face.
+
+        Listening addresses and ports stay as they are (changing them needs a restart); targets
+        removed from the config keep their faces until the next restart.
         """
         profiles = await asyncio.to_thread(self._load_profiles_for, config)
         self.config = dataclasses.replace(config, gdm=self.config.gdm, http=self.config.http,
                                           state_dir=self.config.state_dir, interfaces=self.config.interfaces)
         self.profiles = profiles
+        self.registry.expiry = self.config.timeouts.target_expiry
         if self.flings is not None:
             self.flings.config = self.config
             self.flings.profiles = profiles
+        self._add_configured_servers(self.config)
+        self._add_configured_targets(self.config)
         log.info("reloaded configuration from %s and %d profile(s)", config.source, len(profiles.profiles))
