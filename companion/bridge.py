@@ -488,15 +488,21 @@ class Bridge:
 
     def _add_configured_servers(self, cfg: Config) -> None:
         for server in cfg.servers:
+            address, host = server.host, ""
+            try:
+                named = plexdirect.parse_name(server.host)
+                address, host = named.address, f"{named.hash}.plex.direct"
+            except ProtocolError:
+                pass  # an IP literal (the config allows nothing else)
             sid = config_server_id(server.url)
-            known = self.registry.server(sid) or self.registry.server_by_address(server.host, server.port)
+            known = self.registry.server(sid) or self.registry.server_by_address(address, server.port)
             if known is not None:
                 # Discovered already (it carries its machineIdentifier): keep it, take the token.
                 self.registry.update_server(dataclasses.replace(known, token=server.token or known.token))
                 continue
             self.registry.add_server(Server(
-                id=sid, name=server.host, address=server.host, port=server.port,
-                source="config", scheme="https" if server.scheme == "https" else "http", token=server.token))
+                id=sid, name=server.host, address=address, port=server.port, source="config", host=host,
+                scheme="https" if server.scheme == "https" else "http", token=server.token))
 
     def _add_configured_targets(self, cfg: Config) -> None:
         now = time.monotonic()

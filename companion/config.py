@@ -335,6 +335,15 @@ def _server(ctx: _Ctx, node: yaml.Node, key: str) -> ServerConfig:
         raise ctx.error(node, f"{key}.url", f"is not a valid URL: {server.url[:80]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ctx.error(node, f"{key}.url", f"expected http(s)://host:port, got {server.url!r}")
+    host = parts.hostname
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        # The bridge never resolves names itself (no SSRF through DNS): the server is named by its
+        # IP, or by its plex.direct name, which carries the IP.
+        if not host.lower().endswith(".plex.direct"):
+            raise ctx.error(node, f"{key}.url", f"use the server's IP address or its plex.direct name, "
+                                                f"not {host!r}") from None
     return server
 
 

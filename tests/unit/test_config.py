@@ -78,6 +78,7 @@ def test_server_token_never_in_repr() -> None:
     ("targets:\n  - name: TV\n    port: 1\n", "c.yaml:2: targets[0].address: is required"),
     ("targets:\n  - {name: TV, address: tv.lan, port: 1}\n", "c.yaml:2: targets[0].address: expected an IP address"),
     ("servers:\n  - url: ftp://x\n", "c.yaml:2: servers[0].url: expected http(s)://host:port"),
+    ("servers:\n  - url: http://nas.lan:32400\n", "c.yaml:2: servers[0].url: use the server's IP address"),
     ("gdm: [1, 2]\n", "c.yaml:1: gdm: expected a mapping, got a list"),
     ("gdm:\n  nope: 1\n", "c.yaml:2: gdm.nope: unknown key"),
     ("faces: some\n", "c.yaml:1: faces: must be one of all, non-companion, none"),
