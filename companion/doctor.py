@@ -33,6 +33,7 @@ import aiohttp
 from cryptography import x509
 
 from companion.config import Config
+from companion.discovery.mdns import MdnsDiscovery, MdnsSettings
 from companion.errors import CompanionError, ConfigError, ProtocolError, TrustError
 from companion.proto import plexdirect
 from companion.security.decide import DNS_REBIND_FIX
@@ -116,6 +117,49 @@ async def check_gdm_multicast(config: Config, *, wait: float = MULTICAST_WAIT) -
                         "set gdm.enabled: true unless controllers find the bridge another way")]
     return [await _multicast_loop(config.gdm.group, interface, wait)
             for interface in (config.interfaces or ("",))]
+
+
+MDNS_WAIT = 2.0
+
+
+async def check_mdns(config: Config, bridge: Bridge | None = None, *, wait: float = MDNS_WAIT) -> list[Finding]:
+    """Does anything answer mDNS here: Chromecasts (_googlecast._tcp) and Plex servers?
+
+    With a running bridge its own discovery is asked (its one zeroconf); alone, the doctor browses
+    for ``wait`` seconds, which sends ordinary mDNS queries and nothing else.
+    """
+    if not config.mdns.enabled:
+        return []
+    where = ", ".join(config.interfaces) or "all interfaces"
+    if bridge is not None:
+        casts = sum(1 for t in bridge.registry.targets() if t.kind.value == "chromecast" and t.source == "mdns")
+        servers = sum(1 for s in bridge.registry.servers() if s.source == "mdns")
+        running = bridge.mdns is not None
+    else:
+        found: set[tuple[str, str]] = set()
+        discovery = MdnsDiscovery(MdnsSettings(enabled=True, interfaces=config.interfaces),
+                                  lambda s: found.add((s.kind, s.ident)), lambda s: None)
+        try:
+            await discovery.start()
+        except (OSError, CompanionError) as exc:
+            return [Finding("mdns", "FAIL", f"cannot listen for mDNS (UDP 5353) on {where}: {exc}",
+                            "another program may hold port 5353 without sharing it (avahi shares it); "
+                            "or set mdns.enabled: false if you have no Chromecasts")]
+        try:
+            await asyncio.sleep(wait)  # the browsing window: answers arrive as they come
+        finally:
+            await discovery.stop()
+        casts = sum(1 for kind, _ in found if kind == "chromecast")
+        servers = sum(1 for kind, _ in found if kind == "server")
+        running = True
+    if not running:
+        return [Finding("mdns", "FAIL", "mDNS discovery is not running", "see the log for why it did not start")]
+    if casts or servers:
+        return [Finding("mdns", "PASS", f"{casts} Chromecast(s) and {servers} Plex server(s) answered mDNS on "
+                        f"{where}", "")]
+    return [Finding("mdns", "WARN", f"nothing answered mDNS on {where}",
+                    "if you have Chromecasts: mDNS (224.0.0.251, UDP 5353) must pass between this host and "
+                    "them; Wi-Fi client isolation and containers without host networking block it")]
 
 
 async def _multicast_loop(group: str, interface: str, wait: float) -> Finding:
@@ -484,7 +528,7 @@ def _load_profiles(config: Config) -> ProfileSet:
 
 async def run_doctor(config: Config, *, server_url: str | None = None, bridge: Bridge | None = None,
                      now: datetime | None = None) -> list[Finding]:
-    """Every check, in order: GDM, ports, DNS, each server's chain, the clock.
+    """Every check, in order: GDM, mDNS, ports, DNS, each server's chain, the clock.
 
     With ``bridge`` the ports it holds count as fine, its profiles and probe cache are used, and
     the servers it knows are checked. ``now`` defaults to the system clock (which is under test).
@@ -501,6 +545,7 @@ async def run_doctor(config: Config, *, server_url: str | None = None, bridge: B
     servers = servers_from(config, server_url, bridge)
 
     findings = await check_gdm_multicast(config)
+    findings += await check_mdns(config, bridge)
     findings += check_ports(config, own=own)
 
     probed: list[tuple[KnownServer, ServerFacts | None, str | None]] = []

@@ -234,3 +234,30 @@ async def test_command_exits_1_when_the_worst_is_a_warning(
     statuses = {f["check"]: f["status"] for f in report["findings"]}
     assert set(statuses.values()) == {"PASS", "WARN"}
     assert statuses[f"chain (127.0.0.1:{server.port})"] == "WARN", "the player's profile cannot verify the chain"
+
+
+async def test_mdns_check_counts_the_chromecasts_that_answer(tmp_path: Path) -> None:
+    from zeroconf import ServiceInfo
+    from zeroconf.asyncio import AsyncZeroconf
+
+    from companion.config import MdnsConfig
+    from companion.discovery.mdns import CAST_SERVICE
+    from companion.doctor import check_mdns
+
+    config = dataclasses.replace(config_of(tmp_path, resolver=None), mdns=MdnsConfig(enabled=True))
+    (quiet,) = await check_mdns(config, wait=0.5)
+    assert quiet.status == "WARN"
+    assert "Wi-Fi client isolation" in quiet.fix
+    announcer = AsyncZeroconf(interfaces=["127.0.0.1"])
+    try:
+        info = ServiceInfo(CAST_SERVICE, f"Chromecast-doctor.{CAST_SERVICE}",
+                           addresses=[socket.inet_aton("127.0.0.1")], port=8009,
+                           properties={"id": "doctor-cast", "fn": "Den Cast", "md": "Chromecast"},
+                           server="doctor-cast.local.")
+        await (await announcer.async_register_service(info))
+        (found,) = await check_mdns(config, wait=1.5)
+        await announcer.async_unregister_all_services()
+    finally:
+        await announcer.async_close()
+    assert found.status == "PASS"
+    assert found.detail.startswith("1 Chromecast(s)")
