@@ -307,8 +307,36 @@ def _explain_profile(config: Config, profiles: Any, target: str | None, profile_
             return profiles.match(fields, override=config.profiles.get(t.name) or t.profile)
     if target in profiles.profiles:
         return profiles.get(target)
-    raise CompanionError(f"unknown target {target!r}: name a target from the config's targets:, "
-                         "or give --profile ID (see `companion profiles list`)")
+    running = _running_target_profile(config, target)
+    if running is not None:
+        return profiles.get(running)
+    raise CompanionError(f"unknown target {target!r}: name a configured target or one the running daemon "
+                         "has bridged (see http://localhost:32480/api/targets), or give --profile ID "
+                         "(see `companion profiles list`)")
+
+
+def _running_target_profile(config: Config, target: str) -> str | None:
+    """The profile id the running daemon on this host matched for a target it discovered, if any."""
+    import urllib.error
+    import urllib.request
+
+    if not config.http.admin_port:
+        return None
+    url = f"http://127.0.0.1:{config.http.admin_port}/api/targets"
+    try:
+        # Loopback only, to our own admin API; no proxy may be involved.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=2.0) as resp:
+            rows = json.loads(resp.read(1024 * 1024))
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+    wanted = target.lower()
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict) and wanted in (str(row.get("id", "")).lower(), str(row.get("name", "")).lower()):
+            profile = row.get("profile")
+            if isinstance(profile, dict) and isinstance(profile.get("id"), str) and profile["id"]:
+                return str(profile["id"])
+    return None
 
 
 async def _explain(config: Config, args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -13,7 +14,7 @@ from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.dns import PlexDirectResolver
 from tests.fakes.dnsmasq import dnsmasq
 from tests.fakes.plex_server import FakePlexServer
-from tests.helpers import bridge_config, until
+from tests.helpers import bridge_config, free_port, until
 from tests.lab import TOKEN, companion, write_test_profiles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,3 +137,31 @@ security: {{policy: preferred, relay: false}}
     code, out, _ = await companion("--config", str(cfg_file), "flings")
     assert "Lab Secure TV" in out
     assert "direct-secure" in out
+
+
+async def test_explain_finds_a_target_the_running_daemon_bridged(tmp_path: Path, server: FakePlexServer) -> None:
+    player = FakeCompanionPlayer(name="Lab Old TV")
+    await player.start()
+    write_test_profiles(tmp_path / "profiles", server)
+    admin_port = free_port()
+    config = bridge_config(tmp_path, f"""
+targets:
+  - {{name: Lab Old TV, address: 127.0.0.1, port: {player.port}, profile: lab-old-tv}}
+profiles_dirs: [{tmp_path / "profiles"}]
+""")
+    config = dataclasses.replace(config, http=dataclasses.replace(config.http, admin_port=admin_port))
+    bridge = Bridge(config)
+    await bridge.start()
+    try:
+        await until(lambda: len(bridge.faces) == 1, message="the face")
+        cli_config = tmp_path / "cli.yaml"
+        cli_config.write_text(f"http: {{admin_port: {admin_port}}}\nprofiles_dirs: [{tmp_path / 'profiles'}]\n"
+                              f"state_dir: {tmp_path / 'cli-state'}\nsecurity: {{dns_check: false}}\n")
+        code, out, err = await companion("--config", str(cli_config), "explain", "lab old tv",
+                                         "--server", f"https://127.0.0.1:{server.port}")
+    finally:
+        await bridge.stop()
+        await player.stop()
+    assert code == 1, err
+    assert "device profile: lab-old-tv" in out
+    assert "FAIL  chain" in out
