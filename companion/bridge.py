@@ -43,7 +43,7 @@ from companion.registry import Registry, config_server_id
 from companion.relay import Relay
 from companion.security.decide import Decision
 from companion.security.probe import ProbeCache
-from companion.security.profiles import ProfileSet, load_profiles, shipped_profiles_dir
+from companion.security.profiles import ProfileSet, load_with_extra
 from companion.state import StateDir
 from companion.targets.base import TargetAdapter
 from companion.targets.chromecast import ChromecastTarget
@@ -147,7 +147,7 @@ class Bridge:
         cfg = self.config
         self.state.ensure()
         self.bridge_id = self.state.bridge_id()
-        self.profiles = await asyncio.to_thread(self.load_profiles)
+        self.profiles = await asyncio.to_thread(self._load_profiles_for, cfg)
         await asyncio.to_thread(self.audit.open)
         if cfg.security.relay:
             self.relay = Relay(bind=cfg.http.bind, port=cfg.http.relay_port, state_dir=self.state.path,
@@ -235,14 +235,10 @@ class Bridge:
 
     # -- discovery ----------------------------------------------------------------------------
 
-    def load_profiles(self) -> ProfileSet:
-        return self._load_profiles_for(self.config)
-
     @staticmethod
     def _load_profiles_for(config: Config) -> ProfileSet:
         """Shipped profiles plus the configured directories; a broken profile is skipped, not fatal."""
-        extra = [Path(os.path.expanduser(d)) for d in config.profiles_dirs]
-        profiles = load_profiles([*extra, shipped_profiles_dir()])
+        profiles = load_with_extra(config.profiles_dirs)
         for error in profiles.errors:
             log.error("profile skipped: %s", error)
         return profiles

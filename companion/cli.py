@@ -240,10 +240,9 @@ def cmd_profiles_lint(args: argparse.Namespace) -> int:
 
 
 def _profile_set(config: Config) -> Any:
-    from companion.security.profiles import load_profiles, shipped_profiles_dir
+    from companion.security.profiles import load_with_extra
 
-    extra = [Path(os.path.expanduser(d)) for d in config.profiles_dirs]
-    profiles = load_profiles([*extra, shipped_profiles_dir()])
+    profiles = load_with_extra(config.profiles_dirs)
     for error in profiles.errors:
         print(f"profile skipped: {error}", file=sys.stderr)
     return profiles

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import errno
 import json
-import os
 import secrets
 import socket
 import ssl
@@ -25,7 +24,6 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
@@ -39,7 +37,7 @@ from companion.proto import plexdirect
 from companion.security.decide import DNS_REBIND_FIX
 from companion.security.dnscheck import check_plex_direct
 from companion.security.probe import ServerFacts, probe_server
-from companion.security.profiles import ProfileSet, load_profiles, shipped_profiles_dir
+from companion.security.profiles import ProfileSet, load_with_extra
 from companion.security.trust import display_name, verify_chain
 
 if TYPE_CHECKING:
@@ -521,11 +519,6 @@ async def check_clock(servers: Sequence[KnownServer], leaves: Sequence[ServerFac
 # -- the whole run ------------------------------------------------------------------------------
 
 
-def _load_profiles(config: Config) -> ProfileSet:
-    extra = [Path(os.path.expanduser(d)) for d in config.profiles_dirs]
-    return load_profiles([*extra, shipped_profiles_dir()])
-
-
 async def run_doctor(config: Config, *, server_url: str | None = None, bridge: Bridge | None = None,
                      now: datetime | None = None) -> list[Finding]:
     """Every check, in order: GDM, mDNS, ports, DNS, each server's chain, the clock.
@@ -541,7 +534,7 @@ async def run_doctor(config: Config, *, server_url: str | None = None, bridge: B
             own.add(config.http.admin_port)  # the bridge runs its admin server there
         profiles = bridge.profiles
     else:
-        profiles = await asyncio.to_thread(_load_profiles, config)
+        profiles = await asyncio.to_thread(load_with_extra, config.profiles_dirs)
     servers = servers_from(config, server_url, bridge)
 
     findings = await check_gdm_multicast(config)

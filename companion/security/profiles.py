@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.resources
 import logging
+import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -831,6 +832,12 @@ def load_profiles(dirs: Sequence[Path] | None = None) -> ProfileSet:
         device_files += found_devices
         store_files += found_roots
     return _build(device_files, store_files, errors)
+
+
+def load_with_extra(extra_dirs: Sequence[str]) -> ProfileSet:
+    """The shipped profiles plus a config's ``profiles_dirs`` (``~`` expanded; theirs match first)."""
+    extra = [Path(os.path.expanduser(d)) for d in extra_dirs]
+    return load_profiles([*extra, shipped_profiles_dir()])
 
 
 def lint(paths: Sequence[Path]) -> list[ProfileError]:

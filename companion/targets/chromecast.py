@@ -65,11 +65,9 @@ from companion.errors import (
 )
 from companion.model import Command, MediaRequest, Target
 from companion.proto.timeline import MEDIA_TYPES, PlayerState, TimelineEntry
+from companion.targets.base import AvailabilityCallback, StateCallback
 
 log = logging.getLogger("companion.target.chromecast")
-
-StateCallback = Callable[[PlayerState], None]
-AvailabilityCallback = Callable[[bool], None]
 
 PLEX_APP_ID = "9AC194DC"
 DEFAULT_MEDIA_RECEIVER_APP_ID = "CC1AD845"

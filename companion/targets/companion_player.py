@@ -28,21 +28,15 @@ from companion.errors import (
     TargetUnavailable,
 )
 from companion.model import Command, MediaRequest, Target
-from companion.proto.timeline import PlayerState, parse_player_timeline
+from companion.proto.timeline import parse_player_timeline
+from companion.targets.base import PLAYBACK_COMMANDS, AvailabilityCallback, StateCallback
 
 log = logging.getLogger("companion.target")
 
-StateCallback = Callable[[PlayerState], None]
-AvailabilityCallback = Callable[[bool], None]
 
 # What we pass through to a Companion player. Navigation/application need a UI on the player and
 # are only offered when the player itself advertises the "navigation" capability.
-_BASE_FEATURES = frozenset({
-    "playback/playMedia", "playback/play", "playback/pause", "playback/stop", "playback/seekTo",
-    "playback/skipNext", "playback/skipPrevious", "playback/skipTo", "playback/stepForward",
-    "playback/stepBack", "playback/setParameters", "playback/setStreams",
-    "playback/refreshPlayQueue", "playback/createPlayQueue", "mirror/details",
-})
+_BASE_FEATURES = frozenset({f"playback/{name}" for name in PLAYBACK_COMMANDS} | {"mirror/details"})
 _NAVIGATION = frozenset({
     "navigation/moveUp", "navigation/moveDown", "navigation/moveLeft", "navigation/moveRight",
     "navigation/select", "navigation/back", "navigation/home", "navigation/music",
