@@ -1,4 +1,4 @@
-"""Suite-wide guards: no thread may outlive a test, and the suite must run in its own netns."""
+"""Suite-wide guards: no thread may outlive a test; tests beyond tests/unit run in a private netns."""
 
 from __future__ import annotations
 
@@ -7,15 +7,25 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+_ANYWHERE = Path(__file__).resolve().parent / "unit"
 
-def pytest_configure(config: pytest.Config) -> None:
-    if os.environ.get("COMPANION_IN_NETNS") != "1":
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Unit tests (pure code, no sockets beyond loopback) run on any machine; everything else
+    sends GDM or mDNS multicast or builds network namespaces, so it must run inside the private
+    namespace scripts/netns-run makes (as root)."""
+    if os.environ.get("COMPANION_IN_NETNS") == "1":
+        return
+    outside = [item.nodeid for item in items if _ANYWHERE not in Path(str(item.path)).resolve().parents]
+    if outside:
         raise pytest.UsageError(
-            "run the suite through scripts/netns-run (make test): GDM and mDNS tests use multicast, "
-            "which must stay inside a private network namespace")
+            f"{len(outside)} collected test(s) use multicast or network namespaces (e.g. {outside[0]}): run "
+            "them through scripts/netns-run (make test, as root); only tests/unit runs anywhere "
+            "(pytest tests/unit)")
 
 
 @pytest.fixture(autouse=True)
