@@ -39,7 +39,7 @@ import ssl
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +61,7 @@ from companion.errors import ProtocolError, StateError, TrustError
 from companion.faces.app import IDLE_TIMEOUT, QuietServerLog
 from companion.faces.middleware import host_allowed
 from companion.model import SECRET_PARAMS
+from companion.relay_pump import PinMismatch, UpstreamError, UpstreamStream
 from companion.security.probe import ServerFacts
 from companion.security.probe import _chain_der as sent_chain_der
 from companion.security.profiles import TlsCaps
@@ -136,6 +137,8 @@ ALLOWED: tuple[PathRule, ...] = (
     # server; it is forwarded WITHOUT the token (least privilege), so it reveals nothing new.
     PathRule("/identity", _READ, prefix=False, needs_token=False),
 )
+# Direct-play media bodies go through companion.relay_pump (a reader thread) rather than aiohttp.
+_PUMPED_PREFIX = "/library/parts/"
 # Query parameters the transcoders read as a source; only sources on the same server may pass,
 # or the relay would let the target make the server fetch arbitrary URLs with the user's token.
 _SOURCE_PARAMS = frozenset({"url", "path"})
@@ -628,11 +631,47 @@ class Relay:
         headers["Accept-Encoding"] = "identity"  # bytes pass unaltered: ranges and lengths stay true
         if rule.needs_token:
             headers["X-Plex-Token"] = grant.token
+        if request.method == "GET" and path.startswith(_PUMPED_PREFIX):
+            return await self._pump(request, live, url.raw_path_qs, headers)
         resp = await self._upstream_request(grant, request.method, url, headers, body)
         try:
             return await self._respond(request, live, resp)
         finally:
             resp.release()
+
+    async def _pump(self, request: web.Request, live: _Live, target: str,
+                    headers: CIMultiDict[str]) -> web.StreamResponse:
+        """A media part through a reader thread (companion.relay_pump): C speed for the bytes."""
+        grant = live.grant
+        sni = None if _is_ip(grant.upstream_host) else grant.upstream_host
+        for attempt in (1, 2):
+            pin = await self._pin(grant, force=attempt == 2)
+            stream = UpstreamStream(address=grant.upstream_address, port=grant.upstream_port, sni=sni,
+                                    fingerprint=pin.fingerprint.fingerprint, method="GET", target=target,
+                                    headers=list(headers.items()), timeout=self._upstream_timeout,
+                                    name=f"relay-stream-{grant.label}")
+            try:
+                try:
+                    status, upstream_headers = await stream.open()
+                except PinMismatch:
+                    log.info("relay: %s presented a new certificate; verifying it", grant.upstream_host)
+                    continue
+                except UpstreamError as exc:
+                    raise UpstreamRefused(
+                        "upstream-unreachable",
+                        f"the relay could not reach the Plex server {grant.upstream_host} at "
+                        f"{grant.upstream_address}:{grant.upstream_port}: {exc}",
+                    ) from exc
+                out_headers = self._response_headers(request, live, upstream_headers)
+                length = next((v for k, v in upstream_headers if k.lower() == "content-length"), None)
+                encoded = any(k.lower() == "content-encoding" for k, _ in upstream_headers)
+                return await self._stream(request, live, status, out_headers,
+                                          None if encoded or length is None else int(length),
+                                          stream.chunks(), False, token_needles(grant.token))
+            finally:
+                await stream.aclose()
+        raise UpstreamRefused("upstream-untrusted",
+                              f"the Plex server {grant.upstream_host} changed its certificate twice in a row")
 
     async def _upstream_request(self, grant: Grant, method: str, url: URL, headers: CIMultiDict[str],
                                 body: bytes | None) -> aiohttp.ClientResponse:
@@ -663,13 +702,13 @@ class Relay:
         raise UpstreamRefused("upstream-untrusted",
                               f"the Plex server {grant.upstream_host} changed its certificate twice in a row")
 
-    async def _respond(self, request: web.Request, live: _Live, resp: aiohttp.ClientResponse) -> web.StreamResponse:
-        grant = live.grant
-        local = _local_ip(request) or self._bind
-        base = self.base_url(grant, local)
-        needles = token_needles(grant.token)
+    def _response_headers(self, request: web.Request, live: _Live,
+                          upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+        """The upstream's headers the target may see: listed ones, Location rewritten, no token."""
+        base = self.base_url(live.grant, _local_ip(request) or self._bind)
+        needles = token_needles(live.grant.token)
         headers = CIMultiDict[str]()
-        for name, value in resp.headers.items():
+        for name, value in upstream:
             lowered = name.lower()
             if lowered == "location":
                 value = live.rewriter.rewrite(value.encode("latin-1", "replace"), base).decode("latin-1")
@@ -678,6 +717,13 @@ class Relay:
             if any(n.decode("latin-1") in value for n in needles):
                 continue
             headers.add(name, value)
+        return headers
+
+    async def _respond(self, request: web.Request, live: _Live, resp: aiohttp.ClientResponse) -> web.StreamResponse:
+        grant = live.grant
+        base = self.base_url(grant, _local_ip(request) or self._bind)
+        needles = token_needles(grant.token)
+        headers = self._response_headers(request, live, resp.headers.items())
         content_type = resp.headers.get("Content-Type", "")
         head = request.method.upper() == "HEAD"
         if not head and resp.status != 206 and _is_text(content_type):
@@ -693,21 +739,24 @@ class Relay:
                 out.headers["Content-Type"] = content_type
             self.counters.bytes_relayed += len(data)
             return out
-        return await self._stream(request, live, resp, headers, head, needles)
+        length = resp.content_length if "Content-Encoding" not in resp.headers else None
+        # iter_any: each chunk as the socket delivered it, without re-joining into fixed sizes.
+        return await self._stream(request, live, resp.status, headers, length, resp.content.iter_any(), head,
+                                  needles)
 
-    async def _stream(self, request: web.Request, live: _Live, resp: aiohttp.ClientResponse,
-                      headers: CIMultiDict[str], head: bool, needles: Sequence[bytes]) -> web.StreamResponse:
-        out = web.StreamResponse(status=resp.status, headers=headers)
-        if resp.content_length is not None and "Content-Encoding" not in resp.headers:
-            out.content_length = resp.content_length
+    async def _stream(self, request: web.Request, live: _Live, status: int, headers: CIMultiDict[str],
+                      content_length: int | None, chunks: AsyncIterator[bytes], head: bool,
+                      needles: Sequence[bytes]) -> web.StreamResponse:
+        out = web.StreamResponse(status=status, headers=headers)
+        if content_length is not None:
+            out.content_length = content_length
         await out.prepare(request)
         if head:
             await out.write_eof()
             return out
         scrubber = TokenScrubber(needles)
         try:
-            # iter_any: each chunk as the socket delivered it, without re-joining into fixed sizes.
-            async for chunk in resp.content.iter_any():
+            async for chunk in chunks:
                 if not self._still_live(live):
                     log.info("relay %s: stream cut, the grant ended", live.grant.label)
                     _abort(request)
@@ -723,7 +772,7 @@ class Relay:
                 self.counters.bytes_relayed += len(tail)
         except ConnectionResetError:
             return out  # the target went away; releasing the upstream response closes that side
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
             log.info("relay %s: upstream stream broke off: %s", live.grant.label, type(exc).__name__)
             self.counters.fail("upstream-broke-off")
             _abort(request)  # a truncated body must not look complete to the target
