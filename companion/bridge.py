@@ -28,13 +28,15 @@ from companion import __version__
 from companion.admin.app import AdminServer
 from companion.audit import AuditLog
 from companion.config import Config
+from companion.connections import ConnectionLimits
 from companion.discovery.gdm import GdmResponder, GdmScanner, GdmSettings
 from companion.discovery.mdns import MdnsDiscovery, MdnsSettings
 from companion.errors import CompanionError, ConfigError, PolicyRefusal, ProtocolError, StateError, TargetUnavailable
 from companion.faces.app import Face, FaceLimits
 from companion.flinging import FlingService, Prepared
+from companion.limits import connection_budget, nofile_limit
 from companion.metrics import Metrics
-from companion.model import Command, Controller, MediaRequest, Server, Sighting, Target, TargetKind
+from companion.model import Command, Controller, MediaRequest, Server, Sighting, Target, TargetKind, stable_id
 from companion.proto import plexdirect
 from companion.proto.companion import FaceIdentity
 from companion.proto.gdm import Advert
@@ -103,7 +105,13 @@ class Bridge:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.state = StateDir(config.state_path)
-        self.registry = Registry(expiry=config.timeouts.target_expiry)
+        self.registry = Registry(expiry=config.timeouts.target_expiry,
+                                 max_discovered=config.limits.discovered_targets,
+                                 per_address=config.limits.targets_per_address,
+                                 max_servers=config.limits.discovered_servers)
+        self.connections = ConnectionLimits(connection_budget(
+            nofile_limit(), per_listener=config.limits.connections_per_listener,
+            per_source=config.limits.connections_per_source))
         self.faces: dict[str, FaceSlot] = {}
         self.bridge_id = ""
         self.metrics = Metrics()
@@ -133,7 +141,11 @@ class Bridge:
         g = self.config.gdm
         return GdmSettings(group=g.group, player_port=g.player_port, announce_port=g.announce_port,
                            server_port=g.server_port, hello_interval=g.hello_interval,
-                           search_interval=g.search_interval, interfaces=self.config.interfaces)
+                           search_interval=g.search_interval, interfaces=self.config.interfaces,
+                           replies_per_search=self.config.limits.gdm_replies_per_search,
+                           search_rate=self.config.limits.gdm_search_rate,
+                           search_burst=self.config.limits.gdm_search_burst,
+                           search_rate_total=self.config.limits.gdm_search_rate_total)
 
     async def start(self) -> None:
         """Start every part; raises CompanionError (after undoing what started) on failure."""
@@ -147,12 +159,21 @@ class Bridge:
         cfg = self.config
         self.state.ensure()
         self.bridge_id = self.state.bridge_id()
+        configured = {stable_id(t.kind, f"config:{t.name}") for t in cfg.targets}
+        dropped = self.state.prune_face_ports(configured, cfg.limits.discovered_targets)
+        if dropped:
+            log.warning("dropped %d stored face port(s) of discovered targets beyond limits.discovered_targets (%d)",
+                        len(dropped), cfg.limits.discovered_targets)
+        budget = self.connections.budget
+        log.info("accepting at most %d TCP connections in all (half of the file limit %d), %d per listener, "
+                 "%d per listener and address", budget.total, budget.nofile, budget.per_listener, budget.per_source)
         self.profiles = await asyncio.to_thread(self._load_profiles_for, cfg)
         await asyncio.to_thread(self.audit.open)
         if cfg.security.relay:
             self.relay = Relay(bind=cfg.http.bind, port=cfg.http.relay_port, state_dir=self.state.path,
                                extra_roots=load_extra_roots(cfg.security.extra_roots),
-                               idle_timeout=cfg.security.relay_idle_timeout, allowed_hosts=cfg.http.allowed_hosts)
+                               idle_timeout=cfg.security.relay_idle_timeout, allowed_hosts=cfg.http.allowed_hosts,
+                               gate=self.connections.gate("relay"))
             await self.relay.start()
         self.flings = FlingService(config=cfg, profiles=self.profiles, registry=self.registry, audit=self.audit,
                                    probe=self.probe, metrics=self.metrics,
@@ -162,7 +183,7 @@ class Bridge:
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.command),
             connector=aiohttp.TCPConnector(limit=256, enable_cleanup_closed=True),
         )
-        self._listener = TimelineListener(bind=cfg.http.bind)
+        self._listener = TimelineListener(bind=cfg.http.bind, gate=self.connections.gate("timeline listener"))
         await self._listener.start()
         self.registry.on_added(self._target_added)
         self.registry.on_removed(self._target_removed)
@@ -182,7 +203,8 @@ class Bridge:
         await self._settle_faces()
         if cfg.http.admin_port != 0:
             self.admin = AdminServer(self, bind=cfg.http.bind, port=cfg.http.admin_port,
-                                     token=self.state.admin_token(), allowed_hosts=cfg.http.allowed_hosts)
+                                     token=self.state.admin_token(), allowed_hosts=cfg.http.allowed_hosts,
+                                     gate=self.connections.gate("admin"))
             await self.admin.start()
         self.ready.set()
         log.info("companion-bridge %s started: %d face(s), GDM %s", __version__, len(self.faces),
@@ -289,6 +311,8 @@ class Bridge:
             self._spawn(self._open_face(target), f"face-open:{target.id}")
 
     def _target_removed(self, target: Target) -> None:
+        if target.source != "config":
+            self.state.forget_face_port(target.id)  # an expired target leaves faces.json
         slot = self.faces.pop(target.id, None)
         if slot is not None:
             log.info("target %s went away; closing its face", target.name)
@@ -367,9 +391,12 @@ class Bridge:
         last_error: OSError | None = None
         for _ in range(_PORT_TRIES):
             face = Face(identity, self._handler(target.id), bind=self.config.http.bind, port=port,
-                        session=self._session, limits=FaceLimits(push_timeout=self.config.timeouts.push),
+                        session=self._session, limits=FaceLimits(
+                            push_timeout=self.config.timeouts.push,
+                            subscribers_per_source=self.config.limits.subscribers_per_source),
                         allowed_hosts=self.config.http.allowed_hosts,
-                        cors_origins=self.config.http.cors_origins)
+                        cors_origins=self.config.http.cors_origins,
+                        gate=self.connections.gate(f"face {identity.name!r}"))
             try:
                 await face.start()
             except OSError as exc:

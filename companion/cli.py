@@ -100,9 +100,11 @@ def status_line(bridge: Any) -> str:
 
 async def _run(config: Config, args: argparse.Namespace) -> int:
     from companion.bridge import Bridge
+    from companion.connections import quiet_loop_errors
     from companion.sdnotify import Notifier
 
     loop = asyncio.get_running_loop()
+    quiet_loop_errors(loop)
     stop = asyncio.Event()
     reload_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

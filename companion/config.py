@@ -74,6 +74,22 @@ class TimeoutsConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds against a crowded or hostile LAN (defaults sized for a home: a handful of players)."""
+
+    discovered_targets: int = 32
+    targets_per_address: int = 4
+    discovered_servers: int = 16
+    gdm_replies_per_search: int = 32
+    gdm_search_rate: float = 1.0
+    gdm_search_burst: int = 5
+    gdm_search_rate_total: float = 20.0
+    connections_per_listener: int = 256
+    connections_per_source: int = 32
+    subscribers_per_source: int = 8
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     url: str
     token: str | None = field(default=None, repr=False)
@@ -113,6 +129,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     servers: tuple[ServerConfig, ...] = ()
     targets: tuple[TargetConfig, ...] = ()
     faces: str = "all"
@@ -189,6 +206,18 @@ def _number(lo: float, hi: float) -> Callable[[_Ctx, yaml.Node, str], float]:
             raise ctx.error(node, key, f"expected a number of seconds, got {value!r}")
         if not lo <= value <= hi:
             raise ctx.error(node, key, f"must be between {lo:g} and {hi:g}, got {value:g}")
+        return float(value)
+
+    return parse
+
+
+def _rate(lo: float, hi: float) -> Callable[[_Ctx, yaml.Node, str], float]:
+    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> float:
+        value = _scalar(ctx, node, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ctx.error(node, key, f"expected a number per second, got {value!r}")
+        if not lo <= value <= hi:
+            raise ctx.error(node, key, f"must be between {lo:g} and {hi:g} per second, got {value:g}")
         return float(value)
 
     return parse
@@ -374,6 +403,13 @@ _SPEC: dict[str, Callable[[_Ctx, yaml.Node, str], Any]] = {
     }),
     "timeouts": _section(TimeoutsConfig, {
         "command": _number(0.1, 300), "target_expiry": _number(1, 86400), "push": _number(0.1, 60),
+    }),
+    "limits": _section(LimitsConfig, {
+        "discovered_targets": _int(0, 4096), "targets_per_address": _int(1, 256),
+        "discovered_servers": _int(0, 1024), "gdm_replies_per_search": _int(1, 1024),
+        "gdm_search_rate": _rate(0.01, 1000), "gdm_search_burst": _int(1, 1000),
+        "gdm_search_rate_total": _rate(0.01, 10000), "connections_per_listener": _int(4, 1_000_000),
+        "connections_per_source": _int(1, 1_000_000), "subscribers_per_source": _int(1, 1024),
     }),
     "servers": _list(_server),
     "targets": _list(_target),

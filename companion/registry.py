@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from companion.errors import ProtocolError
+from companion.limits import ThrottledLog
 from companion.model import Server, Sighting, Target, TargetKind, stable_id
 from companion.proto import plexdirect
 
 TargetListener = Callable[[Target], None]
+
+log = logging.getLogger("companion.registry")
 
 
 @dataclass
@@ -28,8 +32,16 @@ class _Entry:
 class Registry:
     """Targets and servers known to one bridge."""
 
-    def __init__(self, *, expiry: float) -> None:
+    def __init__(self, *, expiry: float, max_discovered: int = 32, per_address: int = 4,
+                 max_servers: int = 16) -> None:
         self.expiry = expiry
+        # Anything on the LAN can announce itself: discovered targets and servers are capped (the
+        # configured ones never count); what is over a cap is refused and logged once a minute.
+        self.max_discovered = max_discovered
+        self.per_address = per_address
+        self.max_servers = max_servers
+        self.refused = 0
+        self._refusals = ThrottledLog(log)
         self._targets: dict[str, _Entry] = {}
         self._servers: dict[str, Server] = {}
         self._server_seen: dict[str, float] = {}
@@ -65,6 +77,8 @@ class Registry:
         )
         entry = self._targets.get(tid)
         if entry is None:
+            if sighting.source != "config" and not self._room_for(sighting, now):
+                return
             self._targets[tid] = _Entry(target, now, pinned=sighting.source == "config")
             for cb in list(self._added):
                 cb(target)
@@ -77,6 +91,20 @@ class Registry:
             entry.target = target
             for cb in list(self._changed):
                 cb(target)
+
+    def _room_for(self, sighting: Sighting, now: float) -> bool:
+        """False (and a line logged at most once a minute) when a new discovered target is over a cap."""
+        discovered = [e.target for e in self._targets.values() if not e.pinned]
+        if len(discovered) >= self.max_discovered:
+            why = f"{self.max_discovered} discovered targets already (limits.discovered_targets)"
+        elif sum(1 for t in discovered if t.address == sighting.address) >= self.per_address:
+            why = f"{self.per_address} discovered targets at that address already (limits.targets_per_address)"
+        else:
+            return True
+        self.refused += 1
+        self._refusals.log(("target", why), now, logging.WARNING, "ignored the %s %r announced from %s: %s",
+                           sighting.kind, sighting.ident[:64], sighting.address, why)
+        return False
 
     def forget(self, sighting: Sighting) -> None:
         """A BYE or an mDNS removal: the peer says it is gone."""
@@ -102,6 +130,8 @@ class Registry:
     # -- servers ------------------------------------------------------------------------------
 
     def _observe_server(self, sighting: Sighting, now: float) -> None:
+        if sighting.ident not in self._servers and not self._room_for_server(sighting, now):
+            return
         host = sighting.host if sighting.host.endswith(".plex.direct") else ""
         existing = self.server_by_address(sighting.address, sighting.port)
         token = existing.token if existing is not None else None
@@ -117,6 +147,21 @@ class Registry:
         )
         self._servers[server.id] = server
         self._server_seen[server.id] = now
+
+    def _room_for_server(self, sighting: Sighting, now: float) -> bool:
+        if self.server_by_address(sighting.address, sighting.port) is not None:
+            return True  # replaces the entry at that address, adds none
+        discovered = [s for s in self._servers.values() if s.source != "config"]
+        if len(discovered) >= self.max_servers:
+            why = f"{self.max_servers} discovered servers already (limits.discovered_servers)"
+        elif sum(1 for s in discovered if s.address == sighting.address) >= self.per_address:
+            why = f"{self.per_address} discovered servers at that address already (limits.targets_per_address)"
+        else:
+            return True
+        self.refused += 1
+        self._refusals.log(("server", why), now, logging.WARNING, "ignored the server %r announced from %s: %s",
+                           sighting.ident[:64], sighting.address, why)
+        return False
 
     def add_server(self, server: Server) -> None:
         self._servers[server.id] = server

@@ -57,9 +57,11 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from multidict import CIMultiDict
 from yarl import URL
 
+from companion.connections import ConnectionGate, GatedTCPSite
 from companion.errors import ProtocolError, StateError, TrustError
 from companion.faces.app import IDLE_TIMEOUT, QuietServerLog
 from companion.faces.middleware import host_allowed
+from companion.limits import ThrottledLog
 from companion.model import SECRET_PARAMS
 from companion.relay_pump import PinMismatch, UpstreamError, UpstreamStream
 from companion.security.probe import ServerFacts
@@ -395,11 +397,14 @@ class Relay:
         aia_hosts: Collection[str] | None = None,
         allowed_hosts: Collection[str] = (),
         upstream_timeout: float = 30.0,
+        gate: ConnectionGate | None = None,
     ) -> None:
         """``aia_hosts``: the only hosts AIA issuers may be fetched from; None allows any name but
         no non-global IP literal (a server's certificate must not steer the bridge at the LAN).
         ``allowed_hosts``: names besides IP literals and localhost accepted in the Host header."""
         self._bind = bind
+        self._gate = gate
+        self._refusals = ThrottledLog(log)  # refused requests: one line a minute per reason, with counts
         self._requested_port = port
         self._state_dir = state_dir
         self._idle_timeout = idle_timeout
@@ -432,7 +437,7 @@ class Relay:
                                keepalive_timeout=IDLE_TIMEOUT,
                                logger=QuietServerLog(logging.getLogger("companion.relay.http"), {}))
         await runner.setup()
-        site = web.TCPSite(runner, self._bind, self._requested_port)
+        site = GatedTCPSite(runner, self._bind, self._requested_port, gate=self._gate)
         try:
             await site.start()
         except OSError as exc:
@@ -557,7 +562,7 @@ class Relay:
 
     def _deny(self, status: int, reason: str, text: str, label: str = "-") -> web.Response:
         self.counters.deny(reason)
-        log.info("relay %s: refused (%s): %s", label, reason, text)
+        self._refusals.log(reason, self._clock(), logging.INFO, "relay %s: refused (%s): %s", label, reason, text)
         return web.Response(status=status, text=f"{reason}: {text}\n", content_type="text/plain")
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -565,7 +570,8 @@ class Relay:
         host = request.headers.get("Host")
         if not host_allowed(host, self._allowed_hosts):
             shown = (host or "")[:100]
-            log.warning("relay refused a request with Host %r (possible DNS rebinding)", shown)
+            self._refusals.log(421, self._clock(), logging.WARNING,
+                               "relay refused a request with Host %r (possible DNS rebinding)", shown)
             return self._deny(421, "host-not-allowed", f"Host {shown!r} is not an address of this bridge")
         _, _, after = request.rel_url.raw_path.partition("/")
         capability, slash, rest = after.partition("/")

@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 
 from companion.errors import StateError
@@ -89,6 +90,28 @@ class StateDir:
     def set_face_port(self, target_id: str, port: int) -> None:
         ports = self.face_ports()
         ports[target_id] = port
+        self._store_ports(ports)
+
+    def forget_face_port(self, target_id: str) -> None:
+        """A discovered target expired: its port leaves ``faces.json`` (a configured one's never does)."""
+        ports = self.face_ports()
+        if ports.pop(target_id, None) is not None:
+            self._store_ports(ports)
+
+    def prune_face_ports(self, keep: Collection[str], max_others: int) -> list[str]:
+        """Keep the ports of ``keep`` (configured targets) and at most ``max_others`` more; returns the
+        target ids dropped. The lowest ports are kept: they were handed out first, to the household's
+        own players, before any flood of announcements."""
+        ports = self.face_ports()
+        others = sorted((port, tid) for tid, port in ports.items() if tid not in keep)
+        dropped = [tid for _, tid in others[max_others:]]
+        if dropped:
+            for tid in dropped:
+                del ports[tid]
+            self._store_ports(ports)
+        return dropped
+
+    def _store_ports(self, ports: dict[str, int]) -> None:
         self._ports = ports
         self.ensure()
         _write_atomic(self.path / self.FACES, json.dumps(ports, indent=1, sort_keys=True))

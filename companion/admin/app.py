@@ -27,6 +27,7 @@ from companion import __version__
 from companion.admin import api
 from companion.admin.page import render_page
 from companion.audit import record_to_json, scrub
+from companion.connections import ConnectionGate, GatedTCPSite
 from companion.doctor import Finding, findings_to_json, run_doctor
 from companion.errors import (
     CommandNotSupported,
@@ -39,6 +40,7 @@ from companion.errors import (
 )
 from companion.faces.app import IDLE_TIMEOUT, QuietServerLog
 from companion.faces.middleware import host_allowed
+from companion.limits import ThrottledLog
 from companion.model import Server, Target
 from companion.security.decide import Decision
 
@@ -83,8 +85,10 @@ class AdminServer:
     """The admin surface of one bridge (default port 32480)."""
 
     def __init__(self, bridge: Bridge, *, bind: str, port: int, token: str, allowed_hosts: Collection[str] = (),
-                 doctor_interval: float = DOCTOR_INTERVAL) -> None:
+                 doctor_interval: float = DOCTOR_INTERVAL, gate: ConnectionGate | None = None) -> None:
         self._bridge = bridge
+        self._gate = gate
+        self._refusals = ThrottledLog(log)  # refused requests: one line a minute per kind, with counts
         self._bind = bind
         self._port = port
         self._token = token
@@ -134,7 +138,7 @@ class AdminServer:
                                shutdown_timeout=2.0, max_line_size=MAX_HEADER, max_field_size=MAX_HEADER)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._bind, self._port)
+            site = GatedTCPSite(runner, self._bind, self._port, gate=self._gate)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -189,9 +193,10 @@ class AdminServer:
             if host_allowed(host, self._allowed):
                 return await handler(request)
             shown = (host or "")[:100]
-            log.warning("admin: refused %s %s from %s: Host %r is not an address of this bridge (possible DNS "
-                        "rebinding; add it to http.allowed_hosts if it is yours)",
-                        request.method, request.path, request.remote, shown)
+            self._refusals.log(421, time.monotonic(), logging.WARNING,
+                               "admin: refused %s %s from %s: Host %r is not an address of this bridge (possible "
+                               "DNS rebinding; add it to http.allowed_hosts if it is yours)",
+                               request.method, request.path[:100], request.remote, shown)
             return _json({"error": f"Misdirected Request: Host {shown!r} is not an address of this bridge"}, 421)
 
         return host_check
@@ -206,7 +211,8 @@ class AdminServer:
             except CompanionError as exc:
                 status = next(code for kind, code in _STATUS if isinstance(exc, kind))
                 message = self._clean(str(exc)) or type(exc).__name__
-                log.info("admin: %s %s -> %d: %s", request.method, request.path, status, message)
+                self._refusals.log(status, time.monotonic(), logging.INFO, "admin: %s %s -> %d: %s",
+                                   request.method, request.path[:100], status, message)
                 return _json({"error": message}, status)
             except web.HTTPException as exc:
                 if exc.status < 400:
@@ -233,8 +239,9 @@ class AdminServer:
         scheme, _, given = header.partition(" ")
         ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token.encode())
         if not ok:
-            log.warning("admin: refused %s %s from %s: %s Authorization header", request.method,
-                        request.path, request.remote, "wrong" if header else "no")
+            self._refusals.log(401, time.monotonic(), logging.WARNING,
+                               "admin: refused %s %s from %s: %s Authorization header", request.method,
+                               request.path[:100], request.remote, "wrong" if header else "no")
             raise ApiError(401, "this action needs the admin token: send 'Authorization: Bearer <token>' "
                                 "(the token is in the state directory, file admin-token)")
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from companion.errors import ConfigError, ProtocolError
+from companion.limits import SourceRateLimit, ThrottledLog
 from companion.model import Sighting
 from companion.proto.gdm import (
     Advert,
@@ -58,6 +59,12 @@ class GdmSettings:
     hello_interval: float = 30.0
     search_interval: float = 10.0
     interfaces: tuple[str, ...] = ()
+    # One 23-byte search draws one ~300-byte reply per face, to a source address anyone can spoof:
+    # the replies to one search are capped, and searches are answered per source at a rate.
+    replies_per_search: int = 32
+    search_rate: float = 1.0
+    search_burst: int = 5
+    search_rate_total: float = 20.0
 
     @property
     def is_multicast(self) -> bool:
@@ -228,6 +235,12 @@ class GdmResponder:
         self._hello_task: asyncio.Task[None] | None = None
         self._drops = _DropLog("gdm responder")
         self._answering = False
+        self._searches = SourceRateLimit(settings.search_rate, settings.search_burst,
+                                         total_rate=settings.search_rate_total)
+        self._next = 0  # where the next capped answer starts, so every face is answered in turn
+        self._limited = ThrottledLog(logger)
+        self.searches_answered = 0
+        self.searches_refused = 0
 
     @property
     def bound_ports(self) -> list[Address]:
@@ -308,11 +321,34 @@ class GdmResponder:
             return
         if message.kind != "search":
             return  # other players' HELLOs and replies are not addressed to us
-        for advert in self._current_adverts():
+        now = asyncio.get_running_loop().time()
+        if not self._searches.allow(sender[0], now):
+            self.searches_refused += 1
+            self._limited.log("rate", now, logging.WARNING, "%s: not answering M-SEARCH from %s:%d: more than "
+                              "%g per second from that address or %g from all (limits.gdm_search_rate)",
+                              endpoint.label, sender[0], sender[1], self._settings.search_rate,
+                              self._settings.search_rate_total)
+            return
+        self.searches_answered += 1
+        adverts = self._current_adverts()
+        cap = self._settings.replies_per_search
+        if len(adverts) > cap:
+            # Faces take turns: controllers search again every few seconds and keep what they saw.
+            self._limited.log("cap", now, logging.INFO, "%s: %d faces, answering searches with %d at a time "
+                              "(limits.gdm_replies_per_search)", endpoint.label, len(adverts), cap)
+            adverts = _rotated(adverts, cap, self._next)
+            self._next += cap
+        for advert in adverts:
             try:
                 endpoint.send(encode_reply(advert), sender)
             except ProtocolError as exc:
                 logger.error("cannot answer for face %r: %s", advert.name, exc)
+
+
+def _rotated(adverts: Sequence[Advert], cap: int, start: int) -> list[Advert]:
+    """``cap`` adverts from ``start`` onwards, wrapping around."""
+    start %= len(adverts)
+    return [*adverts[start:], *adverts[:start]][:cap]
 
 
 class GdmScanner:

@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from companion.connections import ConnectionGate, GatedTCPSite
 from companion.errors import ProtocolError
 from companion.faces.middleware import (
     XML_CONTENT_TYPE,
@@ -29,6 +30,7 @@ from companion.faces.middleware import (
     xml_response,
 )
 from companion.faces.subscribers import Clock, Subscribers
+from companion.limits import ThrottledLog
 from companion.model import Command, redacted
 from companion.proto.companion import (
     FaceIdentity,
@@ -49,8 +51,13 @@ class QuietServerLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's own request-error log, without exception text.
 
     aiohttp logs malformed or oversized requests with an excerpt of the offending line, which
-    for a request line can hold a playMedia token; we log the exception type and the peer only.
+    for a request line can hold a playMedia token; we log the exception type and the peer only,
+    and one line a minute per exception type (with counts): garbage from the LAN floods nothing.
     """
+
+    def __init__(self, logger: logging.Logger, extra: Mapping[str, object] | None = None) -> None:
+        super().__init__(logger, extra)
+        self._throttle = ThrottledLog(logger)
 
     def log(self, level: int, msg: object, *args: object, exc_info: object = None,
             **kwargs: Any) -> None:
@@ -64,7 +71,7 @@ class QuietServerLog(logging.LoggerAdapter[logging.Logger]):
                 text += f": refused a malformed or oversized request ({type(exc).__name__})"
             else:
                 text += f": {type(exc).__name__}"
-            self.logger.log(level, "%s", text, **kwargs)
+            self._throttle.log((level, type(exc)), time.monotonic(), level, "%s", text)
             return
         super().log(level, msg, *args, **kwargs)
 
@@ -80,6 +87,7 @@ class FaceLimits:
     max_header_size: int = 8190
     max_body: int = 64 * 1024
     max_subscribers: int = 64
+    subscribers_per_source: int = 8
     max_long_polls: int = 256
     poll_hold: float = 30.0
     push_timeout: float = 5.0
@@ -115,8 +123,9 @@ class Face:
     def __init__(self, identity: FaceIdentity, handler: CommandHandler, *, bind: str, port: int,
                  session: aiohttp.ClientSession, limits: FaceLimits = FaceLimits(),
                  allowed_hosts: Collection[str] = (), cors_origins: Collection[str] = ("*",),
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, gate: ConnectionGate | None = None) -> None:
         self._identity = identity
+        self._gate = gate
         self._handler = handler
         self._bind = bind
         self._port = port
@@ -131,6 +140,7 @@ class Face:
             headers=lambda: self._identity.push_headers(),
             session=session,
             max_subscribers=limits.max_subscribers,
+            per_source=limits.subscribers_per_source,
             max_long_polls=limits.max_long_polls,
             poll_hold=limits.poll_hold,
             push_timeout=limits.push_timeout,
@@ -203,7 +213,7 @@ class Face:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._bind, self._port)
+            site = GatedTCPSite(runner, self._bind, self._port, gate=self._gate)
             await site.start()
         except BaseException:
             await runner.cleanup()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Collection
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from companion.errors import (
     TargetUnavailable,
 )
 from companion.faces.subscribers import FaceBusy
+from companion.limits import ThrottledLog
 from companion.model import SECRET_PARAMS
 from companion.proto.companion import response_xml
 
@@ -75,6 +77,8 @@ def scrub(message: str, secrets: Collection[str]) -> str:
 def error_middleware() -> Middleware:
     """Map CompanionError (and aiohttp's own HTTP errors) to statuses with a Response XML body."""
 
+    refusals = ThrottledLog(log)  # a flood of bad requests: one line a minute per status, with counts
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -82,7 +86,8 @@ def error_middleware() -> Middleware:
         except CompanionError as exc:
             code = status_for(exc)
             message = scrub(str(exc), _secrets(request)) or type(exc).__name__
-            log.info("%s %s -> %d: %s", request.method, request.path, code, message)
+            refusals.log(code, time.monotonic(), logging.INFO, "%s %s -> %d: %s", request.method,
+                         request.path[:100], code, message)
             return xml_response(code, message)
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -132,6 +137,7 @@ def host_middleware(allowed_hosts: Collection[str]) -> Middleware:
     """421 for any Host that is not an address of ours (DNS-rebinding defence, SECURITY.md 5)."""
     allowed = frozenset(allowed_hosts)
     verdicts: dict[str | None, bool] = {}  # a controller sends the same Host on every request
+    refusals = ThrottledLog(log)
 
     @web.middleware
     async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -144,9 +150,10 @@ def host_middleware(allowed_hosts: Collection[str]) -> Middleware:
         if ok:
             return await handler(request)
         shown = (host or "")[:100]
-        log.warning("refused %s %s from %s: Host %r is not an address of this player "
-                    "(possible DNS rebinding; add it to http allowed hosts if it is yours)",
-                    request.method, request.path, request.remote, shown)
+        refusals.log(421, time.monotonic(), logging.WARNING,
+                     "refused %s %s from %s: Host %r is not an address of this player "
+                     "(possible DNS rebinding; add it to http allowed hosts if it is yours)",
+                     request.method, request.path[:100], request.remote, shown)
         return xml_response(421, f"Misdirected Request: Host {shown!r} is not an address of this player")
 
     return host_check

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from companion.errors import CompanionError, ProtocolError
+from companion.limits import heaviest_source
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class _Subscriber:
     url: str
     name: str
     last_seen: float
+    source: str = ""
     task: asyncio.Task[None] | None = None
     dirty: bool = False
     failures: int = 0
@@ -64,7 +66,8 @@ class Subscribers:
     """
 
     def __init__(self, *, render: Renderer, headers: Callable[[], Mapping[str, str]],
-                 session: aiohttp.ClientSession, max_subscribers: int = 64, max_long_polls: int = 256,
+                 session: aiohttp.ClientSession, max_subscribers: int = 64, per_source: int = 8,
+                 max_long_polls: int = 256,
                  poll_hold: float = 30.0, push_timeout: float = 5.0, expiry: float = 90.0,
                  playing_push_interval: float = 1.0, clock: Clock = time.monotonic,
                  name: str = "face") -> None:
@@ -72,6 +75,7 @@ class Subscribers:
         self._headers = headers
         self._session = session
         self._max_subscribers = max_subscribers
+        self._per_source = per_source
         self._max_long_polls = max_long_polls
         self._poll_hold = poll_hold
         self._push_timeout = push_timeout
@@ -134,14 +138,30 @@ class Subscribers:
         self._expire()
         sub = self._subs.get(client_id)
         if sub is None:
-            if len(self._subs) >= self._max_subscribers:
-                raise FaceBusy(f"subscribe: this player already has {self._max_subscribers} subscribers")
-            sub = _Subscriber(client_id=client_id, url=url, name=name, last_seen=self._clock())
+            self._make_room(peer)
+            sub = _Subscriber(client_id=client_id, url=url, name=name, last_seen=self._clock(), source=peer)
             self._subs[client_id] = sub
             log.info("%s: controller %r (%s) subscribed, pushing to %s", self._name, name, client_id, url)
         else:
             sub.url, sub.name, sub.last_seen, sub.failures = url, name, self._clock(), 0
         self._kick(sub)
+
+    def _make_room(self, peer: str) -> None:
+        """Room for one more subscriber from ``peer``, or FaceBusy. The cap is per source address: one
+        address inventing client ids fills only its own share, and when the face is full the address
+        holding the most gives up its oldest subscriber to an address holding fewer."""
+        counts: dict[str, int] = {}
+        for sub in self._subs.values():
+            counts[sub.source] = counts.get(sub.source, 0) + 1
+        if counts.get(peer, 0) >= self._per_source:
+            raise FaceBusy(f"subscribe: this player already has {self._per_source} subscribers from {peer}")
+        if len(self._subs) < self._max_subscribers:
+            return
+        source = heaviest_source(counts, peer)
+        if source is None:
+            raise FaceBusy(f"subscribe: this player already has {self._max_subscribers} subscribers")
+        oldest = min((s for s in self._subs.values() if s.source == source), key=lambda s: s.last_seen)
+        self._drop(oldest.client_id, f"gave way to a subscriber from {peer} ({source} held the most)")
 
     def unsubscribe(self, client_id: str, command_id: int | None = None) -> None:
         self.note_command(client_id, command_id)

@@ -19,6 +19,7 @@ from xml.etree import ElementTree
 import aiohttp
 from aiohttp import web
 
+from companion.connections import ConnectionGate, GatedTCPSite
 from companion.errors import (
     CommandNotSupported,
     CompanionError,
@@ -27,6 +28,7 @@ from companion.errors import (
     TargetTimeout,
     TargetUnavailable,
 )
+from companion.limits import ThrottledLog
 from companion.model import Command, MediaRequest, Target
 from companion.proto.timeline import parse_player_timeline
 from companion.targets.base import PLAYBACK_COMMANDS, AvailabilityCallback, StateCallback
@@ -69,8 +71,10 @@ class TimelineListener:
     listener serves every Companion target of a bridge.
     """
 
-    def __init__(self, *, bind: str, port: int = 0, max_body: int = 256 * 1024) -> None:
+    def __init__(self, *, bind: str, port: int = 0, max_body: int = 256 * 1024,
+                 gate: ConnectionGate | None = None) -> None:
         self._bind = bind
+        self._gate = gate
         self._want_port = port
         self._max_body = max_body
         self._routes: dict[str, Callable[[bytes], None]] = {}
@@ -88,7 +92,7 @@ class TimelineListener:
         app.router.add_post("/:/timeline", self._handle)
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=60.0, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._bind, self._want_port)
+        site = GatedTCPSite(self._runner, self._bind, self._want_port, gate=self._gate)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
 
@@ -130,6 +134,7 @@ class CompanionPlayerTarget:
         # asked through /resources, since it names itself that way in its timeline pushes.
         self._player_ident = target.ident
         self._ident_known = not target.ident.startswith("config:")
+        self._bad_timelines = ThrottledLog(log)  # one line a minute, with counts
 
     # -- TargetAdapter ------------------------------------------------------------------------
 
@@ -236,7 +241,8 @@ class CompanionPlayerTarget:
         try:
             state = parse_player_timeline(body)
         except ProtocolError as exc:
-            log.warning("timeline from %s ignored: %s", self.target.name, exc)
+            self._bad_timelines.log("timeline", asyncio.get_running_loop().time(), logging.WARNING,
+                                    "timeline from %s ignored: %s", self.target.name, exc)
             return
         self._set_available(True)
         self._on_state(state)

@@ -27,10 +27,12 @@ targets:
 """
 
 
-async def served_quickly(port: int, *, within: float = 1.0) -> float:
-    """One GET /resources from a well-behaved client: assert 200 within ``within`` s; return the time."""
+async def served_quickly(port: int, *, within: float = 1.0, source: str | None = None) -> float:
+    """One GET /resources from a well-behaved client (from ``source``, a loopback address, when
+    given): assert 200 within ``within`` s; return the time."""
     started = time.monotonic()
-    async with aiohttp.ClientSession() as http, http.get(
+    connector = aiohttp.TCPConnector(local_addr=(source, 0)) if source else None
+    async with aiohttp.ClientSession(connector=connector) as http, http.get(
             f"http://127.0.0.1:{port}/resources", timeout=aiohttp.ClientTimeout(total=within)) as resp:
         assert resp.status == 200
         await resp.read()
@@ -96,7 +98,8 @@ async def _slowloris(port: int, opened: asyncio.Event, count: int, stop: asyncio
             sent += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.02)
-        return sum(1 for reader, _ in conns if not reader.at_eof())
+        return sum(1 for reader, writer in conns
+                   if not reader.at_eof() and reader.exception() is None and not writer.transport.is_closing())
     finally:
         for _, writer in conns:
             writer.close()
@@ -113,12 +116,14 @@ async def test_slowloris_connections_do_not_stop_other_controllers_being_served(
         attack = asyncio.create_task(_slowloris(port, opened, 300, stop))
         try:
             await asyncio.wait_for(opened.wait(), 5)
-            times = [await served_quickly(port, within=1.0) for _ in range(20)]
+            # The controller is another address: the attacker's own address is capped.
+            times = [await served_quickly(port, within=1.0, source="127.0.0.2") for _ in range(20)]
         finally:
             stop.set()
             still_open = await attack
         assert max(times) < 0.5, f"a normal request took {max(times):.3f} s during the attack"
-        assert still_open == 300, "every slow connection was still being read (the attack was real)"
+        cap = bridge.config.limits.connections_per_source
+        assert still_open == cap, f"{cap} slow connections from one address are read, the rest reset; got {still_open}"
 
 
 async def test_a_connection_that_never_finishes_its_headers_is_closed_by_the_face(tmp_path: Path) -> None:
@@ -151,7 +156,9 @@ async def test_a_connection_that_never_finishes_its_headers_is_closed_by_the_fac
 
 async def test_a_flood_of_long_polls_beyond_the_limit_is_answered_at_once(
         tmp_path: Path, player: FakeCompanionPlayer) -> None:
-    async with running_bridge(tmp_path, target_yaml(player)) as bridge:
+    # One address holds every poll here: the connection caps are raised so the poll limit is measured.
+    wide = "limits: {connections_per_listener: 1000, connections_per_source: 1000}"
+    async with running_bridge(tmp_path, target_yaml(player, wide)) as bridge:
         slot = next(iter(bridge.faces.values()))
         # The player's first timeline push changes the face's state and answers every waiting
         # poll, as it should; let it arrive before the flood so only the limit is measured.

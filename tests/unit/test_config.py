@@ -120,7 +120,15 @@ def test_the_example_config_parses_and_documents_every_key() -> None:
     import dataclasses
     import re
 
-    from companion.config import _SPEC, GdmConfig, HttpConfig, MdnsConfig, SecurityConfig, TimeoutsConfig
+    from companion.config import (
+        _SPEC,
+        GdmConfig,
+        HttpConfig,
+        LimitsConfig,
+        MdnsConfig,
+        SecurityConfig,
+        TimeoutsConfig,
+    )
 
     path = Path(__file__).resolve().parents[2] / "systemd" / "config.example.yaml"
     text = path.read_text()
@@ -130,6 +138,6 @@ def test_the_example_config_parses_and_documents_every_key() -> None:
     documented = set(re.findall(r"^#?\s*([a-z_]+):", text, flags=re.MULTILINE))
     for key in _SPEC:
         assert key in documented, f"{key} is not in config.example.yaml"
-    for section in (GdmConfig, MdnsConfig, HttpConfig, SecurityConfig, TimeoutsConfig):
+    for section in (GdmConfig, MdnsConfig, HttpConfig, SecurityConfig, TimeoutsConfig, LimitsConfig):
         for f in dataclasses.fields(section):
             assert f.name in documented, f"{section.__name__}.{f.name} is not in config.example.yaml"

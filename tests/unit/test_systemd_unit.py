@@ -81,6 +81,8 @@ def test_unit_carries_the_contract_the_daemon_relies_on() -> None:
     assert set(s["RestrictAddressFamilies"][0].split()) == {"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}
     assert s["CapabilityBoundingSet"] == [""]
     assert s["MemoryDenyWriteExecute"] == ["yes"]
+    # The connection budget is half of the file limit: set it, well above the 1024 default.
+    assert s["LimitNOFILE"] == ["4096"]
 
 
 # The kernel's own write-xor-execute switch (Linux >= 6.3) refuses what MemoryDenyWriteExecute=
