@@ -223,5 +223,5 @@ class GatedTCPSite(web.TCPSite):
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _GatedProtocol(gate, server()), self._host, self._port,
-            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+            backlog=gate.limits.budget.backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port

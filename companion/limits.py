@@ -124,6 +124,7 @@ class ConnectionBudget:
     per_listener: int
     per_source: int
     nofile: int
+    backlog: int = 128
 
 
 def nofile_limit() -> int:
@@ -138,7 +139,13 @@ def connection_budget(nofile: int, *, per_listener: int, per_source: int) -> Con
     """Inbound connections get half the file limit. The other half is for the listening sockets,
     the outbound pools (the bridge's session up to 256, the relay's up to 64), GDM and mDNS
     sockets, the audit database and logs; so accepting never runs the process out of descriptors,
-    and raising LimitNOFILE= raises the budget with it."""
+    and raising LimitNOFILE= raises the budget with it.
+
+    asyncio accepts up to ``backlog`` connections per listener in one go before any of them is seen
+    (and an over-cap one is closed a loop turn later), so under a small file limit the backlog is
+    kept small against the descriptors left over. Not too small: a full accept queue drops SYNs,
+    and a phone's dropped SYN waits a second to retry. Should a burst still overshoot, accept()
+    fails with EMFILE, asyncio pauses that listener for a second and logs it (throttled)."""
     total = max(8, nofile // 2)
     return ConnectionBudget(total=total, per_listener=min(per_listener, total), per_source=min(per_source, total),
-                            nofile=nofile)
+                            nofile=nofile, backlog=max(16, min(128, nofile // 8)))

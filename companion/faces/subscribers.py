@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from companion.errors import CompanionError, ProtocolError
-from companion.limits import heaviest_source
+from companion.limits import ThrottledLog, heaviest_source
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class Subscribers:
         self._session = session
         self._max_subscribers = max_subscribers
         self._per_source = per_source
+        self._push_failures = ThrottledLog(log)
         self._max_long_polls = max_long_polls
         self._poll_hold = poll_hold
         self._push_timeout = push_timeout
@@ -282,10 +283,14 @@ class Subscribers:
                     raise aiohttp.ClientResponseError(resp.request_info, resp.history, status=resp.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             sub.failures += 1
-            # PMP keeps failing subscribers until expiry; log the first failure of a run only.
-            level = logging.WARNING if sub.failures == 1 else logging.DEBUG
-            log.log(level, "%s: timeline push to %r (%s) failed: %s", self._name, sub.name, sub.url,
-                    type(exc).__name__ if isinstance(exc, TimeoutError) else exc)
+            # PMP keeps failing subscribers until expiry; log the first failure of a run only, and
+            # those of all subscribers at most once a minute (anyone can subscribe a dead address).
+            reason = type(exc).__name__ if isinstance(exc, TimeoutError) else exc
+            if sub.failures == 1:
+                self._push_failures.log("push", self._clock(), logging.WARNING, "%s: timeline push to %r (%s) "
+                                        "failed: %s", self._name, sub.name, sub.url, reason)
+            else:
+                log.debug("%s: timeline push to %r (%s) failed: %s", self._name, sub.name, sub.url, reason)
         else:
             sub.failures = 0
 
