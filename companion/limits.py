@@ -51,12 +51,12 @@ class ThrottledLog:
         when the line went out at ``level``."""
         due = self.due(key, now)
         if due is None:
-            self._logger.debug(msg, *args)
+            self._logger.debug(msg, *args, stacklevel=2)
             return False
         if due[0]:
             msg += " (and %d more like it in the last %.0f s)"
             args = (*args, *due)
-        self._logger.log(level, msg, *args)
+        self._logger.log(level, msg, *args, stacklevel=2)
         return True
 
     def suppressed(self, key: Hashable) -> int:

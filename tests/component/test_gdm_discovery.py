@@ -6,6 +6,7 @@ Multicast to 239.0.0.250 is routed over lo by scripts/netns-run; ports are rando
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import socket
@@ -323,3 +324,35 @@ async def test_bad_addresses_in_settings_are_config_errors_naming_the_key(settin
         with pytest.raises(ConfigError, match=f"^{key}: expected an IPv4"):
             await component.start()
         await component.stop()
+
+
+async def test_replies_to_one_search_are_capped_and_the_faces_take_turns(settings):
+    capped = dataclasses.replace(settings, replies_per_search=4, search_burst=10)
+    responder = GdmResponder(capped, lambda: [face(n) for n in range(10)])
+    await responder.start()
+    try:
+        async with FakeGdmPeer() as controller:
+            seen: list[str] = []
+            for _ in range(3):
+                replies = await controller.search(("127.0.0.1", settings.player_port), timeout=0.5, expect=5)
+                assert len(replies) == 4
+                seen += [m.get("Resource-Identifier") for m in replies]
+    finally:
+        await responder.stop()
+    assert len(set(seen)) == 10, "three searches of four replies cover all ten faces"
+
+
+async def test_searches_are_answered_per_source_at_a_rate(settings):
+    limited = dataclasses.replace(settings, search_rate=0.1, search_burst=2)
+    responder = GdmResponder(limited, lambda: [face(1)])
+    await responder.start()
+    try:
+        async with FakeGdmPeer(bind=("127.0.0.2", 0)) as flooder, FakeGdmPeer() as phone:
+            answered = [len(await flooder.search(("127.0.0.1", settings.player_port), timeout=0.3, expect=1))
+                        for _ in range(5)]
+            assert answered == [1, 1, 0, 0, 0]
+            assert len(await phone.search(("127.0.0.1", settings.player_port), expect=1)) == 1, \
+                "another address is still answered"
+    finally:
+        await responder.stop()
+    assert responder.searches_refused == 3

@@ -96,3 +96,48 @@ def test_configured_server_keeps_its_token_when_discovered() -> None:
     assert server.id == "srv1"
     assert server.token == "t0k"
     assert server.scheme == "https"
+
+
+def test_an_expired_target_leaves_faces_json_and_a_flood_left_there_is_pruned(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.assign_face_port("configured-tv", 33000)
+    for n in range(300):
+        state.assign_face_port(f"evil-{n}", 33000)
+    state.forget_face_port("evil-299")
+    assert "evil-299" not in StateDir(tmp_path).face_ports()
+    dropped = StateDir(tmp_path).prune_face_ports({"configured-tv"}, 8)
+    assert len(dropped) == 291
+    kept = StateDir(tmp_path).face_ports()
+    assert kept["configured-tv"] == 33000
+    assert sorted(kept.values()) == list(range(33000, 33009)), "the lowest ports (handed out first) stay"
+
+
+def test_discovered_targets_are_capped_in_all_and_per_address_and_configured_ones_never_count() -> None:
+    reg = Registry(expiry=60.0, max_discovered=8, per_address=4)
+    for n in range(100):
+        reg.observe(_player(ident=f"evil-a-{n}", address="10.0.0.66"), now=0.0)
+    assert len(reg.targets()) == 4
+    for n in range(100):
+        reg.observe(_player(ident=f"evil-{n}", address=f"10.0.1.{n}"), now=0.0)
+    assert len(reg.targets()) == 8
+    assert reg.refused == 192
+    reg.observe(Sighting(source="config", kind="companion", ident="config:Bedroom", name="Bedroom",
+                         address="10.0.0.20", port=32500), now=0.0)
+    assert len(reg.targets()) == 9, "a configured target is always taken"
+    reg.observe(_player(ident="evil-a-0", address="10.0.0.66"), now=30.0)  # a known one refreshes
+    reg.expire(now=61.0)
+    assert sorted(t.ident for t in reg.targets()) == ["config:Bedroom", "evil-a-0"]
+    reg.observe(_player(ident="real-tv", address="10.0.0.30"), now=62.0)
+    assert reg.find_target("real-tv") is not None, "room again once the flood expired"
+
+
+def test_discovered_servers_are_capped() -> None:
+    reg = Registry(expiry=60.0, max_servers=3, per_address=2)
+    for n in range(10):
+        reg.observe(Sighting(source="gdm", kind="server", ident=f"srv-{n}", name="S", address="10.0.0.66",
+                             port=32400 + n), now=0.0)
+    assert len(reg.servers()) == 2
+    for n in range(10):
+        reg.observe(Sighting(source="gdm", kind="server", ident=f"other-{n}", name="S", address=f"10.0.1.{n}",
+                             port=32400), now=0.0)
+    assert len(reg.servers()) == 3

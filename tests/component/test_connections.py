@@ -1,0 +1,101 @@
+"""The connection gate on real sockets: per-source and per-listener caps, one budget shared by the
+listeners, the heaviest address giving way to a newcomer, and throttled accept-error reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from companion.connections import ConnectionLimits, GatedTCPSite, quiet_loop_errors
+from companion.limits import ConnectionBudget
+from tests.helpers import until
+
+
+@contextlib.asynccontextmanager
+async def listener(limits: ConnectionLimits, name: str) -> AsyncIterator[int]:
+    async def hello(_request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = GatedTCPSite(runner, "127.0.0.1", 0, gate=limits.gate(name))
+    await site.start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
+async def connect(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def was_reset(reader: asyncio.StreamReader) -> bool:
+    """True when the server closed or reset the connection (within a second)."""
+    try:
+        async with asyncio.timeout(1):
+            return await reader.read(1) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def get_from(port: int, source: str) -> int:
+    connector = aiohttp.TCPConnector(local_addr=(source, 0))
+    async with aiohttp.ClientSession(connector=connector) as http, http.get(
+            f"http://127.0.0.1:{port}/", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_one_address_gets_its_share_and_a_newcomer_gets_in_when_the_listener_is_full() -> None:
+    limits = ConnectionLimits(ConnectionBudget(total=100, per_listener=4, per_source=2, nofile=200))
+    async with listener(limits, "face") as port:
+        held = [await connect(port, "127.0.0.2") for _ in range(2)]
+        extra = await connect(port, "127.0.0.2")
+        assert await was_reset(extra[0]), "a third connection from one address is reset"
+        held += [await connect(port, "127.0.0.3") for _ in range(2)]
+        await until(lambda: limits.count == 4, message="four connections held")
+        assert await get_from(port, "127.0.0.4") == 200, "a newcomer is served on a full listener"
+        assert await was_reset(held[0][0]), "the oldest connection of an address holding the most gave way"
+        assert limits.evicted == 1 and limits.refused == 1
+        for _, writer in held:
+            writer.close()
+        extra[1].close()
+
+
+async def test_listeners_share_one_budget() -> None:
+    limits = ConnectionLimits(ConnectionBudget(total=3, per_listener=10, per_source=10, nofile=6))
+    async with listener(limits, "face") as face, listener(limits, "admin") as admin:
+        held = [await connect(face, "127.0.0.2") for _ in range(3)]
+        await until(lambda: limits.count == 3, message="the budget full")
+        late = await connect(admin, "127.0.0.2")
+        assert await was_reset(late[0]), "the admin listener has no slot left for the same address"
+        assert await get_from(admin, "127.0.0.5") == 200, "another address gets one, taken from the heaviest"
+        for _, writer in [*held, late]:
+            writer.close()
+
+
+async def test_a_storm_of_accept_errors_is_reported_once_per_minute(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    old = loop.get_exception_handler()
+    quiet_loop_errors(loop)
+    try:
+        exc = OSError(errno.EMFILE, "Too many open files")
+        for _ in range(10000):
+            loop.call_exception_handler({"message": "socket.accept() out of system resource", "exception": exc})
+    finally:
+        loop.set_exception_handler(old)
+    lines = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 1
+    assert "Too many open files" in lines[0].getMessage() and lines[0].exc_info is None
