@@ -538,12 +538,13 @@ class Bridge:
         """SIGHUP: take a new config's policies, timeouts, servers, targets and profiles without
         dropping any face.
 
-        Listening addresses and ports stay as they are (changing them needs a restart); targets
+        Listening addresses, ports and limits stay as they are (changing them needs a restart); targets
         removed from the config keep their faces until the next restart.
         """
         profiles = await asyncio.to_thread(self._load_profiles_for, config)
         self.config = dataclasses.replace(config, gdm=self.config.gdm, http=self.config.http,
-                                          state_dir=self.config.state_dir, interfaces=self.config.interfaces)
+                                          state_dir=self.config.state_dir, interfaces=self.config.interfaces,
+                                          limits=self.config.limits)  # the caps are sized at start
         self.profiles = profiles
         self.registry.expiry = self.config.timeouts.target_expiry
         if self.flings is not None:
