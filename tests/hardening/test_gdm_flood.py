@@ -20,7 +20,7 @@ LIMITS = "limits: {discovered_targets: 8, targets_per_address: 4}"
 
 
 async def test_a_hello_flood_is_capped_forgotten_on_expiry_and_cannot_aim_a_reply_flood(tmp_path: Path) -> None:
-    async with scene(tmp_path, LIMITS, timeouts={"target_expiry": 6.0}) as s:
+    async with scene(tmp_path, LIMITS, timeouts={"target_expiry": 12.0}) as s:
         bridge, attacker = s.bridge, s.attacker
         gdm = bridge.config.gdm
         # Three addresses on the attacker's interface, 100 HELLOs from each.
