@@ -41,6 +41,7 @@ from companion.proto import plexdirect
 from companion.proto.companion import FaceIdentity
 from companion.proto.gdm import Advert
 from companion.proto.timeline import PlayerState
+from companion.proxy import ProxyService, ProxySettings, server_context
 from companion.registry import Registry, config_server_id
 from companion.relay import Relay
 from companion.security.decide import Decision
@@ -50,6 +51,7 @@ from companion.state import StateDir
 from companion.targets.base import TargetAdapter
 from companion.targets.chromecast import ChromecastTarget
 from companion.targets.companion_player import CompanionPlayerTarget, TimelineListener
+from companion.visibility import Channel, Provider, default_providers
 
 log = logging.getLogger("companion.bridge")
 
@@ -128,6 +130,10 @@ class Bridge:
         self.mdns: MdnsDiscovery | None = None
         self.relay: Relay | None = None
         self.admin: AdminServer | None = None
+        self.proxy: ProxyService | None = None
+        self.proxy_settings = ProxySettings()
+        # Where each face is visible, per channel; the owner of a channel may put its own provider here.
+        self.visibility: dict[Channel, Provider] = default_providers()
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._face_lock = asyncio.Lock()
@@ -183,6 +189,10 @@ class Bridge:
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.command),
             connector=aiohttp.TCPConnector(limit=256, enable_cleanup_closed=True),
         )
+        if cfg.proxy.enabled:
+            self.proxy = ProxyService(session=self._session,
+                                      ssl_context=server_context(load_extra_roots(cfg.security.extra_roots)),
+                                      servers=self.registry.servers, settings=self.proxy_settings)
         self._listener = TimelineListener(bind=cfg.http.bind, gate=self.connections.gate("timeline listener"))
         await self._listener.start()
         self.registry.on_added(self._target_added)
@@ -228,6 +238,9 @@ class Bridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.proxy is not None:
+            await self.proxy.stop()  # before the faces: a proxied command must not outlive its face
+            self.proxy = None
         slots, self.faces = list(self.faces.values()), {}
         await asyncio.gather(*(self._close_slot(s) for s in slots))
         if self._listener is not None:
@@ -292,6 +305,11 @@ class Bridge:
                                  self.config.audit_retention_days)
             await asyncio.sleep(period)
             self.registry.expire(time.monotonic())
+
+    @property
+    def gdm_responder(self) -> GdmResponder | None:
+        """The GDM responder while it runs (the status page reads what it has answered)."""
+        return self._responder
 
     def _adverts(self) -> list[Advert]:
         return [slot.advert for slot in self.faces.values()]
@@ -382,6 +400,8 @@ class Bridge:
                      target.address, target.port, port)
             if self._responder is not None:
                 await self._responder.hello(advert)
+            if self.proxy is not None:
+                self.proxy.add_face(slot)
 
     async def _bind_face(self, target: Target, identity: FaceIdentity) -> tuple[Face, int]:
         """Start the face on its stored port; if that is taken, move it to the next free one."""
@@ -415,6 +435,8 @@ class Bridge:
             await self._responder.bye(slot.advert)
         if self.relay is not None:
             self.relay.revoke_target(slot.target.address)
+        if self.proxy is not None:
+            await self.proxy.remove_face(slot.target.id)
         await slot.face.stop()
         await slot.adapter.stop()
 
@@ -552,4 +574,6 @@ class Bridge:
             self.flings.profiles = profiles
         self._add_configured_servers(self.config)
         self._add_configured_targets(self.config)
+        if self.proxy is not None:
+            self.proxy.reconcile()  # servers given a token by this reload start their polls
         log.info("reloaded configuration from %s and %d profile(s)", config.source, len(profiles.profiles))

@@ -44,6 +44,12 @@ class MdnsConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    # Register each face on the companion proxy of every configured server that has a token.
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     bind: str = "0.0.0.0"
     admin_port: int = 32480
@@ -126,6 +132,7 @@ class Config:
     face_suffix: str = " (bridge)"
     gdm: GdmConfig = field(default_factory=GdmConfig)
     mdns: MdnsConfig = field(default_factory=MdnsConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
@@ -392,6 +399,7 @@ _SPEC: dict[str, Callable[[_Ctx, yaml.Node, str], Any]] = {
         "server_port": _port, "hello_interval": _number(0.1, 3600), "search_interval": _number(0.1, 3600),
     }),
     "mdns": _section(MdnsConfig, {"enabled": _bool}),
+    "proxy": _section(ProxyConfig, {"enabled": _bool}),
     "http": _section(HttpConfig, {
         "bind": _ip, "admin_port": _port_or_zero, "face_port_base": _port, "relay_port": _port_or_zero,
         "allowed_hosts": _list(_nonempty_str), "cors_origins": _list(_nonempty_str),

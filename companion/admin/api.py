@@ -22,6 +22,7 @@ from companion.model import Server, Target
 from companion.security.decide import Decision, Reason, decide
 from companion.security.profiles import describe
 from companion.security.trust import display_name
+from companion.visibility import ChannelView, channel_json, face_visibility
 
 if TYPE_CHECKING:
     from companion.bridge import Bridge
@@ -71,6 +72,8 @@ class TargetView:
     errors: int
     last_error: str
     locks: tuple[LockView, ...]
+    visible: tuple[ChannelView, ...] = ()  # where the face can be seen (GDM, plex.tv, server proxies)
+    at: datetime | None = None  # when this view was computed (the ages of the channels count from it)
 
     @property
     def assumed(self) -> bool:
@@ -152,7 +155,8 @@ def target_views(bridge: Bridge, now: datetime) -> list[TargetView]:
             available=slot.adapter.available, face_name=face.identity.name, face_port=face.port,
             subscribers=face.subscriber_count, long_polls=face.long_poll_count, profile_id=profile_id,
             profile_name=profile_name, confidence=confidence, policy=policy, commands=slot.commands,
-            errors=slot.errors, last_error=scrub(slot.last_error), locks=tuple(locks)))
+            errors=slot.errors, last_error=scrub(slot.last_error), locks=tuple(locks),
+            visible=face_visibility(bridge, slot, now), at=now))
     return views
 
 
@@ -185,6 +189,7 @@ def target_json(view: TargetView) -> dict[str, Any]:
         "secure_possible": any(lock.state == "closed" for lock in view.locks),
         "locks": [lock_json(lock) for lock in view.locks],
         "commands": view.commands, "errors": view.errors, "last_error": view.last_error,
+        "visible": [channel_json(c, view.at or datetime.now(UTC)) for c in view.visible],
     }
 
 

@@ -84,6 +84,37 @@ def _lock(lock: LockView) -> str:
             f'{lock_svg(lock.state)}<span>{_e(label)}</span></span>{where}{mode}{reasons}</div>')
 
 
+_CHANNEL_NAMES = {"gdm": "LAN (GDM)", "plextv": "plex.tv", "proxy": "server proxy"}
+
+
+def age_text(moment: datetime | None, now: datetime) -> str:
+    """How long ago, for people ("12 s ago", "3 min ago"); "never" for None."""
+    if moment is None:
+        return "never"
+    seconds = max(0, int((now - moment).total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    if seconds < 172800:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"
+
+
+def _visible(v: TargetView) -> str:
+    now = v.at or datetime.now(UTC)
+    items = []
+    for c in v.visible:
+        name = _CHANNEL_NAMES.get(c.channel, c.channel) + (f" {c.where}" if c.where else "")
+        css = {"visible": "up", "off": "muted", "pending": "muted"}.get(c.state, "down")
+        fix = f'<div class="small"><strong>fix:</strong> {_e(c.fix)}</div>' if c.fix and not c.visible else ""
+        seen = f"; last confirmed {age_text(c.checked_at, now)}" if c.checked_at is not None else ""
+        items.append(f'<li data-channel="{_e(c.channel)}" data-visible-state="{_e(c.state)}">'
+                     f'<span class="{css}">{_e(name)}: {_e(c.state)}</span>'
+                     f'<div class="small muted">{_e(scrub(c.detail))}{_e(seen)}</div>{fix}</li>')
+    return f'<ul class="reasons visible">{"".join(items)}</ul>'
+
+
 def _targets(views: Sequence[TargetView]) -> str:
     if not views:
         return '<p class="muted">No players are bridged yet. They appear when GDM or mDNS finds them, or when they ' \
@@ -103,9 +134,9 @@ def _targets(views: Sequence[TargetView]) -> str:
             f'subscriber(s), {v.long_polls} long-poll(s)</div>{error}</td>'
             f'<td>{_e(v.kind)}</td><td>{_e(v.address)}:{v.port}</td><td>{avail}</td>'
             f'<td>{profile}<div class="small muted">policy {_e(v.policy)}</div></td>'
-            f'<td>{"".join(_lock(lock) for lock in v.locks)}</td></tr>')
+            f'<td>{"".join(_lock(lock) for lock in v.locks)}</td><td>{_visible(v)}</td></tr>')
     return ('<table id="targets"><thead><tr><th>Player</th><th>Kind</th><th>Address</th><th>State</th>'
-            '<th>Profile (confidence)</th><th>Secure connection</th></tr></thead><tbody>'
+            '<th>Profile (confidence)</th><th>Secure connection</th><th>Visible through</th></tr></thead><tbody>'
             + "".join(rows) + "</tbody></table>")
 
 

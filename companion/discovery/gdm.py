@@ -15,6 +15,7 @@ import logging
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -241,6 +242,9 @@ class GdmResponder:
         self._limited = ThrottledLog(logger)
         self.searches_answered = 0
         self.searches_refused = 0
+        # For the status page (where each face is visible): wall-clock times, None until it happens.
+        self.last_hello_at: float | None = None
+        self.last_search_at: float | None = None
 
     @property
     def bound_ports(self) -> list[Address]:
@@ -302,6 +306,8 @@ class GdmResponder:
 
     def _announce(self, encode: Callable[[Advert], bytes], adverts: Iterable[Advert]) -> None:
         destination = (self._settings.group, self._settings.announce_port)
+        if encode is encode_hello and self._endpoints:
+            self.last_hello_at = time.time()
         for advert in adverts:
             try:
                 payload = encode(advert)
@@ -329,6 +335,7 @@ class GdmResponder:
                               endpoint.label, sender[0], sender[1], self._settings.search_rate,
                               self._settings.search_rate_total)
             return
+        self.last_search_at = time.time()
         self.searches_answered += 1
         adverts = self._current_adverts()
         cap = self._settings.replies_per_search

@@ -295,6 +295,15 @@ class Face:
                       command.command_id, redacted(command.params))
         if command.group == "timeline":
             return await self._timeline(command)
+        await self.run_command(command)
+        return xml_response(200, "OK")
+
+    async def run_command(self, command: Command) -> None:
+        """Carry one parsed command (not a timeline one) to the handler, as a request to this face is.
+
+        The server's companion proxy hands its commands over here too, so both ways in get the
+        same handler, decision and audit. Raises CompanionError (mapped to a status by the caller).
+        """
         client_id = command.controller.client_id
         self._subscribers.note_command(client_id, command.command_id)
         # An unavailable target still gets the command: it may be back, and the adapter answers
@@ -302,7 +311,6 @@ class Face:
         await self._handler(command)
         # Echo the new commandID to the sender at once, as real players push after each command.
         self._subscribers.push_to(client_id)
-        return xml_response(200, "OK")
 
     async def _timeline(self, command: Command) -> web.StreamResponse:
         controller = command.controller

@@ -108,6 +108,10 @@ class Subscribers:
     def command_id(self, client_id: str) -> int | None:
         return self._command_ids.get(client_id)
 
+    def render_for(self, client_id: str) -> bytes:
+        """The current timeline with that controller's latest commandID."""
+        return self._render(self.command_id(client_id))
+
     # -- counts (metrics) -----------------------------------------------------------------
 
     @property
