@@ -21,6 +21,8 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import secrets
@@ -209,6 +211,7 @@ class FakePlexServer:
         self._port = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._ctx: ssl.SSLContext | None = None
+        self.proxy = CompanionProxy(self)
 
     # -- lifecycle --
 
@@ -224,6 +227,7 @@ class FakePlexServer:
         app.router.add_post("/playQueues", self._create_play_queue)
         app.router.add_get("/library/parts/{id}/file", self._part)
         app.router.add_route("*", "/:/timeline", self._timeline)
+        self.proxy.add_routes(app.router)
         if self._tls:
             self._tmp = tempfile.TemporaryDirectory(prefix="fake-plex-")
             self._ctx = self._server_context()
@@ -447,3 +451,128 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     if start >= size or end < start:
         return None
     return start, min(end, size - 1)
+
+
+# --- the companion proxy (players that poll the server for their commands) --------------------
+
+
+@dataclass
+class ProxiedPlayer:
+    """A player registered by polling ``/player/proxy/poll``: what it said, what it was sent."""
+
+    client_id: str
+    headers: Mapping[str, str]
+    params: Mapping[str, str]
+    polls: int = 0
+    queue: list[dict[str, str]] = field(default_factory=list)
+    timelines: list[tuple[Mapping[str, str], bytes]] = field(default_factory=list)  # (query, body)
+    answers: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # commandID -> (status, body)
+
+
+class CompanionProxy:
+    """The PMS companion proxy: players poll for commands, controllers send commands to the server.
+
+    Shapes, from the sources in docs/companion-proxy.md: a poll (``timeout=1``) is held until a
+    command comes or ``hold`` seconds pass, then answered ``<MediaContainer><Command path=...
+    commandID=... clientIdentifier=... queryX=.../></MediaContainer>`` (empty body when nothing
+    came); the player answers ``POST /player/proxy/response?commandID=N`` and reports timelines with
+    ``POST /player/proxy/timeline?commandID=&state=``. A controller's ``/player/...`` request to the
+    server with ``X-Plex-Target-Client-Identifier`` of a polling player is queued for it and answered
+    with the player's response (``answer_timeout`` bounds the wait). ``/clients`` lists the players
+    that poll, so python-plexapi's ``PlexServer.clients()`` finds them.
+    """
+
+    def __init__(self, server: FakePlexServer, *, hold: float = 1.0, answer_timeout: float = 5.0) -> None:
+        self._server = server
+        self.hold = hold
+        self.answer_timeout = answer_timeout
+        self.players: dict[str, ProxiedPlayer] = {}
+        self.offered = True  # False: answer 404, as a server without the proxy would
+        self._changed = asyncio.Condition()
+        self._next_id = 0
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/player/proxy/poll", self._poll)
+        router.add_post("/player/proxy/response", self._response)
+        router.add_post("/player/proxy/timeline", self._timeline)
+        router.add_get("/clients", self._clients)
+        router.add_route("GET", "/player/{group}/{name}", self._controller_command)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+        return predicate()
+
+    async def _poll(self, request: web.Request) -> web.Response:
+        if not self.offered:
+            return web.Response(status=404)
+        client_id = request.headers.get("X-Plex-Client-Identifier", "")
+        if not client_id:
+            return web.Response(status=400, text="X-Plex-Client-Identifier is required")
+        player = self.players.get(client_id)
+        if player is None:
+            player = self.players[client_id] = ProxiedPlayer(
+                client_id=client_id, headers=MappingProxyType(dict(request.headers)),
+                params=MappingProxyType(dict(request.query)))
+        player.polls += 1
+        await self._notify()
+        await self._wait(lambda: bool(player.queue), self.hold if request.query.get("timeout") == "1" else 0)
+        if not player.queue:
+            return web.Response(body=b"", content_type="text/xml")
+        command = player.queue.pop(0)
+        attrs = "".join(f" {name}={quoteattr(value)}" for name, value in command.items())
+        return self._server._xml(f'<MediaContainer size="1"><Command{attrs}/></MediaContainer>')
+
+    async def _response(self, request: web.Request) -> web.Response:
+        client_id = request.headers.get("X-Plex-Client-Identifier", "")
+        player = self.players.get(client_id)
+        if player is None:
+            return web.Response(status=404)
+        player.answers[request.query.get("commandID", "")] = (200, await request.read())
+        await self._notify()
+        return web.Response(status=200)
+
+    async def _timeline(self, request: web.Request) -> web.Response:
+        player = self.players.get(request.headers.get("X-Plex-Client-Identifier", ""))
+        if player is None:
+            return web.Response(status=400)
+        player.timelines.append((MappingProxyType(dict(request.query)), await request.read()))
+        await self._notify()
+        return web.Response(status=200)
+
+    async def _clients(self, _request: web.Request) -> web.Response:
+        rows = "".join(
+            f'<Server name={quoteattr(p.headers.get("X-Plex-Device-Name", ""))} host="127.0.0.1" '
+            f'address="127.0.0.1" port="32400" machineIdentifier={quoteattr(p.client_id)} '
+            f'version={quoteattr(p.headers.get("X-Plex-Version", ""))} protocol="plex" '
+            f'product={quoteattr(p.headers.get("X-Plex-Product", ""))} '
+            f'deviceClass={quoteattr(p.params.get("deviceClass", ""))} protocolVersion="1" '
+            f'protocolCapabilities={quoteattr(p.params.get("protocolCapabilities", ""))}/>'
+            for p in self.players.values())
+        return self._server._xml(f'<MediaContainer size="{len(self.players)}">{rows}</MediaContainer>')
+
+    async def _controller_command(self, request: web.Request) -> web.Response:
+        target = request.headers.get("X-Plex-Target-Client-Identifier") or request.query.get(
+            "X-Plex-Target-Client-Identifier", "")
+        player = self.players.get(target)
+        if player is None:
+            return web.Response(status=404, text="no such player")
+        self._next_id += 1
+        command_id = request.query.get("commandID") or str(self._next_id)
+        command = {"path": request.path, "commandID": command_id,
+                   "clientIdentifier": request.headers.get("X-Plex-Client-Identifier", "")}
+        for name, value in request.query.items():
+            if name.lower().startswith("x-plex-") or name == "commandID":
+                continue
+            command["query" + name[:1].upper() + name[1:]] = value
+        player.queue.append(command)
+        await self._notify()
+        if not await self._wait(lambda: command_id in player.answers, self.answer_timeout):
+            return web.Response(status=408, text="the player did not answer")
+        status, body = player.answers.pop(command_id)
+        return web.Response(status=status, body=body, content_type="text/xml")
