@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,12 +32,21 @@ from companion.config import Config
 from companion.connections import ConnectionLimits
 from companion.discovery.gdm import GdmResponder, GdmScanner, GdmSettings
 from companion.discovery.mdns import MdnsDiscovery, MdnsSettings
-from companion.errors import CompanionError, ConfigError, PolicyRefusal, ProtocolError, StateError, TargetUnavailable
+from companion.errors import (
+    CompanionError,
+    ConfigError,
+    PolicyRefusal,
+    ProtocolError,
+    StateError,
+    TargetError,
+    TargetUnavailable,
+)
 from companion.faces.app import Face, FaceLimits
 from companion.flinging import FlingService, Prepared
 from companion.limits import connection_budget, nofile_limit
 from companion.metrics import Metrics
 from companion.model import Command, Controller, MediaRequest, Server, Sighting, Target, TargetKind, stable_id
+from companion.playqueue import create_play_queue
 from companion.proto import plexdirect
 from companion.proto.companion import FaceIdentity
 from companion.proto.gdm import Advert
@@ -49,7 +59,7 @@ from companion.security.probe import ProbeCache
 from companion.security.profiles import ProfileSet, load_with_extra
 from companion.state import StateDir
 from companion.targets.base import TargetAdapter
-from companion.targets.chromecast import ChromecastTarget
+from companion.targets.chromecast import ChromecastTarget, play_queue_id
 from companion.targets.companion_player import CompanionPlayerTarget, TimelineListener
 from companion.visibility import Channel, Provider, default_providers
 
@@ -131,6 +141,7 @@ class Bridge:
         self.relay: Relay | None = None
         self.admin: AdminServer | None = None
         self.proxy: ProxyService | None = None
+        self._server_ssl: ssl.SSLContext | None = None
         self.proxy_settings = ProxySettings()
         # Where each face is visible, per channel; the owner of a channel may put its own provider here.
         self.visibility: dict[Channel, Provider] = default_providers()
@@ -189,9 +200,10 @@ class Bridge:
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.command),
             connector=aiohttp.TCPConnector(limit=256, enable_cleanup_closed=True),
         )
+        # Verifying TLS for the bridge's own calls to servers (proxy poll, play queues).
+        self._server_ssl = server_context(load_extra_roots(cfg.security.extra_roots))
         if cfg.proxy.enabled:
-            self.proxy = ProxyService(session=self._session,
-                                      ssl_context=server_context(load_extra_roots(cfg.security.extra_roots)),
+            self.proxy = ProxyService(session=self._session, ssl_context=self._server_ssl,
                                       servers=self.registry.servers, settings=self.proxy_settings)
         self._listener = TimelineListener(bind=cfg.http.bind, gate=self.connections.gate("timeline listener"))
         await self._listener.start()
@@ -476,9 +488,13 @@ class Bridge:
         prepared = await self.flings.prepare(slot.target, command)  # PolicyRefusal is flagged already
         plain_command_leg = slot.target.kind is TargetKind.COMPANION  # Companion commands are plain HTTP
         request = prepared.request
-        if prepared.decision.mode == "relay":
-            request = self._relay_request(slot.target, prepared)
         try:
+            if (slot.target.kind is TargetKind.CHROMECAST and command.name == "playMedia"
+                    and not play_queue_id(request.container_key)):
+                request = await self._with_play_queue(prepared)
+                prepared = dataclasses.replace(prepared, request=request)
+            if prepared.decision.mode == "relay":
+                request = self._relay_request(slot.target, prepared)
             await slot.adapter.play_media(request, command)
         except CompanionError as exc:
             await self.flings.finish(prepared.fling, f"error: {exc}", command_plain_http=plain_command_leg,
@@ -487,6 +503,26 @@ class Bridge:
         await self.flings.finish(prepared.fling, "ok", command_plain_http=plain_command_leg,
                                  server_address=prepared.server.address, command=command)
         return prepared.decision
+
+    async def _with_play_queue(self, prepared: Prepared) -> MediaRequest:
+        """The request with a play queue made on its server (the Plex receiver plays play queues)."""
+        assert self._session is not None
+        assert self._server_ssl is not None
+        request, server = prepared.request, prepared.server
+        token = request.token or server.token
+        if not token:
+            raise TargetError("the Chromecast needs a play queue and this fling carries no token for the server "
+                              "to make one with (list the server with its token under servers:)")
+        queue = await create_play_queue(
+            self._session, server, machine_identifier=request.machine_identifier or server.id, key=request.key,
+            media_type=request.media_type, token=token, ssl_context=self._server_ssl,
+            timeout=self.config.timeouts.command)
+        log.info("made play queue %s on %s for a fling that came without one", queue.play_queue_id,
+                 server.name or server.address)
+        extra = dict(request.extra)
+        if queue.selected_item_id:
+            extra["playQueueItemID"] = queue.selected_item_id
+        return dataclasses.replace(request, container_key=queue.container_key, extra=extra)
 
     def _relay_request(self, target: Target, prepared: Prepared) -> MediaRequest:
         """Point the target at the relay: the capability travels as its token, the real one stays here."""

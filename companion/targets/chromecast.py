@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import queue
 import re
@@ -37,6 +38,7 @@ from typing import Any
 import pychromecast
 import zeroconf
 from pychromecast.const import CAST_TYPE_CHROMECAST, CAST_TYPES
+from pychromecast.controllers import BaseController
 from pychromecast.controllers.media import (
     BaseMediaPlayer,
     DefaultMediaReceiverController,
@@ -78,11 +80,21 @@ MAX_RECONNECT_BACKOFF = 60.0
 # is re-published this often with the position extrapolated from the last report.
 TICK_INTERVAL = 1.0
 CONTROLLABLE = ("playPause", "stop", "volume", "seekTo", "stepBack", "stepForward")
+# Only with a play queue to move in (the Plex receiver plays one: its LOAD names it in customData).
+QUEUE_CONTROLLABLE = ("skipPrevious", "skipNext")
 FEATURES = frozenset({
     "playback/playMedia", "playback/play", "playback/pause", "playback/stop", "playback/seekTo",
     "playback/stepForward", "playback/stepBack", "playback/setParameters",
+    "playback/skipNext", "playback/skipPrevious", "playback/skipTo", "mirror/details",
 })
-CAPABILITIES = ("timeline", "playback")
+# mirror: /player/mirror/details shows the item's details page (the Plex receiver's SHOWDETAILS).
+CAPABILITIES = ("timeline", "playback", "mirror")
+# The Plex receiver's own messages on its namespace (pychromecast controllers/plex.py: TYPE_NEXT,
+# TYPE_PREVIOUS, TYPE_DETAILS); sent without waiting for a reply, as PlexController does.
+PLEX_NAMESPACE = "urn:x-cast:plex"
+PLEX_NEXT = "NEXT"
+PLEX_PREVIOUS = "PREVIOUS"
+PLEX_DETAILS = "SHOWDETAILS"
 
 _MEDIA_OK = frozenset({"MEDIA_STATUS"})
 _RECEIVER_OK = frozenset({"RECEIVER_STATUS"})
@@ -141,6 +153,7 @@ class MediaSnapshot:
     media_session_id: int | None = None
     playback_rate: float = 1.0
     reported_at: float = 0.0  # monotonic clock when the device reported current_time
+    play_queue_item_id: str = ""  # from the status's media customData, when the receiver says
 
     @classmethod
     def of(cls, status: MediaStatus, now: float) -> MediaSnapshot:
@@ -152,7 +165,8 @@ class MediaSnapshot:
             content_id=status.content_id, content_type=status.content_type,
             metadata_type=metadata_type if isinstance(metadata_type, int) else None,
             media_session_id=status.media_session_id,
-            playback_rate=float(status.playback_rate or 1.0), reported_at=now)
+            playback_rate=float(status.playback_rate or 1.0), reported_at=now,
+            play_queue_item_id=_queue_item_id(status.media_custom_data))
 
     def position(self, now: float) -> float:
         """Seconds into the media at ``now``: extrapolated while playing, as reported otherwise."""
@@ -166,6 +180,19 @@ class ReceiverSnapshot:
     volume_level: float = 1.0
     muted: bool = False
     app_id: str | None = None
+
+
+def _queue_item_id(custom: object) -> str:
+    value = custom.get("playQueueItemID") if isinstance(custom, dict) else None
+    return str(value) if isinstance(value, int | str) and str(value).isdigit() else ""
+
+
+def play_queue_id(container_key: str) -> str:
+    """``/playQueues/123?own=1`` -> ``123``; "" for anything that is not a play queue."""
+    if not container_key.startswith("/playQueues/"):
+        return ""
+    head = container_key[len("/playQueues/"):].split("?", 1)[0].strip("/")
+    return head if head.isdigit() else ""
 
 
 def media_type_of(content_type: str | None, metadata_type: int | None, fallback: str) -> str:
@@ -213,22 +240,25 @@ def player_state_from(media: MediaSnapshot | None, receiver: ReceiverSnapshot | 
     elif request is not None:
         key = request.key
     rating_key = key.rstrip("/").rsplit("/", 1)[-1] if key.startswith("/library/metadata/") else ""
+    queue_id = play_queue_id(request.container_key) if request else ""
+    item_id = media.play_queue_item_id or (request.extra.get("playQueueItemID", "") if request else "")
     entry = TimelineEntry(
         type=mtype, state=state, time=time_ms, duration=duration, key=key, rating_key=rating_key,
         container_key=request.container_key if request else "",
+        play_queue_id=queue_id, play_queue_item_id=item_id,
         machine_identifier=request.machine_identifier if request else "",
         protocol=request.protocol if request and request.address else "",
         address=request.address if request else "",
         port=str(request.port) if request and request.address else "",
         volume=round(receiver.volume_level * 100) if receiver else None,
         mute=receiver.muted if receiver else None,
-        controllable=CONTROLLABLE,
+        controllable=CONTROLLABLE + (QUEUE_CONTROLLABLE if queue_id else ()),
     )
     location = _LOCATIONS.get(mtype, "navigation") if state != "error" else "navigation"
     return PlayerState(location=location).with_entry(entry)
 
 
-def plex_load_message(request: MediaRequest) -> dict[str, Any]:
+def plex_load_message(request: MediaRequest, message_type: str = "LOAD") -> dict[str, Any]:
     """The LOAD the Plex receiver app expects, built with pychromecast's own helper (same shape
     as ``PlexController``) and completed with what that helper only fills from a plexapi object:
     the server's machineIdentifier, the token and our container key."""
@@ -236,7 +266,7 @@ def plex_load_message(request: MediaRequest) -> dict[str, Any]:
     content_type = {"music": "audio", "audio": "audio", "photo": "photo"}.get(
         request.media_type.lower(), "video")
     msg = media_to_chromecast_command(
-        None, contentId=request.key, contentType=content_type,
+        None, type=message_type, contentId=request.key, contentType=content_type,
         protocol=request.protocol, address=request.address, port=request.port,
         version=request.extra.get("serverVersion", "1.10.1.4602"))
     # The helper's offset is typed as whole seconds; the Plex app takes fractional ones too.
@@ -247,6 +277,8 @@ def plex_load_message(request: MediaRequest) -> dict[str, Any]:
     custom["server"]["accessToken"] = request.token
     custom["containerKey"] = request.container_key or request.key
     custom["providerIdentifier"] = request.provider_identifier or "com.plexapp.plugins.library"
+    if request.extra.get("playQueueItemID", "").isdigit():
+        custom["playQueueItemID"] = int(request.extra["playQueueItemID"])
     return msg
 
 
@@ -270,6 +302,20 @@ class _NothingPlaying(Exception):
     """Raised on the worker thread when a media command has no media session to act on."""
 
 
+class _NoOp(Exception):
+    """A command with nothing to act on: a real player accepts it (200) and does nothing."""
+
+
+class _PlexChannel(BaseController):
+    """The Plex receiver's own namespace (urn:x-cast:plex): NEXT, PREVIOUS, SHOWDETAILS."""
+
+    def __init__(self) -> None:
+        super().__init__(PLEX_NAMESPACE, PLEX_APP_ID, app_must_match=True)
+
+    def receive_message(self, _message: Any, _data: dict[str, Any]) -> bool:
+        return False  # its MEDIA_STATUS also arrives on the media namespace, which we follow
+
+
 class _Link:
     """One pychromecast connection (Chromecast + socket thread), its controllers, and the queue
     of requests its socket thread sends for us."""
@@ -279,6 +325,7 @@ class _Link:
         self.cast = cast
         self.plex = BaseMediaPlayer(supporting_app_id=PLEX_APP_ID, app_must_match=True)
         self.dmr = DefaultMediaReceiverController()
+        self.plex_channel = _PlexChannel()
         self._outbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         client = cast.socket_client
         original = client._run_once
@@ -413,8 +460,21 @@ class ChromecastTarget:
                 or command.name == "playMedia":
             raise CommandNotSupported(
                 f"{command.path} is not supported by Chromecast {self.target.name!r}")
+        try:
+            await self._send(command)
+        except _NoOp as exc:
+            # Per the Remote control API a controller treats a failed command as a disconnected
+            # player; a real player accepts these and does nothing, so do we.
+            log.info("Chromecast %r: %s is a no-op (%s); answered OK as a real player does",
+                     self.target.name, command.path, exc)
+
+    async def _send(self, command: Command) -> None:
         name = command.name
-        if name in ("play", "pause", "stop"):
+        if name in ("skipNext", "skipPrevious"):
+            await self._plex_message(name, {"type": PLEX_NEXT if name == "skipNext" else PLEX_PREVIOUS})
+        elif name == "skipTo":
+            await self._skip_to(command)
+        elif name in ("play", "pause", "stop"):
             await self._media_command(name, {"type": name.upper()})
         elif name == "seekTo":
             offset = max(0, _int_param(command, "offset"))
@@ -426,6 +486,9 @@ class ChromecastTarget:
             await self._set_parameters(command)
 
     async def play_media(self, request: MediaRequest, command: Command) -> None:
+        if command.group == "mirror":
+            await self._show_details(request)
+            return
         if not request.extra.get("stream_url") and not (
                 request.protocol in ("http", "https") and request.address):
             raise ProtocolError(
@@ -464,6 +527,55 @@ class ChromecastTarget:
             await self._call(link, "playMedia (Plex app)", load_plex, _MEDIA_OK)
 
     # --- commands ----------------------------------------------------------------------------
+
+    def _plex_app_playing(self) -> bool:
+        return (self._receiver is not None and self._receiver.app_id == PLEX_APP_ID
+                and self._media is not None and self._media.player_state in _PLAYER_STATES)
+
+    async def _plex_message(self, what: str, payload: dict[str, Any]) -> None:
+        """One of the Plex receiver's own commands, on its namespace, without waiting for a reply."""
+        if not self._plex_app_playing():
+            raise _NoOp("the Plex app is not playing anything")
+        link = self._require_link()
+
+        def send(cb: CallbackType) -> None:
+            # cb fires when the message is written (no reply is awaited, as PlexController does).
+            link.plex_channel.send_message(dict(payload), inc_session_id=True, callback_function=cb,
+                                           no_add_request_id=True)
+
+        await self._call(link, what, send, _MEDIA_OK)
+
+    async def _skip_to(self, command: Command) -> None:
+        """skipTo: the Plex receiver LOADs the same play queue at the chosen item."""
+        key = command.params.get("key", "").strip()
+        if not key:
+            raise ProtocolError(f"{command.path}: key is required")
+        request = self._request
+        if request is None or not play_queue_id(request.container_key) or not self._plex_app_playing():
+            raise _NoOp("no play queue is playing")
+        extra = dict(request.extra)
+        if key.isdigit():  # a playQueueItemID (MA, PKC): the receiver selects it in the queue
+            extra["playQueueItemID"] = key
+            key = request.key
+        elif not key.startswith("/library/"):
+            raise ProtocolError(f"{command.path}: key: expected /library/metadata/N or a playQueueItemID")
+        else:
+            extra.pop("playQueueItemID", None)
+        await self.play_media(dataclasses.replace(request, key=key, offset_ms=0, extra=extra),
+                              Command(group="playback", name="playMedia"))
+
+    async def _show_details(self, request: MediaRequest) -> None:
+        """mirror/details: the Plex app shows the item's page (SHOWDETAILS), nothing starts playing."""
+        link = self._require_link()
+        message = plex_load_message(request, PLEX_DETAILS)
+
+        def send(cb: CallbackType) -> None:
+            # As pychromecast's PlexController.show_media: the app launched if need be, then the
+            # message (it carries its own requestId) written; cb fires then, no reply is awaited.
+            link.plex_channel.send_message(message, inc_session_id=True, callback_function=cb,
+                                           no_add_request_id=True)
+
+        await self._call(link, "mirror/details", send, _MEDIA_OK)
 
     async def _media_command(self, what: str, payload: dict[str, Any]) -> None:
         link = self._require_link()
@@ -557,7 +669,7 @@ class ChromecastTarget:
             raise TargetTimeout(f"{who} did not answer {what} within "
                                 f"{self._command_timeout:g} s") from None
         except _NothingPlaying:
-            raise TargetError(f"{who}: {what} needs something playing, and nothing is") from None
+            raise _NoOp(f"{what} needs something playing, and nothing is") from None
         except PyChromecastError as err:
             raise TargetUnavailable(f"{who} could not take {what}: {err}") from None
         if not sent:
@@ -619,6 +731,7 @@ class ChromecastTarget:
         cast.register_connection_listener(listener)
         cast.register_handler(link.plex)
         cast.register_handler(link.dmr)
+        cast.register_handler(link.plex_channel)
         cast.start()
         return link
 

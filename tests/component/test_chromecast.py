@@ -28,7 +28,7 @@ from companion.targets.chromecast import (
     ReceiverSnapshot,
     player_state_from,
 )
-from tests.fakes.cast_device import NS_MEDIA, NS_RECEIVER, FakeCastDevice
+from tests.fakes.cast_device import NS_MEDIA, NS_PLEX, NS_RECEIVER, FakeCastDevice
 
 TOKEN = "sekrit-token-123"
 SERVER_ADDRESS = "10-0-0-5.0123456789abcdef0123456789abcdef.plex.direct"
@@ -121,8 +121,9 @@ async def test_start_connects_and_reports_the_chromecast_available(connected: An
     dev, adapter, seen = connected
     assert seen.availability == [True]
     assert dev.state.connections == 1
-    assert adapter.capabilities == ("timeline", "playback")
+    assert adapter.capabilities == ("timeline", "playback", "mirror")
     assert "playback/pause" in adapter.features
+    assert not any(f.startswith("navigation/") for f in adapter.features), "no UI to navigate: not advertised"
 
 
 async def test_play_media_launches_the_plex_app_and_loads_the_decided_server_block(connected: Any) -> None:
@@ -220,12 +221,69 @@ async def test_a_refused_load_is_a_target_error(connected: Any) -> None:
         await adapter.play_media(plex_request(), cmd("playMedia"))
 
 
-async def test_commands_without_a_session_or_feature_are_refused_clearly(connected: Any) -> None:
+async def test_commands_with_nothing_to_act_on_are_accepted_no_ops_and_logged(
+        connected: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A real player answers OK to pause or skipNext with nothing playing; an error would make the
+    controller consider the player disconnected (Remote control API)."""
+    dev, adapter, _ = connected
+    caplog.set_level(logging.INFO, logger="companion.target.chromecast")
+    for name in ("pause", "play", "stop", "skipNext", "skipPrevious", "stepForward"):
+        await adapter.send(cmd(name))
+    await adapter.send(cmd("seekTo", offset="1000"))
+    await adapter.send(cmd("skipTo", key="/library/metadata/43"))
+    noops = [r.getMessage() for r in caplog.records if "no-op" in r.getMessage()]
+    assert len(noops) == 8, noops
+    assert dev.state.launches == [], "a no-op never launches the Plex app"
+
+
+async def test_skip_next_and_previous_reach_the_receiver_as_plex_messages(connected: Any) -> None:
+    dev, adapter, _ = connected
+    await playing(dev, adapter)
+    await adapter.send(cmd("skipNext"))
+    await adapter.send(cmd("skipPrevious"))
+    await until(lambda: dev.state.commands(NS_PLEX)[-2:] == ["NEXT", "PREVIOUS"])
+    assert "NEXT" not in dev.state.commands(NS_MEDIA), "on the Plex app's own namespace, not the media one"
+
+
+async def test_skip_to_loads_the_same_play_queue_at_the_chosen_item(connected: Any) -> None:
+    dev, adapter, _ = connected
+    await playing(dev, adapter)
+    await adapter.send(cmd("skipTo", key="/library/metadata/43"))
+    load = dev.state.loads[-1]
+    assert load["media"]["contentId"] == "/library/metadata/43"
+    assert load["media"]["customData"]["containerKey"] == "/playQueues/7?own=1&window=200"
+    await adapter.send(cmd("skipTo", key="9123"))  # a playQueueItemID, as MA and PKC send
+    assert dev.state.loads[-1]["media"]["customData"]["playQueueItemID"] == 9123
+    await until(lambda: adapter.state.active is not None and adapter.state.active.play_queue_item_id == "9123")
+
+
+async def test_mirror_details_shows_details_and_starts_nothing(connected: Any) -> None:
+    dev, adapter, _ = connected
+    await adapter.play_media(plex_request(), Command(group="mirror", name="details"))
+    await until(lambda: dev.state.last("SHOWDETAILS", NS_PLEX) is not None)
+    shown = dev.state.last("SHOWDETAILS", NS_PLEX)
+    assert shown is not None
+    assert shown["media"]["contentId"] == "/library/metadata/42"
+    assert dev.state.loads == [], "details never LOADs"
+    assert dev.state.player_state != "PLAYING"
+
+
+async def test_the_timeline_carries_the_play_queue_and_the_skip_controls(connected: Any) -> None:
+    dev, adapter, _ = connected
+    await playing(dev, adapter)
+    active = adapter.state.active
+    assert active is not None
+    assert active.play_queue_id == "7"
+    assert active.container_key.startswith("/playQueues/")
+    assert {"skipNext", "skipPrevious"} <= set(active.controllable)
+    # Without a play queue there is nothing to skip in: the buttons are not drawn.
+    await adapter.play_media(plex_request(container_key=""), cmd("playMedia"))
+    await until(lambda: adapter.state.active is not None and adapter.state.active.play_queue_id == "")
+    assert "skipNext" not in adapter.state.active.controllable
+
+
+async def test_commands_outside_the_features_are_refused_clearly(connected: Any) -> None:
     _, adapter, _ = connected
-    with pytest.raises(TargetError, match="nothing is"):
-        await adapter.send(cmd("pause"))
-    with pytest.raises(CommandNotSupported):
-        await adapter.send(cmd("skipNext"))
     with pytest.raises(CommandNotSupported):
         await adapter.send(Command(group="navigation", name="moveUp"))
     with pytest.raises(ProtocolError, match="volume"):

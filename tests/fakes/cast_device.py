@@ -360,6 +360,10 @@ class FakeCastDevice:
             st.player_state = "PAUSED"
         elif kind == "SEEK":
             st.current_time = float(data.get("currentTime", st.current_time))
+        elif kind in ("NEXT", "PREVIOUS") and namespace == NS_PLEX:
+            st.current_time = 0.0  # the Plex app moves within its play queue and reports the new item
+        elif kind == "SHOWDETAILS" and namespace == NS_PLEX:
+            return  # the Plex app shows the item's page; playback is untouched (recorded in received)
         elif kind == "STOP":
             st.player_state, st.idle_reason = "IDLE", "CANCELLED"
             reply(NS_MEDIA, self._media_status(0))

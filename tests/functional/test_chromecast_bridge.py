@@ -193,3 +193,29 @@ async def test_scan_lists_a_chromecast_found_by_mdns_with_its_profile(
     (row,) = [r for r in json.loads(out) if r["kind"] == "chromecast"]
     assert (row["name"], row["port"], row["id"]) == (CAST_NAME, device.port, device.cast_id)
     assert row["profile"].startswith("chromecast")
+
+
+async def test_a_bare_fling_gets_a_play_queue_and_the_face_carries_skips_as_plex_messages(
+        tmp_path: Path, server: FakePlexServer, device: FakeCastDevice, announcer: AsyncZeroconf) -> None:
+    """containerKey is always a play queue; the timeline names it with the skip controls; skipNext
+    and skipPrevious reach the receiver as the Plex app's own NEXT and PREVIOUS messages."""
+    async with bridged_cast(cast_config(tmp_path, server, secure=True), device, announcer) as (bridge, slot):
+        assert "mirror" in slot.face.identity.capabilities
+        assert "navigation" not in slot.face.identity.capabilities, "a Chromecast has no UI to navigate"
+        await bridge.fling_api(target_id=slot.target.id, server_id=f"https://127.0.0.1:{server.port}",
+                               key="/library/metadata/501")
+        assert server.requests_to("/playQueues")[-1].method == "POST"
+        custom = device.state.loads[-1]["media"]["customData"]
+        assert custom["containerKey"].startswith("/playQueues/1?")
+
+        async with FakeController() as phone:
+            base = f"http://127.0.0.1:{slot.face.port}"
+            await until(lambda: slot.face.state.active is not None, message="the Chromecast reports playing")
+            active = parse_player_timeline((await phone.poll(base)).body).active
+            assert active is not None
+            assert (active.play_queue_id, active.play_queue_item_id) == ("1", "1")
+            assert {"skipNext", "skipPrevious"} <= set(active.controllable)
+            for name in ("skipNext", "skipPrevious"):
+                assert (await phone.request(base, f"/player/playback/{name}")).status == 200
+        await until(lambda: device.state.commands("urn:x-cast:plex")[-2:] == ["NEXT", "PREVIOUS"],
+                    message="NEXT and PREVIOUS on the Plex namespace")
