@@ -132,7 +132,7 @@ class Face:
         self._limits = limits
         self._state = PlayerState()
         self._available = True
-        self._rendered: dict[int | None, bytes] = {}
+        self._rendered: dict[tuple[int | None, bool], bytes] = {}
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
         self._subscribers = Subscribers(
@@ -256,16 +256,17 @@ class Face:
         active = self._state.active
         self._subscribers.changed(playing=active is not None and active.state == "playing")
 
-    def _render_for(self, command_id: int | None) -> bytes:
+    def _render_for(self, command_id: int | None, include_metadata: bool = False) -> bytes:
         # Every poll and push of one state differs only by commandID: render each once
         # (a state change with a thousand subscribers would otherwise render a thousand times).
-        body = self._rendered.get(command_id)
+        cache_key = (command_id, include_metadata)
+        body = self._rendered.get(cache_key)
         if body is None:
             if len(self._rendered) >= 1024:
                 self._rendered.clear()
-            body = self._rendered[command_id] = render(
+            body = self._rendered[cache_key] = render(
                 self._state, command_id=command_id, machine_identifier=self._identity.machine_identifier,
-                disconnected=not self._available)
+                disconnected=not self._available, include_metadata=include_metadata)
         return body
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -327,7 +328,8 @@ class Face:
             self._subscribers.unsubscribe(controller.client_id, command.command_id)
             return xml_response(200, "OK")
         body = await self._subscribers.poll(controller.client_id, command_id=command.command_id,
-                                            wait=command.params.get("wait", "0") == "1")
+                                            wait=command.params.get("wait", "0") == "1",
+                                            include_metadata=command.params.get("includeMetadata", "0") == "1")
         response = web.Response(body=body, content_type=XML_CONTENT_TYPE, charset="utf-8")
         response.headers["X-Plex-Protocol"] = "1.0"
         return response

@@ -25,8 +25,8 @@ from companion.limits import ThrottledLog, heaviest_source
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-# Renders the current timeline for one controller's commandID.
-Renderer = Callable[[int | None], bytes]
+# Renders the current timeline for one controller's commandID (and whether it asked for metadata).
+Renderer = Callable[[int | None, bool], bytes]
 
 # Remembered commandIDs are bounded: controllers come and go, a hostile one could invent ids.
 _MAX_COMMAND_IDS = 1024
@@ -110,7 +110,7 @@ class Subscribers:
 
     def render_for(self, client_id: str) -> bytes:
         """The current timeline with that controller's latest commandID."""
-        return self._render(self.command_id(client_id))
+        return self._render(self.command_id(client_id), False)
 
     # -- counts (metrics) -----------------------------------------------------------------
 
@@ -185,7 +185,8 @@ class Subscribers:
         if sub is not None:
             sub.last_seen = self._clock()
 
-    async def poll(self, client_id: str, *, command_id: int | None, wait: bool) -> bytes:
+    async def poll(self, client_id: str, *, command_id: int | None, wait: bool,
+                   include_metadata: bool = False) -> bytes:
         """The timeline for this controller: at once, or (``wait``) after the next change.
 
         A long-poll is answered at the latest after ``poll_hold`` seconds, at stop, or at once
@@ -202,7 +203,7 @@ class Subscribers:
             finally:
                 self._open_polls -= 1
             self.touch(client_id)
-        return self._render(self.command_id(client_id))
+        return self._render(self.command_id(client_id), include_metadata)
 
     # -- state changes --------------------------------------------------------------------
 
@@ -274,7 +275,7 @@ class Subscribers:
             sub.dirty = False
 
     async def _push(self, sub: _Subscriber) -> None:
-        body = self._render(self.command_id(sub.client_id))
+        body = self._render(self.command_id(sub.client_id), False)
         headers = dict(self._headers())
         headers["Content-Type"] = "application/xml"
         try:

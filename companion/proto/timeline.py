@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from companion.errors import ProtocolError
 from companion.model import SECRET_PARAMS
-from companion.proto.companion import xml_document, xml_element, xml_name_ok
+from companion.proto.companion import xml_document, xml_element, xml_name_ok, xml_safe
 
 MEDIA_TYPES: tuple[str, ...] = ("music", "video", "photo")
 STATES = frozenset({"playing", "paused", "stopped", "buffering", "error"})
@@ -46,6 +46,9 @@ class TimelineEntry:
     controllable: tuple[str, ...] = ()
     # Other attributes a real player sent (audioStreamID, subtitleStreamID, ...), passed through.
     extra: Mapping[str, str] = field(default_factory=lambda: _NO_EXTRA)
+    # The item's metadata element a player put inside its <Timeline> (XML text), given to a
+    # controller only when it asks with includeMetadata=1 (Plexamp misbehaves on an unasked <Track>).
+    metadata: str = ""
 
 
 def _stopped_entries() -> Mapping[str, TimelineEntry]:
@@ -58,6 +61,9 @@ class PlayerState:
 
     entries: Mapping[str, TimelineEntry] = field(default_factory=_stopped_entries)
     location: str = "navigation"
+    # The player's textField* container attributes (a text field focused on its screen), kept so
+    # a controller can offer its keyboard.
+    container_extra: Mapping[str, str] = field(default_factory=lambda: _NO_EXTRA)
 
     @property
     def active(self) -> TimelineEntry | None:
@@ -106,6 +112,10 @@ def _entry_attrs(entry: TimelineEntry) -> list[tuple[str, str]]:
     attrs = [("type", entry.type), ("itemType", entry.type), ("state", entry.state)]
     if entry.state == "stopped":
         attrs.append(("time", "0"))
+        # Stopped entries keep what the player can do (real players send it: PKC, Plex for Android).
+        stopped_controllable = [c for c in entry.controllable if c and c != "seekTo"]
+        if stopped_controllable:
+            attrs.append(("controllable", ",".join(stopped_controllable)))
         return attrs
     duration = max(entry.duration, 0)
     time = max(entry.time, 0)
@@ -142,7 +152,7 @@ def _entry_attrs(entry: TimelineEntry) -> list[tuple[str, str]]:
 
 
 def render(state: PlayerState, *, command_id: int | None, machine_identifier: str,
-           disconnected: bool = False) -> bytes:
+           disconnected: bool = False, include_metadata: bool = False) -> bytes:
     """The timeline XML a controller gets (push body or poll answer).
 
     ``command_id`` is that controller's latest commandID; when it has sent none we write ``-1``,
@@ -158,12 +168,37 @@ def render(state: PlayerState, *, command_id: int | None, machine_identifier: st
     ])
     if disconnected:
         root.set("disconnected", "1")
+    for name, value in state.container_extra.items():
+        if name.startswith(TEXT_FIELD_PREFIX) and xml_name_ok(name):
+            root.set(name, xml_safe(value))
     for media_type in MEDIA_TYPES:
         entry = state.entries.get(media_type) or TimelineEntry(type=media_type)
         if entry.type != media_type:
             entry = replace(entry, type=media_type)
-        root.append(xml_element("Timeline", _entry_attrs(entry)))
+        element = xml_element("Timeline", _entry_attrs(entry))
+        if include_metadata and entry.metadata and entry.state != "stopped":
+            element.append(ET.fromstring(entry.metadata))  # parsed from the player's own, re-serialised
+        root.append(element)
     return xml_document(root)
+
+
+TEXT_FIELD_PREFIX = "textField"
+MAX_METADATA_CHARS = 64 * 1024
+_METADATA_TAGS = frozenset({"Video", "Track", "Photo", "Directory", "Metadata"})
+
+
+def _metadata_text(element: ET.Element) -> str:
+    """The first metadata child of a <Timeline>, token-like attributes removed, bounded; else ""."""
+    for child in element:
+        if child.tag not in _METADATA_TAGS:
+            continue
+        copy = ET.fromstring(ET.tostring(child, encoding="unicode"))
+        for node in copy.iter():
+            for name in [n for n in node.attrib if n.lower() in SECRET_PARAMS or "token" in n.lower()]:
+                del node.attrib[name]
+        text = ET.tostring(copy, encoding="unicode")
+        return text if len(text) <= MAX_METADATA_CHARS else ""
+    return ""
 
 
 def _number(where: str, name: str, value: str) -> int:
@@ -250,8 +285,13 @@ def parse_player_timeline(data: bytes) -> PlayerState:
         if media_type not in MEDIA_TYPES:
             continue
         entry = _parse_entry(f"{where}: Timeline[type={media_type}]", element.attrib)
+        metadata = _metadata_text(element)
+        if metadata:
+            entry = replace(entry, metadata=metadata)
         # A duplicate type must not hide the active entry behind a stopped one.
         if entry.state != "stopped" or entries[media_type].state == "stopped":
             entries[media_type] = entry
     location = root.get("location", "") or "navigation"
-    return PlayerState(entries=MappingProxyType(entries), location=location)
+    text_fields = {k: v for k, v in root.attrib.items() if k.startswith(TEXT_FIELD_PREFIX)}
+    return PlayerState(entries=MappingProxyType(entries), location=location,
+                       container_extra=MappingProxyType(text_fields) if text_fields else _NO_EXTRA)

@@ -32,7 +32,8 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 import pychromecast
@@ -221,13 +222,13 @@ def player_state_from(media: MediaSnapshot | None, receiver: ReceiverSnapshot | 
     """The timeline a controller sees at ``now`` (monotonic seconds), from the device's last media
     and receiver status and the playMedia that started it (server and play-queue fields)."""
     if media is None:
-        return PlayerState()
+        return _IDLE
     state = _PLAYER_STATES.get(media.player_state)
     if state is None:
         if media.player_state == "IDLE" and media.idle_reason == "ERROR":
             state = "error"
         else:
-            return PlayerState()
+            return _IDLE
     mtype = media_type_of(media.content_type, media.metadata_type,
                           request.media_type if request else "video")
     duration = round(media.duration * 1000) if media.duration else 0
@@ -255,7 +256,13 @@ def player_state_from(media: MediaSnapshot | None, receiver: ReceiverSnapshot | 
         controllable=CONTROLLABLE + (QUEUE_CONTROLLABLE if queue_id else ()),
     )
     location = _LOCATIONS.get(mtype, "navigation") if state != "error" else "navigation"
-    return PlayerState(location=location).with_entry(entry)
+    return replace(_IDLE, location=location).with_entry(entry)
+
+
+# Nothing playing: every entry stopped, still saying what the Chromecast can do (as real players'
+# stopped entries do), so a controller draws its volume control before the first fling.
+_IDLE = PlayerState(entries=MappingProxyType({t: TimelineEntry(type=t, controllable=CONTROLLABLE)
+                                              for t in MEDIA_TYPES}))
 
 
 def plex_load_message(request: MediaRequest, message_type: str = "LOAD") -> dict[str, Any]:

@@ -406,3 +406,17 @@ async def test_stop_releases_an_open_long_poll_promptly(face, base, phone):
     assert time.monotonic() - started < 1.0
     assert reply.status == 200
     assert len(ET.fromstring(reply.body).findall("Timeline")) == 3
+
+
+async def test_a_poll_with_include_metadata_gets_the_players_item_and_one_without_does_not(face, base, phone):
+    from companion.proto.timeline import TimelineEntry
+
+    entry = TimelineEntry(type="video", state="playing", time=1000, duration=60000, key="/library/metadata/7",
+                          metadata='<Video ratingKey="7" title="Film"/>')
+    face.update_state(PlayerState().with_entry(entry))
+    plain = ET.fromstring((await phone.request(base, "/player/timeline/poll", {"wait": "0"})).body)
+    asked = ET.fromstring((await phone.request(base, "/player/timeline/poll",
+                                               {"wait": "0", "includeMetadata": "1"})).body)
+    assert plain.find("Timeline/Video") is None
+    video = asked.find("Timeline[@type='video']/Video")
+    assert video is not None and video.get("title") == "Film"

@@ -190,3 +190,40 @@ def test_parse_player_timeline_raises_only_protocol_error(data):
         parse_player_timeline(data)
     except ProtocolError:
         pass
+
+
+PLAYER_XML = b"""<MediaContainer commandID="4" location="fullScreenVideo" textFieldFocused="search"
+    textFieldContent="star" textFieldSecure="0">
+  <Timeline type="video" state="playing" time="1000" duration="60000" key="/library/metadata/7"
+      controllable="playPause,stop,seekTo">
+    <Video ratingKey="7" key="/library/metadata/7" title="Film" X-Plex-Token="leaky">
+      <Media><Part key="/library/parts/7/file" accessToken="leaky2"/></Media>
+    </Video>
+  </Timeline>
+  <Timeline type="music" state="stopped" controllable="playPause,stop,volume,shuffle,repeat,seekTo"/>
+  <Timeline type="photo" state="stopped"/>
+</MediaContainer>"""
+
+
+def test_stopped_entries_keep_what_the_player_can_do():
+    state = parse_player_timeline(PLAYER_XML)
+    _, by_type = timelines(render(state, command_id=1, machine_identifier="f"))
+    # seekTo needs a position; every other control survives on the stopped entry.
+    assert by_type["music"]["controllable"] == "playPause,stop,volume,shuffle,repeat"
+    assert "controllable" not in by_type["photo"], "nothing invented for an entry the player left bare"
+
+
+def test_the_players_text_field_attributes_reach_the_controller():
+    root, _ = timelines(render(parse_player_timeline(PLAYER_XML), command_id=1, machine_identifier="f"))
+    assert (root.get("textFieldFocused"), root.get("textFieldContent"), root.get("textFieldSecure")) == (
+        "search", "star", "0")
+
+
+def test_metadata_only_when_the_controller_asks_and_never_a_token():
+    state = parse_player_timeline(PLAYER_XML)
+    plain = ET.fromstring(render(state, command_id=1, machine_identifier="f"))
+    assert plain.find("Timeline/Video") is None, "no metadata unless includeMetadata=1"
+    asked = render(state, command_id=1, machine_identifier="f", include_metadata=True)
+    video = ET.fromstring(asked).find("Timeline[@type='video']/Video")
+    assert video is not None and video.get("title") == "Film"
+    assert b"leaky" not in asked
