@@ -629,9 +629,10 @@ class ChromecastTarget:
                 raise ProtocolError(f"{command.path}: mute must be 0 or 1, got {params['mute']!r}")
             volume["muted"] = raw in ("1", "true")
         if not volume:
-            raise CommandNotSupported(
-                f"{command.path}: Chromecast {self.target.name!r} supports only volume and mute "
-                f"(got {', '.join(sorted(params)) or 'no parameters'})")
+            # shuffle, repeat, subtitle settings...: not in this face's controllable list, so a
+            # controller should not send them; a real player accepts what it ignores (PMP).
+            raise _NoOp(f"a Chromecast takes only volume and mute here (got "
+                        f"{', '.join(sorted(params)) or 'no parameters'})")
         link = self._require_link()
         receiver = link.cast.socket_client.receiver_controller
         for key, value in volume.items():

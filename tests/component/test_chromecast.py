@@ -438,3 +438,13 @@ def test_the_position_advances_while_playing_and_holds_while_paused() -> None:
     held = player_state_from(paused, None, None, at).active
     assert held is not None
     assert held.time == 10000
+
+
+async def test_set_parameters_it_cannot_carry_is_an_accepted_no_op(connected: Any) -> None:
+    dev, adapter, _ = connected
+    await playing(dev, adapter)
+    await adapter.send(cmd("setParameters", shuffle="1", repeat="2"))
+    assert "SET_VOLUME" not in dev.state.commands(NS_RECEIVER)
+    active = adapter.state.active
+    assert active is not None
+    assert "shuffle" not in active.controllable and "repeat" not in active.controllable, "never advertised"
