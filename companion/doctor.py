@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Literal
@@ -64,12 +64,13 @@ _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
 
 @dataclass(frozen=True)
 class Finding:
-    """One check's verdict: what was checked, how it went, and what to do about it."""
+    """One check's verdict: what was checked, how it went, what to do about it, and when."""
 
     check: str
     status: Status
     detail: str
     fix: str
+    checked_at: datetime | None = None  # when this verdict was reached (its age is shown)
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,19 @@ def format_findings(findings: Sequence[Finding]) -> str:
     return "\n".join(lines)
 
 
-def findings_to_json(findings: Iterable[Finding]) -> list[dict[str, str]]:
-    """The ``--json`` shape (and the admin API's): a list of {check, status, detail, fix}."""
-    return [asdict(f) for f in findings]
+def findings_to_json(findings: Iterable[Finding]) -> list[dict[str, str | None]]:
+    """The ``--json`` shape (and the admin API's): a list of {check, status, detail, fix, checked_at}."""
+    out: list[dict[str, str | None]] = []
+    for f in findings:
+        row: dict[str, str | None] = {k: v for k, v in asdict(f).items() if k != "checked_at"}
+        row["checked_at"] = f.checked_at.astimezone(UTC).isoformat() if f.checked_at is not None else None
+        out.append(row)
+    return out
+
+
+def stamped(findings: Iterable[Finding], at: datetime) -> list[Finding]:
+    """The findings with ``checked_at`` set where it is not yet."""
+    return [f if f.checked_at is not None else replace(f, checked_at=at) for f in findings]
 
 
 # -- GDM ----------------------------------------------------------------------------------------
@@ -130,34 +141,43 @@ async def check_mdns(config: Config, bridge: Bridge | None = None, *, wait: floa
         return []
     where = ", ".join(config.interfaces) or "all interfaces"
     if bridge is not None:
-        casts = sum(1 for t in bridge.registry.targets() if t.kind.value == "chromecast" and t.source == "mdns")
-        servers = sum(1 for s in bridge.registry.servers() if s.source == "mdns")
-        running = bridge.mdns is not None
-    else:
-        found: set[tuple[str, str]] = set()
-        discovery = MdnsDiscovery(MdnsSettings(enabled=True, interfaces=config.interfaces),
-                                  lambda s: found.add((s.kind, s.ident)), lambda s: None)
-        try:
-            await discovery.start()
-        except (OSError, CompanionError) as exc:
-            return [Finding("mdns", "FAIL", f"cannot listen for mDNS (UDP 5353) on {where}: {exc}",
-                            "another program may hold port 5353 without sharing it (avahi shares it); "
-                            "or set mdns.enabled: false if you have no Chromecasts")]
-        try:
-            await asyncio.sleep(wait)  # the browsing window: answers arrive as they come
-        finally:
-            await discovery.stop()
-        casts = sum(1 for kind, _ in found if kind == "chromecast")
-        servers = sum(1 for kind, _ in found if kind == "server")
-        running = True
-    if not running:
+        return mdns_from_bridge(config, bridge)
+    found: set[tuple[str, str]] = set()
+    discovery = MdnsDiscovery(MdnsSettings(enabled=True, interfaces=config.interfaces),
+                              lambda s: found.add((s.kind, s.ident)), lambda s: None)
+    try:
+        await discovery.start()
+    except (OSError, CompanionError) as exc:
+        return [Finding("mdns", "FAIL", f"cannot listen for mDNS (UDP 5353) on {where}: {exc}",
+                        "another program may hold port 5353 without sharing it (avahi shares it); "
+                        "or set mdns.enabled: false if you have no Chromecasts")]
+    try:
+        await asyncio.sleep(wait)  # the browsing window: answers arrive as they come
+    finally:
+        await discovery.stop()
+    casts = sum(1 for kind, _ in found if kind == "chromecast")
+    servers = sum(1 for kind, _ in found if kind == "server")
+    return [_mdns_finding(where, casts, servers)]
+
+
+def mdns_from_bridge(config: Config, bridge: Bridge) -> list[Finding]:
+    """The mDNS check from a running bridge's own discovery: what its registry holds right now."""
+    if not config.mdns.enabled:
+        return []
+    if bridge.mdns is None:
         return [Finding("mdns", "FAIL", "mDNS discovery is not running", "see the log for why it did not start")]
+    casts = sum(1 for t in bridge.registry.targets() if t.kind.value == "chromecast" and t.source == "mdns")
+    servers = sum(1 for s in bridge.registry.servers() if s.source == "mdns")
+    return [_mdns_finding(", ".join(config.interfaces) or "all interfaces", casts, servers)]
+
+
+def _mdns_finding(where: str, casts: int, servers: int) -> Finding:
     if casts or servers:
-        return [Finding("mdns", "PASS", f"{casts} Chromecast(s) and {servers} Plex server(s) answered mDNS on "
-                        f"{where}", "")]
-    return [Finding("mdns", "WARN", f"nothing answered mDNS on {where}",
-                    "if you have Chromecasts: mDNS (224.0.0.251, UDP 5353) must pass between this host and "
-                    "them; Wi-Fi client isolation and containers without host networking block it")]
+        return Finding("mdns", "PASS", f"{casts} Chromecast(s) and {servers} Plex server(s) answered mDNS on "
+                       f"{where}", "")
+    return Finding("mdns", "WARN", f"nothing answered mDNS on {where}",
+                   "if you have Chromecasts: mDNS (224.0.0.251, UDP 5353) must pass between this host and "
+                   "them; Wi-Fi client isolation and containers without host networking block it")
 
 
 async def _multicast_loop(group: str, interface: str, wait: float) -> Finding:
@@ -516,6 +536,58 @@ async def check_clock(servers: Sequence[KnownServer], leaves: Sequence[ServerFac
                    "give --server URL of a reachable Plex server, or list it under servers: in the config")
 
 
+NO_SERVER_FINDING = Finding("chain", "WARN", "no Plex server is known, so no certificate chain was checked",
+                            "give --server https://<server ip>:32400, or list it under servers: in the config")
+
+
+# -- where each face is visible -----------------------------------------------------------------
+
+
+def visibility_findings(faces: Iterable[tuple[str, Sequence[dict[str, object]]]]) -> list[Finding]:
+    """One finding per face from its ``visible`` views (as /api/targets gives them): PASS when every
+    channel reaches it, WARN naming each channel that does not, with its fix."""
+    findings: list[Finding] = []
+    for name, views in faces:
+        seen = [f"{v.get('channel')}" + (f" ({v.get('where')})" if v.get("where") else "")
+                for v in views if v.get("visible")]
+        missing = [v for v in views if not v.get("visible") and v.get("state") != "off"]
+        check = f"visible ({name})"
+        where = ", ".join(seen) or "nowhere"
+        if not missing:
+            findings.append(Finding(check, "PASS", f"visible through {where}", ""))
+            continue
+        gaps = "; ".join(f"{v.get('channel')}" + (f" ({v.get('where')})" if v.get("where") else "")
+                         + f": {v.get('detail')}" for v in missing)
+        fixes = "; ".join(dict.fromkeys(str(v.get("fix")) for v in missing if v.get("fix")))
+        findings.append(Finding(check, "WARN" if seen else "FAIL", f"visible through {where}; not through {gaps}",
+                                fixes))
+    return findings
+
+
+def visibility_from_daemon(config: Config, *, timeout: float = 2.0) -> list[Finding]:
+    """Where each face is visible, asked of the daemon running on this host (its admin API on loopback)."""
+    import urllib.error
+    import urllib.request
+
+    if not config.http.admin_port:
+        return [Finding("visible", "WARN", "the admin port is off (http.admin_port: 0), so where each face is "
+                        "visible cannot be asked of the running daemon", "set http.admin_port")]
+    url = f"http://127.0.0.1:{config.http.admin_port}/api/targets"
+    try:
+        # Loopback only, to our own admin API; no proxy may be involved.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=timeout) as resp:
+            rows = json.loads(resp.read(4 * 1024 * 1024))
+    except (OSError, urllib.error.URLError, ValueError):
+        return [Finding("visible", "WARN", f"no daemon answered on {url}: where each face is visible is known "
+                        "only to the running daemon", "start it (`systemctl start companion-bridge`)")]
+    faces = [(str(r.get("face", {}).get("name") or r.get("name")), [v for v in r.get("visible", [])
+                                                                     if isinstance(v, dict)])
+             for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    return visibility_findings(faces) or [Finding("visible", "WARN", "the daemon has no faces yet",
+                                                  "see `companion scan` for the players it can find")]
+
+
 # -- the whole run ------------------------------------------------------------------------------
 
 
@@ -537,9 +609,9 @@ async def run_doctor(config: Config, *, server_url: str | None = None, bridge: B
         profiles = await asyncio.to_thread(load_with_extra, config.profiles_dirs)
     servers = servers_from(config, server_url, bridge)
 
-    findings = await check_gdm_multicast(config)
-    findings += await check_mdns(config, bridge)
-    findings += check_ports(config, own=own)
+    findings = stamped(await check_gdm_multicast(config), datetime.now(UTC))
+    findings += stamped(await check_mdns(config, bridge), datetime.now(UTC))
+    findings += stamped(check_ports(config, own=own), datetime.now(UTC))
 
     probed: list[tuple[KnownServer, ServerFacts | None, str | None]] = []
     for server in servers:
@@ -550,15 +622,16 @@ async def run_doctor(config: Config, *, server_url: str | None = None, bridge: B
     # Servers first known by address learn their hash from the certificate, for the DNS check.
     with_hash = [KnownServer(s.label, s.address, s.port, s.hash or (f.plex_direct_hash if f else None), s.key)
                  for s, f, _ in probed]
-    findings += await check_dns(config, with_hash)
+    findings += stamped(await check_dns(config, with_hash), datetime.now(UTC))
     if not servers:
-        findings.append(Finding("chain", "WARN", "no Plex server is known, so no certificate chain was checked",
-                                "give --server https://<server ip>:32400, or list it under servers: in the config"))
+        findings.append(NO_SERVER_FINDING)
     relevant = target_profiles(config, profiles, bridge)
     for server, facts, error in probed:
         findings.append(await check_chain(server, facts, error, profiles, now, relevant=relevant))
     findings.append(await check_clock(servers, [f for _, f, _ in probed if f is not None], now))
-    return findings
+    if bridge is None and server_url is None:
+        findings += await asyncio.to_thread(visibility_from_daemon, config)
+    return stamped(findings, datetime.now(UTC))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

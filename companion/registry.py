@@ -45,6 +45,9 @@ class Registry:
         self._targets: dict[str, _Entry] = {}
         self._servers: dict[str, Server] = {}
         self._server_seen: dict[str, float] = {}
+        # Old id -> new id, when GDM reveals the machineIdentifier of a server known by address:
+        # what was decided under the old id still belongs to that server.
+        self._server_aliases: dict[str, str] = {}
         self._added: list[TargetListener] = []
         self._removed: list[TargetListener] = []
         self._changed: list[TargetListener] = []
@@ -137,6 +140,9 @@ class Registry:
         token = existing.token if existing is not None else None
         if existing is not None and existing.id != sighting.ident:
             self._servers.pop(existing.id, None)
+            if len(self._server_aliases) >= 256:
+                self._server_aliases.pop(next(iter(self._server_aliases)))
+            self._server_aliases[existing.id] = sighting.ident
         server = Server(
             id=sighting.ident, name=sighting.name, address=sighting.address, port=sighting.port,
             source=existing.source if existing is not None else sighting.source,
@@ -193,6 +199,14 @@ class Registry:
 
     def server(self, sid: str) -> Server | None:
         return self._servers.get(sid)
+
+    def current_server_id(self, sid: str) -> str:
+        """The id a server has now, for an id it was once known by."""
+        for _ in range(8):  # a chain of renames, bounded
+            if sid in self._servers or sid not in self._server_aliases:
+                break
+            sid = self._server_aliases[sid]
+        return sid
 
     def server_by_address(self, address: str, port: int) -> Server | None:
         for server in self._servers.values():

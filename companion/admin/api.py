@@ -101,9 +101,10 @@ def _server_name(server: Server) -> str:
 
 def _predict(bridge: Bridge, target: Target, server: Server, now: datetime) -> LockView:
     name = _server_name(server)
-    facts = bridge.probe.peek(server.id)
+    probed = bridge.probe.status(server.id, server.address, server.port)
+    facts = probed.facts
     flings = bridge.flings
-    if facts is None or flings is None:
+    if (facts is None and probed.error is None) or flings is None:
         return LockView(server.id, name, "unknown", "", "none", False, (NOT_PROBED,))
     try:
         profile = flings.profile_for(target)
@@ -124,7 +125,7 @@ def target_views(bridge: Bridge, now: datetime) -> list[TargetView]:
     last: dict[tuple[str, str], Fling] = {}
     if bridge.flings is not None:
         for fling in bridge.flings.recent:  # newest first: the first seen per pair is the latest
-            last.setdefault((fling.target_id, fling.server_id), fling)
+            last.setdefault((fling.target_id, bridge.registry.current_server_id(fling.server_id)), fling)
     servers = sorted(bridge.registry.servers(), key=lambda s: (_server_name(s).lower(), s.id))
     views: list[TargetView] = []
     for slot in sorted(bridge.faces.values(), key=lambda s: (s.target.name.lower(), s.target.id)):
@@ -213,11 +214,15 @@ def chain_json(facts: ServerFacts) -> dict[str, Any]:
 
 
 def server_json(bridge: Bridge, server: Server) -> dict[str, Any]:
-    facts = bridge.probe.peek(server.id)
+    probed = bridge.probe.status(server.id, server.address, server.port)
+    facts = probed.facts
+    at = datetime.fromtimestamp(probed.checked_at, UTC) if probed.checked_at is not None else None
     # Server.token is never read here: it is not part of any view.
     return {"id": server.id, "name": server.name, "address": server.address, "port": server.port,
             "source": server.source, "scheme": server.scheme, "host": server.host, "version": server.version,
-            "tls": chain_json(facts) if facts is not None else None}
+            "tls": chain_json(facts) if facts is not None else None,
+            "probe": {"state": probed.state, "error": scrub(probed.error) if probed.error else None,
+                      "checked_at": _iso(at) if at is not None else None}}
 
 
 def servers_json(bridge: Bridge) -> list[dict[str, Any]]:

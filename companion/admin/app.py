@@ -28,7 +28,15 @@ from companion.admin import api
 from companion.admin.page import render_page
 from companion.audit import record_to_json, scrub
 from companion.connections import ConnectionGate, GatedTCPSite
-from companion.doctor import Finding, findings_to_json, run_doctor
+from companion.doctor import (
+    NO_SERVER_FINDING,
+    Finding,
+    findings_to_json,
+    mdns_from_bridge,
+    run_doctor,
+    stamped,
+    visibility_findings,
+)
 from companion.errors import (
     CommandNotSupported,
     CompanionError,
@@ -54,6 +62,9 @@ MAX_HEADER = 8190
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 50
 DOCTOR_INTERVAL = 60.0
+# How often the doctor task looks whether what its checks depend on changed (a cheap comparison);
+# a change re-runs the checks at once instead of at the next interval.
+DOCTOR_WATCH = 1.0
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Most specific first: isinstance picks the first match.
@@ -127,7 +138,38 @@ class AdminServer:
 
     @property
     def findings(self) -> tuple[Finding, ...]:
-        return self._findings
+        """The findings as of now: the last run's, with the ones that derive from the bridge's live
+        state (mDNS sightings, servers known, where each face is visible) recomputed, so they can
+        never contradict the rest of the page."""
+        if self._findings_at is None:
+            return ()  # not run yet (the page says so)
+        bridge = self._bridge
+        now = datetime.now(UTC)
+        live_mdns = stamped(mdns_from_bridge(bridge.config, bridge), now)
+        servers = bridge.registry.servers()
+        out: list[Finding] = []
+        for f in self._findings:
+            if f.check == "mdns":
+                out += live_mdns
+                live_mdns = []
+            elif f.check == NO_SERVER_FINDING.check and f.detail == NO_SERVER_FINDING.detail and servers:
+                out.append(Finding("chain", "WARN", f"{len(servers)} server(s) became known after the last check; "
+                                   "their certificate chains are being checked now", "", now))
+            else:
+                out.append(f)
+        out += live_mdns
+        faces = [(view.face_name, api.target_json(view)["visible"]) for view in api.target_views(bridge, now)]
+        out += stamped(visibility_findings(faces), now)
+        return tuple(out)
+
+    def dependencies(self) -> tuple[object, ...]:
+        """What the checks depend on, cheaply: targets and servers known, probe outcomes, faces."""
+        bridge = self._bridge
+        servers = sorted((s.id, s.address, s.port, s.source, s.host) for s in bridge.registry.servers())
+        probes = tuple(bridge.probe.status(sid, address, port).checked_at for sid, address, port, _, _ in servers)
+        targets = sorted((t.id, t.kind.value, t.source, t.address) for t in bridge.registry.targets())
+        return (tuple(servers), probes, tuple(targets), tuple(sorted(s.face.port for s in bridge.faces.values())),
+                bridge.mdns is not None)
 
     async def start(self) -> None:
         """Listen on ``bind:port`` (OSError when the port cannot be bound) and start the doctor task."""
@@ -172,17 +214,26 @@ class AdminServer:
             for f in findings:
                 if f.status == "FAIL":
                     log.warning("check %s failed: %s (fix: %s)", f.check, f.detail, f.fix)
-        return self._findings
+        return self.findings
 
     async def _doctor_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            seen = self.dependencies()
             try:
                 await self.run_doctor()
             except CompanionError as exc:
                 log.warning("the background checks could not run: %s", exc)
             except Exception:
                 log.exception("the background checks failed")
-            await asyncio.sleep(self._doctor_interval)
+            # Until the interval is up, or sooner when what the checks depend on has changed
+            # (a target or server found, a probe measured): a re-run, not a stale verdict.
+            deadline = loop.time() + self._doctor_interval
+            while loop.time() < deadline:
+                await asyncio.sleep(min(DOCTOR_WATCH, max(0.0, deadline - loop.time())))
+                if self.dependencies() != seen:
+                    log.debug("what the checks depend on changed; checking again")
+                    break
 
     # -- middleware ---------------------------------------------------------------------------
 
@@ -250,9 +301,10 @@ class AdminServer:
     async def _page(self, _request: web.Request) -> web.Response:
         now = datetime.now(UTC)
         b = self._bridge
-        body = render_page(name=b.config.name, version=__version__, health=self._health_data(),
+        findings = self.findings
+        body = render_page(name=b.config.name, version=__version__, health=self._health_data(findings),
                            targets=api.target_views(b, now), servers=api.servers_json(b),
-                           flings=b.flings.recent if b.flings is not None else (), findings=self._findings,
+                           flings=b.flings.recent if b.flings is not None else (), findings=findings,
                            findings_at=self._findings_at, now=now)
         response = web.Response(text=body, content_type="text/html", charset="utf-8")
         response.headers["Cache-Control"] = "no-store"
@@ -277,8 +329,9 @@ class AdminServer:
     async def _profiles(self, _request: web.Request) -> web.Response:
         return _json(api.profiles_json(self._bridge))
 
-    def _health_data(self) -> dict[str, Any]:
-        return api.health_json(self._bridge, uptime=time.monotonic() - self._started_at, findings=self._findings,
+    def _health_data(self, findings: tuple[Finding, ...] | None = None) -> dict[str, Any]:
+        return api.health_json(self._bridge, uptime=time.monotonic() - self._started_at,
+                               findings=self.findings if findings is None else findings,
                                findings_at=self._findings_at)
 
     async def _health(self, _request: web.Request) -> web.Response:
@@ -286,7 +339,7 @@ class AdminServer:
 
     async def _doctor_get(self, _request: web.Request) -> web.Response:
         at = self._findings_at.isoformat() if self._findings_at else None
-        return _json({"checked_at": at, "findings": findings_to_json(self._findings)})
+        return _json({"checked_at": at, "findings": findings_to_json(self.findings)})
 
     async def _doctor_post(self, request: web.Request) -> web.Response:
         self._authorize(request)

@@ -146,8 +146,14 @@ def _servers(servers: Sequence[dict[str, Any]]) -> str:
     rows = []
     for s in servers:
         tls = s["tls"]
-        if tls is None:
-            chain = '<span class="muted">not probed yet (the first fling measures it)</span>'
+        probe = s.get("probe") or {}
+        when = (f' <span class="small muted">(checked {_e(probe["checked_at"][:19].replace("T", " "))} UTC)</span>'
+                if probe.get("checked_at") else "")
+        if tls is None and probe.get("state") == "failed":
+            chain = (f'<span class="down" data-probe="failed">no usable TLS: {_e(probe.get("error") or "")}</span>'
+                     f'{when}')
+        elif tls is None:
+            chain = '<span class="muted" data-probe="not-probed">not probed yet (the first fling measures it)</span>'
         else:
             sent = "".join(
                 f'<li>{_e(c["subject"])} <span class="muted small">issued by {_e(c["issuer"])}; valid '
@@ -155,8 +161,8 @@ def _servers(servers: Sequence[dict[str, Any]]) -> str:
                 for c in tls["chain"])
             versions = ", ".join(tls["tls_versions"]) or "none"
             leaf = tls["leaf"]
-            chain = (f'<div class="small">hash <code>{_e(tls["hash"] or "none")}</code>; TLS {_e(versions)}; '
-                     f'leaf {_e(leaf["key_type"])} {leaf["key_bits"]} bits</div>'
+            chain = (f'<div class="small" data-probe="measured">hash <code>{_e(tls["hash"] or "none")}</code>; '
+                     f'TLS {_e(versions)}; leaf {_e(leaf["key_type"])} {leaf["key_bits"]} bits{when}</div>'
                      f'<ol class="small chain">{sent}</ol>')
         rows.append(f'<tr data-server="{_e(s["id"])}"><td><strong>{_e(s["name"] or s["address"])}</strong>'
                     f'<div class="small muted">{_e(s["source"])}{", " + _e(s["version"]) if s["version"] else ""}'
@@ -190,7 +196,7 @@ def _flings(flings: Iterable[Fling], limit: int = 20) -> str:
             '<th>Token exposed</th><th>Reasons</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
 
 
-def _doctor(findings: Sequence[Finding], at: datetime | None) -> str:
+def _doctor(findings: Sequence[Finding], at: datetime | None, now: datetime) -> str:
     if at is None:
         return '<p class="muted">The checks have not run yet (they run in the background; or run ' \
                '<code>companion doctor</code>).</p>'
@@ -198,8 +204,10 @@ def _doctor(findings: Sequence[Finding], at: datetime | None) -> str:
         f'<tr data-check-status="{_e(f.status)}"><td><span class="badge st-{_e(f.status)}">{_e(f.status)}</span></td>'
         f'<td>{_e(f.check)}</td><td>{_e(f.detail)}'
         f'{"<div class=small><strong>fix:</strong> " + _e(f.fix) + "</div>" if f.fix and f.status != "PASS" else ""}'
-        f'</td></tr>' for f in findings)
-    return (f'<p class="small muted">checked {_e(at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))} UTC</p>'
+        f'</td><td class="small muted age">{_e(age_text(f.checked_at, now))}</td></tr>' for f in findings)
+    return (f'<p class="small muted">last full run {_e(at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))} UTC; each '
+            'check is re-run when what it depends on changes (a player or server found, a server measured), '
+            'and shows its own age</p>'
             f'<table id="doctor"><tbody>{rows}</tbody></table>')
 
 
@@ -242,7 +250,7 @@ status <strong class="{"up" if status == "ok" else "down"}" id="health">{_e(stat
 <h2>Latest flings</h2>
 {_flings(flings)}
 <h2>Checks (companion doctor)</h2>
-{_doctor(findings, findings_at)}
+{_doctor(findings, findings_at, now)}
 <p class="small muted">JSON: <a href="/api/targets">targets</a>, <a href="/api/servers">servers</a>,
 <a href="/api/flings">flings</a>, <a href="/api/profiles">profiles</a>, <a href="/api/health">health</a>;
 <a href="/metrics">metrics</a>.</p>

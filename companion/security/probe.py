@@ -329,6 +329,22 @@ class _Entry:
     checked_at: float
 
 
+@dataclass(frozen=True)
+class ProbeStatus:
+    """What is known of a server's TLS right now: measured facts, the last failure, or nothing."""
+
+    facts: ServerFacts | None
+    error: str | None  # the last probe failed (no TLS, unreachable): why
+    checked_at: float | None  # wall clock of that probe
+
+    @property
+    def state(self) -> str:
+        return "measured" if self.facts is not None else ("failed" if self.error else "not-probed")
+
+
+_MAX_FAILURES = 256
+
+
 class ProbeCache:
     """ServerFacts per server, re-probed only when the server's certificate changed.
 
@@ -346,6 +362,10 @@ class ProbeCache:
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # The last failed probe per server (key -> (address, port, why, wall clock)): a server that
+        # offers no TLS has been measured too, and the status page must say so, not "not probed".
+        self._failures: dict[str, tuple[str, int, str, float]] = {}
+        self._measured_at: dict[str, float] = {}
 
     async def get(self, server_key: str, address: str, port: int, server_name: str | None) -> ServerFacts:
         """Cached facts for ``server_key``; probes on first use and when the certificate changed.
@@ -364,24 +384,49 @@ class ProbeCache:
                 try:
                     current = await leaf_fingerprint(address, port, server_name=server_name,
                                                      timeout=self._timeout)
-                except TrustError:
+                except TrustError as exc:
                     self._entries.pop(server_key, None)
+                    self._failed(server_key, address, port, exc)
                     raise
                 if current == entry.facts.fingerprint:
                     entry.checked_at = now
                     return entry.facts
             try:
                 facts = await probe_server(address, port, server_name=server_name, timeout=self._timeout)
-            except TrustError:
+            except TrustError as exc:
                 self._entries.pop(server_key, None)
+                self._failed(server_key, address, port, exc)
                 raise
             self._entries[server_key] = _Entry(facts, server_name, self._clock())
+            self._failures.pop(server_key, None)
+            self._measured_at[server_key] = time.time()
             return facts
 
-    def peek(self, server_key: str) -> ServerFacts | None:
-        """The cached facts without any I/O (for status pages), or None."""
+    def _failed(self, server_key: str, address: str, port: int, exc: TrustError) -> None:
+        if len(self._failures) >= _MAX_FAILURES:
+            self._failures.pop(next(iter(self._failures)))
+        self._failures[server_key] = (address, port, str(exc), time.time())
+
+    def status(self, server_key: str, address: str = "", port: int = 0) -> ProbeStatus:
+        """Facts, or the last failure, for a server: by its key, else by its address and port (a
+        server's key changes when GDM reveals the machineIdentifier of a configured one)."""
         entry = self._entries.get(server_key)
-        return entry.facts if entry else None
+        if entry is None and address:
+            entry = next((e for e in self._entries.values()
+                          if e.facts.address == address and e.facts.port == port), None)
+        if entry is not None:
+            key = next((k for k, e in self._entries.items() if e is entry), server_key)
+            return ProbeStatus(entry.facts, None, self._measured_at.get(key))
+        failure = self._failures.get(server_key)
+        if failure is None and address:
+            failure = next((f for f in self._failures.values() if f[0] == address and f[1] == port), None)
+        if failure is not None:
+            return ProbeStatus(None, failure[2], failure[3])
+        return ProbeStatus(None, None, None)
+
+    def peek(self, server_key: str, address: str = "", port: int = 0) -> ServerFacts | None:
+        """The cached facts without any I/O (for status pages), or None."""
+        return self.status(server_key, address, port).facts
 
     def invalidate(self, server_key: str) -> None:
         """Forget a server; the next get() probes it afresh."""
