@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import _harness
 
-from companion.proto.timeline import parse_player_timeline
+from companion.proto.timeline import parse_player_timeline, render
 
 
 def body(data: bytes) -> None:
@@ -13,6 +13,8 @@ def body(data: bytes) -> None:
         assert entry.time >= 0
         assert entry.duration >= 0
         assert all(k.lower() != "token" for k in entry.extra), "a token attribute was kept"
+    # What was parsed renders back, metadata included (a controller may ask for it).
+    render(state, command_id=1, machine_identifier="f", include_metadata=True)
 
 
 SEEDS = sorted((_harness.DATA / "timeline").glob("*.xml"))

@@ -6,8 +6,10 @@ active one carries playback attributes. Parsing player XML never expands entitie
 
 from __future__ import annotations
 
+import contextlib
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -177,7 +179,8 @@ def render(state: PlayerState, *, command_id: int | None, machine_identifier: st
             entry = replace(entry, type=media_type)
         element = xml_element("Timeline", _entry_attrs(entry))
         if include_metadata and entry.metadata and entry.state != "stopped":
-            element.append(ET.fromstring(entry.metadata))  # parsed from the player's own, re-serialised
+            with contextlib.suppress(ET.ParseError):  # made by _metadata_text; a bad one is left out
+                element.append(ET.fromstring(entry.metadata))
         root.append(element)
     return xml_document(root)
 
@@ -192,7 +195,8 @@ def _metadata_text(element: ET.Element) -> str:
     for child in element:
         if child.tag not in _METADATA_TAGS:
             continue
-        copy = ET.fromstring(ET.tostring(child, encoding="unicode"))
+        copy = deepcopy(child)
+        copy.tail = None  # the text after the element belongs to the <Timeline>, not to it
         for node in copy.iter():
             for name in [n for n in node.attrib if n.lower() in SECRET_PARAMS or "token" in n.lower()]:
                 del node.attrib[name]

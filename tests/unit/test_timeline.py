@@ -227,3 +227,12 @@ def test_metadata_only_when_the_controller_asks_and_never_a_token():
     video = ET.fromstring(asked).find("Timeline[@type='video']/Video")
     assert video is not None and video.get("title") == "Film"
     assert b"leaky" not in asked
+
+
+def test_text_after_a_metadata_element_is_not_part_of_it():
+    # Found by fuzz/fuzz_timeline.py: serialising the child took its tail text along.
+    state = parse_player_timeline(b'<MediaContainer><Timeline type="video" state="playing" time="1">'
+                                  b'<Video ratingKey="1"/>tail text</Timeline></MediaContainer>')
+    entry = state.entries["video"]
+    assert entry.metadata == '<Video ratingKey="1" />'
+    assert b"tail text" not in render(state, command_id=1, machine_identifier="f", include_metadata=True)
