@@ -178,3 +178,28 @@ async def test_polls_back_off_on_errors_and_recover(
         assert link.view().state == "visible"
     finally:
         await bridge.stop()
+
+
+async def test_companion_doctor_shows_per_face_where_it_is_visible_with_the_fixes(
+        tmp_path: Path, quick_server: FakePlexServer, player: FakeCompanionPlayer) -> None:
+    """The doctor CLI asks the running daemon (its admin API on loopback) and gives a finding per face."""
+    import dataclasses
+
+    from companion.doctor import visibility_from_daemon
+    from tests.helpers import free_port
+
+    config = proxy_config(tmp_path, quick_server, player)
+    config = dataclasses.replace(config, http=dataclasses.replace(config.http, admin_port=free_port()))
+    assert visibility_from_daemon(config)[0].detail.startswith("no daemon answered"), "nothing runs yet"
+    bridge = Bridge(config)
+    await bridge.start()
+    try:
+        await until(lambda: bridge.proxy is not None and all(link.state == "polling" for link in bridge.proxy.links())
+                    and bool(bridge.proxy.links()), timeout=10, message="the face registered on the proxy")
+        [finding] = await asyncio.to_thread(visibility_from_daemon, config)
+    finally:
+        await bridge.stop()
+    assert finding.check == "visible (Lab Secure TV (bridge))"
+    assert finding.status == "WARN", "visible, but not everywhere"
+    assert "gdm" in finding.detail and "proxy" in finding.detail
+    assert "plextv" in finding.detail and "companion link" in finding.fix
