@@ -76,6 +76,15 @@ async def look_at_the_page(rig: Rig) -> None:
             assert await page.locator('[data-fling-flag="insecure"]').count() == 1
             assert await page.locator('[data-check-status="PASS"]').count() >= 2
 
+            # Where each face is visible, with the fix where it is not.
+            visible = secure_row.locator("ul.visible")
+            assert await visible.locator('[data-channel="gdm"][data-visible-state="visible"]').count() == 1
+            plextv = visible.locator('[data-channel="plextv"][data-visible-state="missing"]')
+            assert "companion link" in await plextv.inner_text()
+            # Every finding shows its age.
+            ages = await page.locator("#doctor td.age").all_inner_texts()
+            assert ages and all(a.endswith("ago") for a in ages), ages
+
             SCREENSHOT.parent.mkdir(exist_ok=True)
             await page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:
