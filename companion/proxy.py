@@ -296,8 +296,10 @@ class ProxyLink:
         at = datetime.fromtimestamp(self.last_ok, UTC) if self.last_ok is not None else None
         name = self.server.name or self.server.address
         if self.state == "polling":
-            return ChannelView("proxy", "visible", f"{self.detail}; {self.commands} command(s) carried", "", at,
-                               name)
+            plain = ("; the poll is plain http, so the server's token crosses the LAN in clear (list the server "
+                     "by its https URL)") if self.server.scheme == "http" else ""
+            return ChannelView("proxy", "visible", f"{self.detail}; {self.commands} command(s) carried{plain}", "",
+                               at, name)
         if self.state == "starting":
             return ChannelView("proxy", "pending", "registering on the server's companion proxy", "", at, name)
         fixes = {
