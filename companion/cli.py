@@ -502,7 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"companion: configuration error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # one line per problem in the file
+            print(f"companion: configuration error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     except CompanionError as exc:
         print(f"companion: {exc}", file=sys.stderr)

@@ -414,3 +414,69 @@ def test_stores_that_extend_each_other_are_refused(tmp_path: Path) -> None:
         f"{roots / 'ping.yaml'}:2: extends: root store 'pong' failed to load",
         f"{roots / 'pong.yaml'}:2: extends: store extends itself (ping -> pong -> ping)",
     ]
+
+
+# --- every problem in one run ----------------------------------------------------------------
+
+NEW_CONTRIBUTOR = """\
+id: my-tv
+name: My TV
+match: []
+transport: companion
+media: {https: true, http: true}
+tls:
+  versions: {min: 1.2, max: "1.4"}
+  follow_aia: true
+  roots: {store: mozila}
+dns: {resolver: lan}
+"""
+
+
+def test_a_new_contributors_profile_gets_all_four_problems_in_one_run(tmp_path: Path) -> None:
+    path = tmp_path / "my-tv.yaml"
+    path.write_text(NEW_CONTRIBUTOR)
+    messages = [str(e) for e in lint([path])]
+    assert messages == [
+        f'{path}:7: tls.versions.min: expected one of 1.0, 1.1, 1.2, 1.3 (quote it: "1.2"), got number 1.2',
+        f"{path}:7: tls.versions.max: expected one of 1.0, 1.1, 1.2, 1.3, got '1.4'",
+        f"{path}:8: tls.follow_aia: unknown key (did you mean follows_aia?) (allowed: versions, ciphers, sni, "
+        "rsa_min_bits, ecdsa, requires_sha2, follows_aia, roots)",
+        f"{path}:9: tls.roots.store: root store 'mozila' is unknown (did you mean mozilla?) "
+        "(stores: isrg, lg-netcast, mozilla, mozilla-2019)",
+    ]
+
+
+def test_parse_profile_raises_every_format_problem_together() -> None:
+    text = MINIMAL.replace("transport: companion", "transport: chromcast").replace(
+        "dns: {resolver: lan}", "dns: {resolver: lna, extra: 1}") + "colour: red\n"
+    with pytest.raises(P.ProfileErrors) as info:
+        parse_profile(text, "x.yaml")
+    assert [(e.line, e.key) for e in info.value.errors] == [
+        (4, "transport"), (6, "dns.extra"), (6, "dns.resolver"), (7, "colour")]
+    assert "did you mean chromecast?" in str(info.value)
+    assert "did you mean lan?" in str(info.value)
+
+
+def test_misspelt_root_names_and_evidence_keys_get_suggestions(tmp_path: Path) -> None:
+    path = tmp_path / "my-tv.yaml"
+    path.write_text(MINIMAL.replace("minimal", "my-tv") + (
+        "tls:\n  roots: {store: mozilla, add: [isrg-root-x3], remove: [isrg-rot-x1]}\n"
+        "evidence:\n  - {claim: c, confidence: assumed, about: [tls.root, roots.isrg-root-yx]}\n"))
+    messages = [str(e) for e in lint([path])]
+    assert [m.split(": ", 2)[1] for m in messages] == [
+        "tls.roots.add[0]", "tls.roots.remove[0]", "evidence[0].about[0]", "evidence[0].about[1]"]
+    assert "did you mean isrg-root-x1?" in messages[1]
+    assert "did you mean tls.roots?" in messages[2]
+    assert "did you mean isrg-root-yr?" in messages[3]
+
+
+def test_a_root_store_reports_every_problem_too(tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "mine.yaml").write_text(
+        "name: mine\nextend: mozilla\ncreated_before: soon\n"
+        "trusted_certificates:\n  - {name: x, fingerprint: zz}\n")
+    messages = [str(e) for e in load_profiles([tmp_path]).errors]
+    assert [m.split(": ", 2)[1] for m in messages] == [
+        "extend", "created_before", "trusted_certificates[0].fingerprint"]
+    assert "did you mean extends?" in messages[0]
