@@ -185,7 +185,8 @@ class FlingService:
         decision = decide(profile=profile, roots=self.profiles.roots_for(profile), server_address=server.address,
                           server_port=server.port, facts=facts, dns=dns, policy=policy,
                           relay_available=self.relay_available(), now=now,
-                          server_hash=server_hash, verify_cache=self.verify_cache)
+                          server_hash=server_hash, verify_cache=self.verify_cache,
+                          cross_signs=self.profiles.cross_signs)
         fling = self._fling(now, target, command, profile, server.id, request, decision)
         if decision.mode == "refused":
             await self.finish(fling, "refused", command_plain_http=False, server_address=server.address,

@@ -111,7 +111,7 @@ def _predict(bridge: Bridge, target: Target, server: Server, now: datetime) -> L
     decision = decide(profile=profile, roots=roots, server_address=server.address, server_port=server.port,
                       facts=facts, dns=None, policy=flings.policy_for(target),
                       relay_available=flings.relay_available(), now=now,
-                      server_hash=flings.server_hash(server))
+                      server_hash=flings.server_hash(server), cross_signs=bridge.profiles.cross_signs)
     return LockView(server.id, name, _lock_from(decision), decision.mode, "probe", decision.token_exposed,
                     decision.reasons)
 

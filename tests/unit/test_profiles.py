@@ -397,11 +397,17 @@ def test_describe_gives_a_json_ready_summary(shipped: P.ProfileSet) -> None:
 
 
 def test_adding_a_root_we_have_no_certificate_for_says_it_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "wants-x3.yaml").write_text(
+        MINIMAL.replace("minimal", "wants-x3") + "tls:\n  roots: {store: mozilla, add: [dst-root-ca-x3]}\n")
+    [error] = lint([tmp_path])
+    assert str(error).startswith(f"{tmp_path / 'wants-x3.yaml'}:8: tls.roots.add[0]: ")
+    assert "unavailable" in str(error)
+
+
+def test_a_profile_can_add_isrg_root_yr_now_that_it_ships(tmp_path: Path) -> None:
     (tmp_path / "wants-yr.yaml").write_text(
         MINIMAL.replace("minimal", "wants-yr") + "tls:\n  roots: {store: mozilla, add: [isrg-root-yr]}\n")
-    [error] = lint([tmp_path])
-    assert str(error).startswith(f"{tmp_path / 'wants-yr.yaml'}:8: tls.roots.add[0]: ")
-    assert "unavailable" in str(error)
+    assert lint([tmp_path]) == []
 
 
 def test_stores_that_extend_each_other_are_refused(tmp_path: Path) -> None:
