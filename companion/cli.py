@@ -272,6 +272,41 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_profiles_evidence(args: argparse.Namespace) -> int:
+    from companion.audit import AuditLog
+    from companion.security.claims import evidence_to_json, summarize
+
+    config = _config_from_args(args)
+    profiles = _profile_set(config)
+    path = config.state_path / "audit.sqlite3"
+    facts = []
+    if path.exists():
+        with AuditLog(path) as audit:
+            facts = audit.outcome_facts()
+    summary = summarize(facts, profiles.profiles)
+    if args.json:
+        _print_json(evidence_to_json(summary))
+        return EXIT_OK
+    if not summary:
+        print(f"no flings recorded in {path}")
+        return EXIT_OK
+    rows = [[s.profile, str(s.flings), str(s.ok), str(s.failures), str(s.direct_secure_failures), str(s.reflings),
+             "YES" if s.is_contradicted else "no"] for s in summary]
+    print(_table(rows, ["PROFILE", "FLINGS", "PLAYED", "FAILED", "DIRECT-SECURE FAILED", "RE-FLUNG",
+                        "CONTRADICTED"]))
+    for s in summary:
+        if not s.is_contradicted:
+            continue
+        print(f"\n{s.profile}: {s.direct_secure_failures} direct-secure fling(s) failed on the device; "
+              "the claims that made them secure:")
+        for c in s.contradicted:
+            if not c.claims:
+                print(f"  {c.facet}: no claim backs this key (the profile's value is unbacked)")
+            for e in c.claims:
+                print(f"  {c.facet}: \"{e.claim}\" [{e.confidence}]" + (f" ({e.source})" if e.source else ""))
+    return EXIT_OK
+
+
 # -- flings -------------------------------------------------------------------------------------
 
 
@@ -478,6 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     plist.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
     plist.add_argument("--json", action="store_true", help="machine-readable output")
     plist.set_defaults(func=cmd_profiles_list)
+    pev = psub.add_parser("evidence", help="per profile: flings, failures on the device, and the claims they "
+                          "contradict (from the audit log)")
+    pev.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
+    pev.add_argument("--json", action="store_true", help="machine-readable output")
+    pev.set_defaults(func=cmd_profiles_evidence)
 
     flings = sub.add_parser("flings", help="the audit log of flings, newest first")
     flings.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")

@@ -71,6 +71,10 @@ class TimeoutsConfig:
     command: float = 5.0
     target_expiry: float = 120.0
     push: float = 5.0
+    # How long a fling's outcome is watched on the target's timeline: a TV app needs a few seconds
+    # to start its player and fetch the first segments, a transcode start can take 10-20 s more;
+    # past 30 s of buffering a person has given up.
+    outcome: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -435,6 +439,7 @@ _SPEC: dict[str, Callable[[_Ctx, yaml.Node, str], Any]] = {
     }),
     "timeouts": _section(TimeoutsConfig, {
         "command": _number(0.1, 300), "target_expiry": _number(1, 86400), "push": _number(0.1, 60),
+        "outcome": _number(0.5, 600),
     }),
     "limits": _section(LimitsConfig, {
         "discovered_targets": _int(0, 4096), "targets_per_address": _int(1, 256),

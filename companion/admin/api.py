@@ -71,6 +71,7 @@ class TargetView:
     errors: int
     last_error: str
     locks: tuple[LockView, ...]
+    contradicted: int = 0  # direct-secure flings to this profile's devices that failed on the device
 
     @property
     def assumed(self) -> bool:
@@ -152,7 +153,8 @@ def target_views(bridge: Bridge, now: datetime) -> list[TargetView]:
             available=slot.adapter.available, face_name=face.identity.name, face_port=face.port,
             subscribers=face.subscriber_count, long_polls=face.long_poll_count, profile_id=profile_id,
             profile_name=profile_name, confidence=confidence, policy=policy, commands=slot.commands,
-            errors=slot.errors, last_error=scrub(slot.last_error), locks=tuple(locks)))
+            errors=slot.errors, last_error=scrub(slot.last_error), locks=tuple(locks),
+            contradicted=bridge.flings.contradicted.get(profile_id, 0) if bridge.flings is not None else 0))
     return views
 
 
@@ -180,7 +182,7 @@ def target_json(view: TargetView) -> dict[str, Any]:
         "face": {"name": view.face_name, "port": view.face_port, "subscribers": view.subscribers,
                  "long_polls": view.long_polls},
         "profile": {"id": view.profile_id, "name": view.profile_name, "confidence": view.confidence,
-                    "assumed": view.assumed},
+                    "assumed": view.assumed, "contradicted_by_failed_flings": view.contradicted},
         "policy": view.policy,
         "secure_possible": any(lock.state == "closed" for lock in view.locks),
         "locks": [lock_json(lock) for lock in view.locks],

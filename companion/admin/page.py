@@ -44,7 +44,7 @@ code { font-size: .85em; background: #f6f8fa; padding: 0 .2em; border-radius: 3p
 .badge { display: inline-block; padding: 0 .45em; border-radius: 1em; font-size: .8rem; font-weight: 600;
          border: 1px solid currentColor; }
 .flag-secure, .st-PASS, .up { color: var(--ok); } .flag-relay, .st-WARN, .assumed { color: var(--warn); }
-.flag-insecure, .flag-refused, .st-FAIL, .down { color: var(--bad); }
+.flag-insecure, .flag-refused, .st-FAIL, .down, .contradicted { color: var(--bad); }
 .legend { display: flex; flex-wrap: wrap; gap: 1.5rem; padding: .6rem .8rem; border: 1px solid var(--line);
           border-radius: 6px; background: #f6f8fa; }
 .legend > div { max-width: 30rem; }
@@ -94,6 +94,10 @@ def _targets(views: Sequence[TargetView]) -> str:
         confidence = ('<span class="badge assumed" data-confidence="assumed" title="no evidence for this '
                       'profile yet: its claims are assumed">assumed</span>' if v.assumed
                       else f'<span class="badge" data-confidence="{_e(v.confidence)}">{_e(v.confidence)}</span>')
+        if v.contradicted:
+            confidence += (f' <span class="badge contradicted" data-contradicted="{v.contradicted}" '
+                           'title="direct-secure flings failed on this device: see companion profiles evidence">'
+                           f'contradicted by {v.contradicted} failed fling(s)</span>')
         profile = (f'<code>{_e(v.profile_id)}</code><br><span class="small">{_e(v.profile_name)}</span> {confidence}'
                    if v.profile_id else '<span class="muted">no profile matched</span>')
         error = f'<div class="small down">last error: {_e(v.last_error)}</div>' if v.last_error else ""

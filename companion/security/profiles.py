@@ -893,6 +893,11 @@ class ProfileSet:
             raise ProfileError(f"unknown root store {name!r} (loaded: {', '.join(self._stores) or 'none'})") \
                 from None
 
+    def root_names(self, subject: str, roots: Sequence[x509.Certificate]) -> tuple[str, ...]:
+        """Catalogue names of the roots among ``roots`` whose RFC 4514 subject is ``subject``."""
+        return tuple(name for name, cert in self._catalogue.items()
+                     if cert in roots and cert.subject.rfc4514_string() == subject)
+
     def roots_for(self, profile: Profile) -> tuple[x509.Certificate, ...]:
         """The roots this device trusts: its store, plus ``add``, minus ``remove``.
 

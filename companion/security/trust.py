@@ -55,6 +55,7 @@ class TrustResult:
     ok: bool
     reasons: tuple[Reason, ...]
     path: tuple[str, ...]  # RFC 4514 subjects, leaf first, ending at the device's root
+    via_cross_sign: str = ""  # the new root reached through a cross-sign the device fetched (AIA)
 
 
 def display_name(name: x509.Name) -> str:
@@ -424,7 +425,7 @@ def _through_cross_sign(
         via = f"{new_root} (cross-signed by {old_root}, fetched through AIA)"
         subjects = (*(c.subject.rfc4514_string() for c in built[:-1]), via,
                     cross.by_certificate.subject.rfc4514_string())
-        return TrustResult(not reasons, reasons, subjects)
+        return TrustResult(not reasons, reasons, subjects, via_cross_sign=cross.root)
     return None
 
 
