@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.fakes.aia import make_aia_pki
+from tests.fakes.aia import make_aia_pki, write_gen_y_profiles
 from tests.fakes.plex_server import FakePlexServer
 from tests.lab import TOKEN, companion
-from tests.unit.test_roots import write_gen_y_profiles
 
 
 async def _explain(config: Path, profile: str, port: int, *extra: str) -> tuple[int, str, str]:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from companion.security.probe import ServerFacts
 from companion.security.profiles import CrossSign, TlsCaps, load_profiles, shipped_profiles_dir
 from companion.security.trust import root_outlook, verify_chain
-from tests.fakes.aia import AiaPki, make_aia_pki
+from tests.fakes.aia import AiaPki, make_aia_pki, write_gen_y_profiles
 
 # Published by ISRG in its CP/CPS section 1.1 (v6.0 and later) and on letsencrypt.org/certificates.
 PUBLISHED_SHA256 = {
@@ -157,23 +157,3 @@ def test_a_profile_store_with_a_cross_sign_is_read_from_yaml(tmp_path: Path, pki
     tv = profiles.get("tv-x1-only")
     [yr] = [o for o in root_outlook(tv, profiles.roots_for(tv), profiles.cross_signs) if o.root == "test-yr"]
     assert yr.needs_cross_sign and not yr.ok and yr.confidence == "assumed"
-
-
-def write_gen_y_profiles(root: Path, pki: AiaPki) -> None:
-    """A store with the test X1, one with the test YR cross-signed by it, and three devices."""
-    (root / "roots" / "pem").mkdir(parents=True)
-    (root / "devices").mkdir(parents=True)
-    for name, cert in (("test-x1", pki.trusted_root), ("test-yr", pki.chain.root)):
-        (root / "roots" / "pem" / f"{name}.pem").write_bytes(cert.public_bytes(Encoding.PEM))
-        digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
-        extra = ("cross_signs:\n  - {root: test-yr, by: test-x1, until: \"2099-01-01\"}\n"
-                 if name == "test-yr" else "")
-        (root / "roots" / f"{name}-store.yaml").write_text(
-            f"name: {name}-store\ntrusted_certificates:\n  - {{name: {name}, fingerprint: {digest}}}\n{extra}")
-    for device, tls in (("tv-x1-only", "follows_aia: false"), ("tv-x1-aia", "follows_aia: true"),
-                        ("tv-yr", "follows_aia: false\n  roots: {store: test-x1-store, add: [test-yr]}")):
-        roots = "" if "roots:" in tls else "\n  roots: {store: test-x1-store}"
-        (root / "devices" / f"{device}.yaml").write_text(
-            f"id: {device}\nname: {device}\nmatch: []\ntransport: companion\nmedia: {{https: true, http: true}}\n"
-            f"tls:\n  {tls}{roots}\ndns: {{resolver: public}}\n"
-            "evidence:\n  - {claim: \"made up for this test\", confidence: assumed, about: [roots.test-yr]}\n")
