@@ -228,7 +228,8 @@ def fling_json(fling: Fling) -> dict[str, Any]:
             "controller": fling.controller, "profile": fling.profile, "confidence": fling.confidence,
             "server_id": fling.server_id, "media_key": scrub(fling.media_key), "mode": d.mode,
             "flag": fling_flag(d), "secure": d.secure, "token_exposed": d.token_exposed,
-            "reasons": _reasons(d.reasons), "outcome": scrub(fling.outcome)}
+            "reasons": _reasons(d.reasons), "outcome": scrub(fling.outcome),
+            "playback": {"result": fling.playback or None, "reason": scrub(fling.playback_reason) or None}}
 
 
 def profiles_json(bridge: Bridge) -> list[dict[str, Any]]:

@@ -152,7 +152,7 @@ def _flings(flings: Iterable[Fling], limit: int = 20) -> str:
             f'<tr data-fling-flag="{flag}"><td class="small">{_e(f.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))}'
             f' UTC</td><td>{_e(f.target_name)}<div class="small muted">from {_e(f.controller)}</div></td>'
             f'<td><span class="badge flag-{flag}">{_e(_FLAG_TEXT[flag])}</span>'
-            f'<div class="small muted">{_e(d.mode)}; {_e(scrub(f.outcome))}</div></td>'
+            f'<div class="small muted">{_e(d.mode)}; {_e(scrub(f.outcome))}{_playback(f)}</div></td>'
             f'<td>{"yes" if d.secure else "<strong class=down>no</strong>"}</td>'
             f'<td>{"<strong class=down>YES</strong>" if d.token_exposed else "no"}</td>'
             f'<td><ul class="reasons">{reasons}</ul></td></tr>')
@@ -161,6 +161,13 @@ def _flings(flings: Iterable[Fling], limit: int = 20) -> str:
                 '<code>companion flings</code>).</p>')
     return ('<table id="flings"><thead><tr><th>Time</th><th>Target</th><th>Mode</th><th>Secure</th>'
             '<th>Token exposed</th><th>Reasons</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+
+
+def _playback(f: Fling) -> str:
+    if f.playback == "failed":
+        why = _e(scrub(f.playback_reason))
+        return f'; <span class="down" data-playback="failed">failed on the device: {why}</span>'
+    return f'; <span data-playback="{_e(f.playback)}">playback {_e(f.playback)}</span>' if f.playback else ""
 
 
 def _doctor(findings: Sequence[Finding], at: datetime | None) -> str:

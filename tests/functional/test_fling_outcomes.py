@@ -66,6 +66,10 @@ security: {{policy: {policy}, relay: true, extra_roots: ["{root_pem}"]}}
 """, timeouts={"outcome": outcome})
 
 
+def with_admin(config: Config, port: int) -> Config:
+    return dataclasses.replace(config, http=dataclasses.replace(config.http, admin_port=port))
+
+
 async def fling_once(bridge: Bridge, server: FakePlexServer, tmp_path: Path) -> None:
     """python-plexapi flings movie 501 to the TV's face, as a phone would."""
     await until(lambda: len(bridge.faces) == 1, message="the TV's face is up")
@@ -86,7 +90,8 @@ async def fling_once(bridge: Bridge, server: FakePlexServer, tmp_path: Path) -> 
 async def test_a_direct_secure_fling_the_tv_cannot_play_fails_is_reflung_through_the_relay_and_counts_as_evidence(
         tmp_path: Path, server: FakePlexServer, tv: FakeCompanionPlayer, caplog: pytest.LogCaptureFixture) -> None:
     tv.use_cases.report_playback = True
-    bridge = Bridge(outcome_config(tmp_path, server, tv))
+    admin_port = free_port()
+    bridge = Bridge(with_admin(outcome_config(tmp_path, server, tv), admin_port))
     caplog.set_level(logging.INFO)
     await bridge.start()
     try:
@@ -99,6 +104,8 @@ async def test_a_direct_secure_fling_the_tv_cannot_play_fails_is_reflung_through
         await until(settled, timeout=30, message="both flings have an outcome")
         relay, direct = bridge.audit.recent(10)
         metrics = bridge.metrics.render().decode()
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin_port}/") as resp:
+            live_page = await resp.text()
     finally:
         await bridge.stop()
 
@@ -124,6 +131,8 @@ async def test_a_direct_secure_fling_the_tv_cannot_play_fails_is_reflung_through
     assert "companion_relay_reflings_total 1.0" in metrics
     assert 'companion_fling_outcomes_total{mode="direct-secure",result="failed"} 1.0' in metrics
     assert 'companion_fling_outcomes_total{mode="relay",result="ok"} 1.0' in metrics
+    assert 'data-playback="failed">failed on the device: the player reported an error' in live_page
+    assert 'data-playback="ok"' in live_page and 'data-contradicted="1"' in live_page
 
     code, out, err = await companion("--config", str(tmp_path / "c.yaml"), "profiles", "evidence", "--json")
     assert code == 0, err
@@ -140,9 +149,8 @@ async def test_a_direct_secure_fling_the_tv_cannot_play_fails_is_reflung_through
     assert "dns.resolver: no claim backs this key" in out
 
     # After a restart the status page still marks the profile: the count comes back from the audit log.
-    config = outcome_config(tmp_path, server, tv)
     admin_port = free_port()
-    again = Bridge(dataclasses.replace(config, http=dataclasses.replace(config.http, admin_port=admin_port)))
+    again = Bridge(with_admin(outcome_config(tmp_path, server, tv), admin_port))
     await again.start()
     try:
         await until(lambda: len(again.faces) == 1, message="the TV's face is up again")
