@@ -63,7 +63,8 @@ class FlingRecord:
     reasons: tuple[tuple[str, str], ...]
     outcome: str
     # What the target did with it, from its timeline: "" (not watched: refused, failed to send, or
-    # recorded before outcomes existed), "watching", "ok" or "failed" (with playback_reason).
+    # recorded before outcomes existed), "watching", "ok", "failed" (with playback_reason), or
+    # "superseded" (a newer fling to the same target came first).
     playback: str = ""
     playback_reason: str = ""
     refling_of: int | None = None  # the failed direct-secure fling this relay fling retried
@@ -77,7 +78,7 @@ _TEXT_FIELDS = (
 )
 _COLUMNS = ("id", "time_us", *_TEXT_FIELDS, "secure", "token_exposed", "command_plain_http",
             "reasons", "outcome", "playback", "playback_reason", "refling_of", "relied_on")
-PLAYBACK = frozenset({"", "watching", "ok", "failed"})
+PLAYBACK = frozenset({"", "watching", "ok", "failed", "superseded"})
 
 _SCHEMA_V1 = """
 CREATE TABLE flings (

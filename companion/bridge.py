@@ -463,6 +463,8 @@ class Bridge:
         if prepared.decision.mode == "relay":
             request = self._relay_request(slot.target, prepared)
         watch = OutcomeWatch(request.key)  # before the command: the target may answer at once
+        for older in slot.watches:
+            older.supersede()
         slot.watches.append(watch)
         try:
             await slot.adapter.play_media(request, command)

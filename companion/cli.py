@@ -56,7 +56,7 @@ class _JournalFormatter(logging.Formatter):
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
-    path = args.config or os.environ.get("COMPANION_CONFIG")
+    path = args.config or os.environ.get("COMPANION_CONFIG") or None  # set but empty = not set
     if path and not args.config and not os.path.exists(path):
         # COMPANION_CONFIG from the service unit names the usual place; no file there = defaults.
         log.info("no config file at %s (COMPANION_CONFIG); running on the embedded defaults", path)

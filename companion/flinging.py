@@ -271,7 +271,7 @@ class FlingService:
             if d.mode == "direct-secure":
                 self.contradicted[fling.profile] = self.contradicted.get(fling.profile, 0) + 1
         else:
-            log.info("fling to %s (%s) is playing", fling.target_name, d.mode)
+            log.info("fling to %s (%s): %s", fling.target_name, d.mode, outcome.reason)
         if self.audit is None or record_id is None:
             return
         try:

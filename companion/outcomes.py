@@ -15,7 +15,9 @@ from typing import Literal
 
 from companion.proto.timeline import MEDIA_TYPES, PlayerState
 
-Result = Literal["ok", "failed"]
+# "superseded": a newer fling to the same target came before this one's outcome was known; it
+# counts neither for nor against the profile.
+Result = Literal["ok", "failed", "superseded"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,12 @@ class OutcomeWatch:
         """Take a state the target reported (called from the adapter's state callback)."""
         if self.judge.observe(state) is not None:
             self._known.set()
+
+    def supersede(self) -> None:
+        """A newer fling went to the same target: stop judging this one."""
+        if self.judge.outcome is None:
+            self.judge.outcome = Outcome("superseded", "a newer fling to this target came first")
+        self._known.set()
 
     async def wait(self, timeout: float) -> Outcome:
         """The outcome as soon as it is known, or the judge's verdict after ``timeout`` seconds."""

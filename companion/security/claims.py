@@ -39,7 +39,7 @@ class FlingFact:
 
     profile: str
     mode: str
-    playback: str  # "" (not watched), "watching", "ok", "failed"
+    playback: str  # "" (not watched), "watching", "ok", "failed", "superseded"
     relied_on: tuple[str, ...]
     refling_of: int | None
 

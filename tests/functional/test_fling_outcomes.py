@@ -124,6 +124,13 @@ async def test_a_direct_secure_fling_the_tv_cannot_play_fails_is_reflung_through
     assert (relay.mode, relay.playback, relay.refling_of) == ("relay", "ok", direct.id)
     assert [code for code, _ in relay.reasons] == ["direct-secure-failed", "relay-last-hop-plaintext"]
     assert relay.token_exposed is False
+    # The retry is the controller's fling carried on: the relay fetched with the controller's token,
+    # and the TV never saw a token.
+    fetched = [(r.path, r.token) for r in server.requests if r.path.startswith(("/library/metadata", "/library/parts"))]
+    assert fetched == [("/library/metadata/501", TOKEN),  # python-plexapi looking the movie up
+                       ("/library/metadata/501", server.transient_token),  # the relay, for the TV
+                       ("/library/parts/501/file", server.transient_token)]
+    assert second["token"] not in (TOKEN, server.transient_token)
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("failed on the target: the player reported an error" in m for m in warnings)

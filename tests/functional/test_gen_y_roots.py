@@ -50,3 +50,19 @@ async def test_explain_says_per_device_who_needs_the_yr_by_x1_cross_sign(tmp_pat
     assert yr == {**yr, "trusts_root": False, "trusts_cross_signer": True, "follows_aia": False, "ok": False,
                   "needs_cross_sign": True, "confidence": "assumed"}
     assert [r["code"] for r in report["decision"]["reasons"]] == ["cross-sign-missing", "relay-last-hop-plaintext"]
+
+
+async def test_profiles_list_has_the_2026_roots_column_and_json() -> None:
+    code, out, err = await companion("profiles", "list")
+    assert code == 0, err
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "YR needs cross-sign" in rows["lg-webos-5"]
+    assert "YR ok, YE ok" in rows["plex-web"]
+    assert "YR no, YE no" in rows["lg-netcast"]
+    code, out, err = await companion("profiles", "list", "--json")
+    assert code == 0, err
+    [webos5] = [p for p in json.loads(out) if p["id"] == "lg-webos-5"]
+    [yr] = [r for r in webos5["cross_signed_roots"] if r["root"] == "isrg-root-yr"]
+    assert (yr["trusts_root"], yr["trusts_cross_signer"], yr["follows_aia"], yr["needs_cross_sign"]) == (
+        False, True, False, True)
+    assert yr["confidence"] == "inferred"  # "ISRG Root YR missing on webOS 5 (reported, not confirmed)"

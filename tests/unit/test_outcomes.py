@@ -85,3 +85,12 @@ def test_failed_direct_secure_flings_contradict_the_claims_they_relied_on() -> N
     assert claims["roots.isrg-root-x1"] == ["trusts ISRG Root X1"]
     assert claims["tls.versions"] == ["TLS 1.2 and 1.3"]
     assert claims["dns.resolver"] == [] and claims["tls.follows_aia"] == []
+
+
+async def test_a_newer_fling_supersedes_the_watch_of_an_older_one() -> None:
+    older = OutcomeWatch(KEY)
+    older.supersede()
+    outcome = await older.wait(30)
+    assert (outcome.result, outcome.reason) == ("superseded", "a newer fling to this target came first")
+    older.observe(state("playing"))
+    assert older.judge.outcome == outcome
