@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from companion.proto.plexdirect import hash_from_dns_names
-from companion.security.profiles import CrossSign, Evidence, Profile, TlsCaps
+from companion.security.profiles import CONFIDENCE_ORDER, CrossSign, Evidence, Profile, TlsCaps
 
 if TYPE_CHECKING:
     from companion.security.probe import ServerFacts
@@ -446,8 +446,7 @@ class RootOutlook:
     @property
     def confidence(self) -> str:
         """The weakest confidence among the claims behind this verdict (``assumed`` without one)."""
-        order = ("assumed", "inferred", "observed", "documented")
-        return min((e.confidence for e in self.evidence), key=order.index, default="assumed")
+        return min((e.confidence for e in self.evidence), key=CONFIDENCE_ORDER.index, default="assumed")
 
 
 def root_outlook(profile: Profile, roots: Sequence[x509.Certificate],
