@@ -326,7 +326,7 @@ class _Reader:
                 self.note(self.fail(y.line, _join(key, name), "required key is missing"))
         return entries
 
-    def outcome(self) -> None:
+    def raise_problems(self) -> None:
         """Raise what was recorded: the one error, or a :class:`ProfileErrors` of them all."""
         raise_all(self.problems)
 
@@ -478,7 +478,8 @@ def _parse_profile(text: str, path: str) -> tuple[Profile | None, _RootRefs | No
     return profile, refs, []
 
 
-def _parse_evidence(r: _Reader, ev_y: _Y, where: str, about_refs: list[tuple[str, int, str]]) -> Evidence:
+def _parse_evidence(r: _Reader, ev_y: _Y, where: str, about_refs: list[tuple[str, int, str]]) -> Evidence | None:
+    """One evidence entry, or None when it has a problem (each recorded on ``r``)."""
     before = len(r.problems)
     ev = r.mapping(ev_y, where, _EVIDENCE_KEYS, ("claim", "confidence"))
     confidence = r.attempt(lambda: r.choice(ev["confidence"], f"{where}.confidence", CONFIDENCE_ORDER),
@@ -499,7 +500,7 @@ def _parse_evidence(r: _Reader, ev_y: _Y, where: str, about_refs: list[tuple[str
                                          f"(use one of {', '.join(ABOUT_FACETS)}, or roots.<root name>)"))
             about.append(facet)
     if len(r.problems) > before:
-        raise r.problems.pop()  # attempt() records it again; the others stay recorded
+        return None
     return Evidence(claim=claim, confidence=cast(Confidence, confidence), source=source, about=tuple(about))
 
 
@@ -646,7 +647,7 @@ class _StoreLoader:
         r = _Reader(path)
         top = r.mapping(_parse_yaml(_read_text(file), path), "", _STORE_KEYS, ("name",))
         if "name" not in top:
-            r.outcome()
+            r.raise_problems()
         name = r.string(top["name"], "name")
         if name != file.stem:
             r.note(r.fail(top["name"].line, "name", f"must equal the file name {file.stem!r}"))
@@ -695,7 +696,7 @@ class _StoreLoader:
             if known is not None and known.fingerprint != root.fingerprint:
                 r.note(ProfileError(f"root {root.name!r} is already defined differently in {known.origin}",
                                     path=path, line=top["trusted_certificates"].line, key="trusted_certificates"))
-        r.outcome()
+        r.raise_problems()
         if certifi_source:
             self._load_certifi(path, top["source"].line)
         for root in own:
@@ -713,10 +714,10 @@ class _StoreLoader:
                 r.string(entry[k], f"{where}.{k}")
         return r.string(entry["name"], f"{where}.name") if "name" in entry else ""
 
-    def _cross_entry(self, r: _Reader, item: _Y, where: str) -> tuple[str, str, datetime, str, str, int, str]:
+    def _cross_entry(self, r: _Reader, item: _Y, where: str) -> tuple[str, str, datetime, str, str, int, str] | None:
         entry = r.mapping(item, where, _CROSS_KEYS, ("root", "by", "until"))
         if not all(k in entry for k in ("root", "by", "until")):
-            raise r.problems.pop()
+            return None  # the missing key is recorded already
         root = r.string(entry["root"], f"{where}.root")
         by = r.string(entry["by"], f"{where}.by")
         day = r.string(entry["until"], f"{where}.until")
@@ -754,10 +755,10 @@ class _StoreLoader:
         self._certifi_roots = tuple(roots)
         self._certifi_loaded = True
 
-    def _load_root(self, r: _Reader, file: Path, item: _Y, where: str) -> _Root:
+    def _load_root(self, r: _Reader, file: Path, item: _Y, where: str) -> _Root | None:
         entry = r.mapping(item, where, _CERT_KEYS, ("name", "fingerprint"))
         if "name" not in entry or "fingerprint" not in entry:
-            raise r.problems.pop()  # the missing key, recorded again by attempt()
+            return None  # the missing key is recorded already
         name = r.string(entry["name"], f"{where}.name")
         if not _ID_RE.match(name):
             raise r.fail(entry["name"].line, f"{where}.name", "use lowercase letters, digits and dashes")

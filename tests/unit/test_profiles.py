@@ -486,3 +486,29 @@ def test_a_root_store_reports_every_problem_too(tmp_path: Path) -> None:
     assert [m.split(": ", 2)[1] for m in messages] == [
         "extend", "created_before", "trusted_certificates[0].fingerprint"]
     assert "did you mean extends?" in messages[0]
+
+
+def test_cross_signs_and_root_entries_with_missing_or_unknown_parts_are_each_reported(tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "mine.yaml").write_text(
+        "name: mine\ntrusted_certificates:\n  - {name: x}\n"
+        "cross_signs:\n  - {root: isrg-root-yr, by: isrg-root-x9, until: \"2032-09-02\"}\n"
+        "  - {root: isrg-root-ye, by: isrg-root-x2}\n  - {root: isrg-root-ye, by: isrg-root-x2, until: soon}\n")
+    messages = [str(e) for e in load_profiles([tmp_path]).errors]
+    assert [m.split(": ", 2)[1] for m in messages] == [
+        "trusted_certificates[0].fingerprint", "cross_signs[1].until", "cross_signs[2].until"]
+    (roots / "mine.yaml").write_text(
+        "name: mine\ncross_signs:\n  - {root: isrg-root-yr, by: isrg-root-x9, until: \"2032-09-02\"}\n")
+    [error] = load_profiles([tmp_path]).errors
+    assert str(error) == (f"{roots / 'mine.yaml'}:3: cross_signs[0]: root 'isrg-root-x9' has no certificate here "
+                          "(did you mean isrg-root-x2?)")
+
+
+def test_an_evidence_entry_with_problems_reports_each_of_them() -> None:
+    text = MINIMAL + "evidence:\n  - {claim: 1, confidence: documentd, about: dns}\n  - {confidence: assumed}\n"
+    with pytest.raises(P.ProfileErrors) as info:
+        parse_profile(text, "x.yaml")
+    assert [e.key for e in info.value.errors] == [
+        "evidence[0].confidence", "evidence[0].claim", "evidence[0].about", "evidence[1].claim"]
+    assert "did you mean documented?" in str(info.value)
