@@ -10,6 +10,7 @@ is its thin asyncio shell: the bridge feeds it the target's states and waits on 
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +19,7 @@ from companion.proto.timeline import MEDIA_TYPES, PlayerState
 # "superseded": a newer fling to the same target came before this one's outcome was known; it
 # counts neither for nor against the profile.
 Result = Literal["ok", "failed", "superseded"]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,9 @@ class PlaybackJudge:
         for media_type in MEDIA_TYPES:
             entry = state.entries.get(media_type)
             if entry is not None and entry.state == "error":
-                # The player's own words, bounded: they come off the network and go to the audit.
-                detail = (entry.extra.get("error") or entry.extra.get("errorMessage") or "")[:200]
+                # The player's own words come off the network and go to the log and the audit:
+                # bounded, and without control characters (no forged log lines).
+                detail = _CONTROL.sub("?", (entry.extra.get("error") or entry.extra.get("errorMessage") or "")[:200])
                 self.last = "error"
                 return self._end("failed", "the player reported an error" + (f": {detail}" if detail else ""))
         active = state.active

@@ -24,9 +24,9 @@ def test_playing_the_flung_item_is_ok() -> None:
 
 
 def test_an_error_timeline_fails_at_once_with_the_players_words_bounded() -> None:
-    outcome = PlaybackJudge(KEY).observe(state("error", error="TLS handshake failed " + "x" * 500))
+    outcome = PlaybackJudge(KEY).observe(state("error", error="TLS handshake failed\nWARNING forged " + "x" * 500))
     assert outcome is not None and outcome.result == "failed"
-    assert outcome.reason.startswith("the player reported an error: TLS handshake failed")
+    assert outcome.reason.startswith("the player reported an error: TLS handshake failed?WARNING forged")
     assert len(outcome.reason) < 260
 
 
