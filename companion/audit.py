@@ -25,11 +25,12 @@ from typing import Any
 
 from companion.errors import StateError
 from companion.model import scrub
+from companion.security.claims import FlingFact
 
 __all__ = ["MODES", "SCHEMA_VERSION", "AuditLog", "FlingRecord", "format_table", "record_to_json", "scrub"]
 
 MODES = frozenset({"direct-secure", "relay", "direct-insecure", "refused"})
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -61,6 +62,13 @@ class FlingRecord:
     command_plain_http: bool
     reasons: tuple[tuple[str, str], ...]
     outcome: str
+    # What the target did with it, from its timeline: "" (not watched: refused, failed to send, or
+    # recorded before outcomes existed), "watching", "ok", "failed" (with playback_reason), or
+    # "superseded" (a newer fling to the same target came first).
+    playback: str = ""
+    playback_reason: str = ""
+    refling_of: int | None = None  # the failed direct-secure fling this relay fling retried
+    relied_on: tuple[str, ...] = ()  # profile keys a direct-secure decision rested on (security/claims.py)
 
 
 # Text columns in FlingRecord field order; time, flags and reasons are handled apart.
@@ -69,7 +77,8 @@ _TEXT_FIELDS = (
     "profile", "server_id", "server_address", "media_key", "mode",
 )
 _COLUMNS = ("id", "time_us", *_TEXT_FIELDS, "secure", "token_exposed", "command_plain_http",
-            "reasons", "outcome")
+            "reasons", "outcome", "playback", "playback_reason", "refling_of", "relied_on")
+PLAYBACK = frozenset({"", "watching", "ok", "failed", "superseded"})
 
 _SCHEMA_V1 = """
 CREATE TABLE flings (
@@ -94,8 +103,17 @@ CREATE TABLE flings (
 CREATE INDEX flings_time ON flings (time_us);
 """
 
+# Version 2: fling outcomes. ADD COLUMN keeps every existing record (they read as not watched).
+_SCHEMA_V2 = """
+ALTER TABLE flings ADD COLUMN playback TEXT NOT NULL DEFAULT '';
+ALTER TABLE flings ADD COLUMN playback_reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE flings ADD COLUMN refling_of INTEGER;
+ALTER TABLE flings ADD COLUMN relied_on TEXT NOT NULL DEFAULT '[]';
+CREATE INDEX flings_profile ON flings (profile);
+"""
+
 # Schema version -> script that brings the previous version up to it. Version 0 is an empty file.
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 def _to_us(when: datetime) -> int:
@@ -227,13 +245,16 @@ class AuditLog:
             raise ValueError(f"unknown fling mode {rec.mode!r}; expected one of {sorted(MODES)}")
         if rec.time.tzinfo is None:
             raise ValueError("FlingRecord.time must be timezone-aware (UTC)")
+        if rec.playback not in PLAYBACK:
+            raise ValueError(f"unknown playback {rec.playback!r}; expected one of {sorted(PLAYBACK)}")
         reasons = json.dumps([[scrub(code), scrub(text)] for code, text in rec.reasons],
                              ensure_ascii=False)
         values = (
             _to_us(rec.time),
             *(scrub(getattr(rec, name)) for name in _TEXT_FIELDS),
             int(rec.secure), int(rec.token_exposed), int(rec.command_plain_http),
-            reasons, scrub(rec.outcome),
+            reasons, scrub(rec.outcome), rec.playback, scrub(rec.playback_reason), rec.refling_of,
+            json.dumps([scrub(f) for f in rec.relied_on]),
         )
         placeholders = ", ".join("?" * len(values))
         sql = f"INSERT INTO flings ({', '.join(_COLUMNS[1:])}) VALUES ({placeholders})"  # noqa: S608
@@ -270,6 +291,31 @@ class AuditLog:
                 raise self._fail("read flings", exc) from None
         return [_row_to_record(row) for row in rows]
 
+    def set_playback(self, record_id: int, playback: str, reason: str = "") -> None:
+        """Record what the target did with fling ``record_id`` (``ok``/``failed`` and why)."""
+        if playback not in PLAYBACK:
+            raise ValueError(f"unknown playback {playback!r}; expected one of {sorted(PLAYBACK)}")
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("UPDATE flings SET playback = ?, playback_reason = ? WHERE id = ?",
+                             (playback, scrub(reason), record_id))
+            except sqlite3.Error as exc:
+                raise self._fail("record a fling outcome", exc) from None
+
+    def outcome_facts(self, limit: int = 100_000) -> list[FlingFact]:
+        """The newest ``limit`` flings as the evidence summary needs them (bounded: memory stays small)."""
+        sql = ("SELECT profile, mode, playback, relied_on, refling_of FROM flings "
+               "ORDER BY id DESC LIMIT ?")
+        with self._lock:
+            conn = self._connection()
+            try:
+                rows = conn.execute(sql, (max(0, limit),)).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail("read flings", exc) from None
+        return [FlingFact(profile=p, mode=m, playback=pb, relied_on=tuple(json.loads(r)), refling_of=ref)
+                for p, m, pb, r, ref in rows]
+
     def prune(self, now: datetime) -> int:
         """Delete records older than the retention period before ``now``; return how many."""
         cutoff = _to_us(now - timedelta(days=self.retention_days))
@@ -294,14 +340,15 @@ class AuditLog:
 
 def _row_to_record(row: Sequence[Any]) -> FlingRecord:
     (rid, time_us, c_id, c_name, c_addr, t_id, t_name, profile, s_id, s_addr, media_key, mode,
-     secure, token_exposed, plain, reasons, outcome) = row
+     secure, token_exposed, plain, reasons, outcome, playback, playback_reason, refling_of, relied_on) = row
     return FlingRecord(
         id=rid, time=_from_us(time_us), controller_id=c_id, controller_name=c_name,
         controller_address=c_addr, target_id=t_id, target_name=t_name, profile=profile,
         server_id=s_id, server_address=s_addr, media_key=media_key, mode=mode,
         secure=bool(secure), token_exposed=bool(token_exposed), command_plain_http=bool(plain),
         reasons=tuple((str(code), str(text)) for code, text in json.loads(reasons)),
-        outcome=outcome,
+        outcome=outcome, playback=playback, playback_reason=playback_reason, refling_of=refling_of,
+        relied_on=tuple(str(f) for f in json.loads(relied_on)),
     )
 
 
@@ -321,6 +368,9 @@ def record_to_json(rec: FlingRecord) -> dict[str, Any]:
         "command_plain_http": rec.command_plain_http,
         "reasons": [{"code": code, "text": text} for code, text in rec.reasons],
         "outcome": rec.outcome,
+        "playback": {"result": rec.playback or None, "reason": rec.playback_reason or None},
+        "refling_of": rec.refling_of,
+        "relied_on": list(rec.relied_on),
     }
 
 
@@ -336,7 +386,7 @@ def _cell(text: str, width: int = 32) -> str:
 
 def format_table(records: Iterable[FlingRecord]) -> str:
     """The human table for ``companion flings``: one line per fling, newest first as given."""
-    header = ("TIME (UTC)", "TARGET", "MODE", "SECURE", "TOKEN EXPOSED", "OUTCOME", "REASONS")
+    header = ("TIME (UTC)", "TARGET", "MODE", "SECURE", "TOKEN EXPOSED", "OUTCOME", "PLAYBACK", "REASONS")
     rows = [
         (
             rec.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
@@ -345,6 +395,7 @@ def format_table(records: Iterable[FlingRecord]) -> str:
             "yes" if rec.secure else "NO",
             "YES" if rec.token_exposed else "no",
             _cell(rec.outcome, 40),
+            _cell(rec.playback + (f": {rec.playback_reason}" if rec.playback_reason else ""), 48) or "-",
             _cell(",".join(code for code, _ in rec.reasons), 60) or "-",
         )
         for rec in records

@@ -42,10 +42,11 @@ from companion.errors import (
     TargetUnavailable,
 )
 from companion.faces.app import Face, FaceLimits
-from companion.flinging import FlingService, Prepared
+from companion.flinging import Fling, FlingService, Prepared
 from companion.limits import connection_budget, nofile_limit
 from companion.metrics import Metrics
 from companion.model import Command, Controller, MediaRequest, Server, Sighting, Target, TargetKind, stable_id
+from companion.outcomes import OutcomeWatch
 from companion.playqueue import create_play_queue
 from companion.proto import plexdirect
 from companion.proto.companion import FaceIdentity
@@ -54,7 +55,7 @@ from companion.proto.timeline import PlayerState
 from companion.proxy import ProxyService, ProxySettings, server_context
 from companion.registry import Registry, config_server_id
 from companion.relay import Relay
-from companion.security.decide import Decision
+from companion.security.decide import Decision, Reason
 from companion.security.probe import ProbeCache
 from companion.security.profiles import ProfileSet, load_with_extra
 from companion.state import StateDir
@@ -109,6 +110,7 @@ class FaceSlot:
     errors: int = 0
     last_error: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    watches: list[OutcomeWatch] = field(default_factory=list)  # flings whose outcome is being watched
 
 
 class Bridge:
@@ -195,6 +197,7 @@ class Bridge:
         self.flings = FlingService(config=cfg, profiles=self.profiles, registry=self.registry, audit=self.audit,
                                    probe=self.probe, metrics=self.metrics,
                                    relay_available=lambda: self.relay is not None)
+        await self.flings.load_contradictions()
         self._add_configured_servers(cfg)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.command),
@@ -382,6 +385,9 @@ class Bridge:
             def on_state(state: PlayerState) -> None:
                 if face_box:
                     face_box[0].update_state(state)
+                slot = self.faces.get(target.id)
+                for watch in slot.watches if slot is not None else ():
+                    watch.observe(state)
 
             def on_available(available: bool) -> None:
                 if face_box:
@@ -488,6 +494,10 @@ class Bridge:
         prepared = await self.flings.prepare(slot.target, command)  # PolicyRefusal is flagged already
         plain_command_leg = slot.target.kind is TargetKind.COMPANION  # Companion commands are plain HTTP
         request = prepared.request
+        watch = OutcomeWatch(request.key)  # before the command: the target may answer at once
+        for older in slot.watches:
+            older.supersede()
+        slot.watches.append(watch)
         try:
             if (slot.target.kind is TargetKind.CHROMECAST and command.name == "playMedia"
                     and not play_queue_id(request.container_key)):
@@ -497,11 +507,15 @@ class Bridge:
                 request = self._relay_request(slot.target, prepared)
             await slot.adapter.play_media(request, command)
         except CompanionError as exc:
+            slot.watches.remove(watch)
             await self.flings.finish(prepared.fling, f"error: {exc}", command_plain_http=plain_command_leg,
                                      server_address=prepared.server.address, command=command)
             raise
-        await self.flings.finish(prepared.fling, "ok", command_plain_http=plain_command_leg,
-                                 server_address=prepared.server.address, command=command)
+        fling = dataclasses.replace(prepared.fling, playback="watching")
+        record_id = await self.flings.finish(fling, "ok", command_plain_http=plain_command_leg,
+                                             server_address=prepared.server.address, command=command)
+        self._spawn(self._follow_outcome(slot, prepared, command, watch, fling, record_id),
+                    f"fling-outcome:{slot.target.id}")
         return prepared.decision
 
     async def _with_play_queue(self, prepared: Prepared) -> MediaRequest:
@@ -523,6 +537,62 @@ class Bridge:
         if queue.selected_item_id:
             extra["playQueueItemID"] = queue.selected_item_id
         return dataclasses.replace(request, container_key=queue.container_key, extra=extra)
+
+    async def _follow_outcome(self, slot: FaceSlot, prepared: Prepared, command: Command, watch: OutcomeWatch,
+                              fling: Fling, record_id: int | None) -> None:
+        """Record what the target did with a fling; under ``preferred``, a direct-secure fling that
+        failed there is re-flung once through the relay, and the failure counts against the profile."""
+        assert self.flings is not None
+        try:
+            outcome = await watch.wait(self.config.timeouts.outcome)
+        finally:
+            with contextlib.suppress(ValueError):
+                slot.watches.remove(watch)
+        await self.flings.record_outcome(fling, record_id, outcome)
+        if (outcome.result == "failed" and prepared.decision.mode == "direct-secure" and fling.refling_of is None
+                and self.flings.policy_for(slot.target) == "preferred" and self.flings.relay_available()
+                and self.relay is not None and prepared.profile.media_http and slot.target.id in self.faces):
+            await self._refling_via_relay(slot, prepared, command, record_id, outcome.reason)
+
+    async def _refling_via_relay(self, slot: FaceSlot, prepared: Prepared, command: Command,
+                                 failed_id: int | None, why: str) -> None:
+        """The one automatic retry: the same media through the relay, flagged in audit, log and metrics.
+
+        It is the controller's fling carried on (no owner of its own), so the relay fetches with the
+        controller's token, as the original fling's stream would have.
+        """
+        assert self.flings is not None
+        failed = Reason("direct-secure-failed", f"the direct-secure fling failed on the device ({why}); "
+                                                "re-flung once through the relay")
+        relayed = Reason("relay-last-hop-plaintext",
+                         "the bridge fetches the stream over verified https and relays it to the device over "
+                         "plain http: the token stays with the bridge, but the media crosses the LAN unencrypted")
+        decision = Decision("relay", False, False, (failed, relayed), "http", "", 0)
+        fling = dataclasses.replace(prepared.fling, time=datetime.now(UTC), decision=decision, relied_on=(),
+                                    refling_of=failed_id, playback="watching")
+        retry = dataclasses.replace(prepared, decision=decision, fling=fling)
+        plain_command_leg = slot.target.kind is TargetKind.COMPANION
+        try:
+            request = self._relay_request(slot.target, retry)
+        except PolicyRefusal as exc:
+            log.warning("cannot re-fling to %s through the relay: %s", slot.target.name, exc)
+            return
+        log.warning("fling to %s failed direct-secure (%s); re-flinging it once through the relay",
+                    slot.target.name, why)
+        self.metrics.relay_reflings.inc()
+        watch = OutcomeWatch(request.key)
+        slot.watches.append(watch)
+        try:
+            await slot.adapter.play_media(request, command)
+        except CompanionError as exc:
+            slot.watches.remove(watch)
+            await self.flings.finish(dataclasses.replace(fling, playback=""), f"error: {exc}",
+                                     command_plain_http=plain_command_leg, server_address=prepared.server.address,
+                                     command=command)
+            return
+        record_id = await self.flings.finish(fling, "ok", command_plain_http=plain_command_leg,
+                                             server_address=prepared.server.address, command=command)
+        await self._follow_outcome(slot, retry, command, watch, fling, record_id)
 
     def _relay_request(self, target: Target, prepared: Prepared) -> MediaRequest:
         """Point the target at the relay: the capability travels as its token, the real one stays here."""

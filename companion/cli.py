@@ -56,7 +56,7 @@ class _JournalFormatter(logging.Formatter):
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
-    path = args.config or os.environ.get("COMPANION_CONFIG")
+    path = args.config or os.environ.get("COMPANION_CONFIG") or None  # set but empty = not set
     if path and not args.config and not os.path.exists(path):
         # COMPANION_CONFIG from the service unit names the usual place; no file there = defaults.
         log.info("no config file at %s (COMPANION_CONFIG); running on the embedded defaults", path)
@@ -252,18 +252,58 @@ def _profile_set(config: Config) -> Any:
 
 def cmd_profiles_list(args: argparse.Namespace) -> int:
     from companion.security.profiles import describe
+    from companion.security.trust import root_outlook
 
     profiles = _profile_set(_config_from_args(args))
-    described = [describe(p) for p in profiles.profiles.values()]
+    outlooks = {p.id: root_outlook(p, profiles.roots_for(p), profiles.cross_signs) for p in profiles.profiles.values()}
     if args.json:
-        _print_json(described)
+        _print_json([{**describe(p), "cross_signed_roots": [_outlook_json(o) for o in outlooks[p.id]]}
+                     for p in profiles.profiles.values()])
         return EXIT_OK
     rows = []
     for p in profiles.profiles.values():
         matches = "; ".join(", ".join(f"{k}={v}" for k, v in clause.items()) for clause in p.match) or "(override)"
         tls = "no https" if not p.media_https else f"TLS {p.tls.min_version}-{p.tls.max_version}"
-        rows.append([p.id, p.transport, tls, p.roots.store, p.dns_resolver, p.confidence, matches])
-    print(_table(rows, ["ID", "TRANSPORT", "TLS", "ROOTS", "DNS", "CONFIDENCE", "MATCHES"]))
+        gen_y = ", ".join(f"{o.root.removeprefix('isrg-root-').upper()} "
+                          f"{'ok' if o.ok else 'needs cross-sign' if o.needs_cross_sign else 'no'}"
+                          for o in outlooks[p.id] if p.media_https) or "-"
+        rows.append([p.id, p.transport, tls, p.roots.store, p.dns_resolver, p.confidence, gen_y, matches])
+    print(_table(rows, ["ID", "TRANSPORT", "TLS", "ROOTS", "DNS", "CONFIDENCE", "2026 ROOTS", "MATCHES"]))
+    return EXIT_OK
+
+
+def cmd_profiles_evidence(args: argparse.Namespace) -> int:
+    from companion.audit import AuditLog
+    from companion.security.claims import evidence_to_json, summarize
+
+    config = _config_from_args(args)
+    profiles = _profile_set(config)
+    path = config.state_path / "audit.sqlite3"
+    facts = []
+    if path.exists():
+        with AuditLog(path) as audit:
+            facts = audit.outcome_facts()
+    summary = summarize(facts, profiles.profiles)
+    if args.json:
+        _print_json(evidence_to_json(summary))
+        return EXIT_OK
+    if not summary:
+        print(f"no flings recorded in {path}")
+        return EXIT_OK
+    rows = [[s.profile, str(s.flings), str(s.ok), str(s.failures), str(s.direct_secure_failures), str(s.reflings),
+             "YES" if s.is_contradicted else "no"] for s in summary]
+    print(_table(rows, ["PROFILE", "FLINGS", "PLAYED", "FAILED", "DIRECT-SECURE FAILED", "RE-FLUNG",
+                        "CONTRADICTED"]))
+    for s in summary:
+        if not s.is_contradicted:
+            continue
+        print(f"\n{s.profile}: {s.direct_secure_failures} direct-secure fling(s) failed on the device; "
+              "the claims that made them secure:")
+        for c in s.contradicted:
+            if not c.claims:
+                print(f"  {c.facet}: no claim backs this key (the profile's value is unbacked)")
+            for e in c.claims:
+                print(f"  {c.facet}: \"{e.claim}\" [{e.confidence}]" + (f" ({e.source})" if e.source else ""))
     return EXIT_OK
 
 
@@ -350,6 +390,7 @@ async def _explain(config: Config, args: argparse.Namespace) -> int:
     from companion.security.decide import decide, explain
     from companion.security.dnscheck import check_plex_direct
     from companion.security.probe import probe_server
+    from companion.security.trust import root_outlook
 
     profiles = _profile_set(config)
     profile = _explain_profile(config, profiles, args.target, args.profile)
@@ -388,9 +429,10 @@ async def _explain(config: Config, args: argparse.Namespace) -> int:
     roots = profiles.roots_for(profile)
     common = {"profile": profile, "roots": roots, "server_address": address, "server_port": port, "facts": facts,
               "dns": dns, "policy": policy, "relay_available": config.security.relay, "now": now,
-              "server_hash": server_hash}
+              "server_hash": server_hash, "cross_signs": profiles.cross_signs}
     checks = explain(**common)
     decision = decide(**common)
+    outlook = root_outlook(profile, roots, profiles.cross_signs)
     if args.json:
         _print_json({
             "profile": {"id": profile.id, "name": profile.name, "confidence": profile.confidence},
@@ -403,6 +445,7 @@ async def _explain(config: Config, args: argparse.Namespace) -> int:
             "decision": {"mode": decision.mode, "secure": decision.secure,
                          "token_exposed": decision.token_exposed, "stream_base": decision.stream_base,
                          "reasons": [{"code": r.code, "text": r.text} for r in decision.reasons]},
+            "cross_signed_roots": [_outlook_json(o) for o in outlook],
         })
     else:
         print(f"device profile: {profile.id} ({profile.name}); confidence: {profile.confidence}")
@@ -417,6 +460,10 @@ async def _explain(config: Config, args: argparse.Namespace) -> int:
         for c in checks:
             mark = "PASS" if c.passed else ("FAIL" if c.passed is False else " -- ")
             print(f"  {mark}  {c.name:<16} {c.detail}")
+        if outlook:
+            print("2026 roots (plex.direct leaves come from YR1 under Root YR; PMS sends leaf + YR1 only):")
+            for o in outlook:
+                print(f"  {'PASS' if o.ok else 'FAIL'}  {o.root:<16} {o.text} [{o.confidence}]")
         verdict = decision.mode + ("" if decision.secure else
                                    (" (token exposed)" if decision.token_exposed else " (token kept off the LAN)"))
         print(f"verdict: {verdict}")
@@ -425,6 +472,13 @@ async def _explain(config: Config, args: argparse.Namespace) -> int:
         for r in decision.reasons:
             print(f"  - {r.code}: {r.text}")
     return EXIT_OK if decision.secure else EXIT_FAIL
+
+
+def _outlook_json(o: Any) -> dict[str, object]:
+    return {"root": o.root, "cross_signed_by": o.by, "trusts_root": o.trusts_root, "trusts_cross_signer": o.trusts_by,
+            "follows_aia": o.follows_aia, "ok": o.ok, "needs_cross_sign": o.needs_cross_sign, "text": o.text,
+            "confidence": o.confidence,
+            "evidence": [{"claim": e.claim, "confidence": e.confidence, "source": e.source} for e in o.evidence]}
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -459,6 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     plist.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
     plist.add_argument("--json", action="store_true", help="machine-readable output")
     plist.set_defaults(func=cmd_profiles_list)
+    pev = psub.add_parser("evidence", help="per profile: flings, failures on the device, and the claims they "
+                          "contradict (from the audit log)")
+    pev.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
+    pev.add_argument("--json", action="store_true", help="machine-readable output")
+    pev.set_defaults(func=cmd_profiles_evidence)
 
     flings = sub.add_parser("flings", help="the audit log of flings, newest first")
     flings.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
@@ -502,7 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"companion: configuration error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # one line per problem in the file
+            print(f"companion: configuration error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     except CompanionError as exc:
         print(f"companion: {exc}", file=sys.stderr)

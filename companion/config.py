@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from companion.errors import ConfigError
+from companion.errors import ConfigError, ConfigErrors, did_you_mean
 
 Policy = Literal["required", "preferred", "disabled"]
 POLICIES: tuple[str, ...] = ("required", "preferred", "disabled")
@@ -77,6 +77,10 @@ class TimeoutsConfig:
     command: float = 5.0
     target_expiry: float = 120.0
     push: float = 5.0
+    # How long a fling's outcome is watched on the target's timeline: a TV app needs a few seconds
+    # to start its player and fetch the first segments, a transcode start can take 10-20 s more;
+    # past 30 s of buffering a person has given up.
+    outcome: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,18 @@ def _scalar(ctx: _Ctx, node: yaml.Node, key: str) -> Any:
         raise ctx.error(node, key, f"unsupported YAML value: {problem}") from None
 
 
+def _each(error: ConfigError) -> list[ConfigError]:
+    return list(error.errors) if isinstance(error, ConfigErrors) else [error]
+
+
+def _raise_all(errors: list[ConfigError]) -> None:
+    """Every problem of a file in one run: raise the one error, or all of them together."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
+
+
 def _kind(node: yaml.Node) -> str:
     if isinstance(node, yaml.MappingNode):
         return "mapping"
@@ -269,7 +285,8 @@ def _choice(options: tuple[str, ...]) -> Callable[[_Ctx, yaml.Node, str], str]:
     def parse(ctx: _Ctx, node: yaml.Node, key: str) -> str:
         value = _scalar(ctx, node, key)
         if value not in options:
-            raise ctx.error(node, key, f"must be one of {', '.join(options)}; got {value!r}")
+            hint = did_you_mean(value, options) if isinstance(value, str) else ""
+            raise ctx.error(node, key, f"must be one of {', '.join(options)}; got {value!r}{hint}")
         return cast(str, value)
 
     return parse
@@ -313,7 +330,15 @@ def _list(item: Callable[[_Ctx, yaml.Node, str], T]) -> Callable[[_Ctx, yaml.Nod
             return ()
         if not isinstance(node, yaml.SequenceNode):
             raise ctx.error(node, key, f"expected a list, got a {_kind(node)}")
-        return tuple(item(ctx, child, f"{key}[{i}]") for i, child in enumerate(node.value))
+        out: list[T] = []
+        errors: list[ConfigError] = []
+        for i, child in enumerate(node.value):
+            try:
+                out.append(item(ctx, child, f"{key}[{i}]"))
+            except ConfigError as exc:
+                errors += _each(exc)
+        _raise_all(errors)
+        return tuple(out)
 
     return parse
 
@@ -325,9 +350,14 @@ def _map_of(value_parser: Callable[[_Ctx, yaml.Node, str], T]) -> Callable[[_Ctx
         if not isinstance(node, yaml.MappingNode):
             raise ctx.error(node, key, f"expected a mapping, got a {_kind(node)}")
         out: dict[str, T] = {}
+        errors: list[ConfigError] = []
         for knode, vnode in node.value:
-            name = str(_scalar(ctx, knode, key))
-            out[name] = value_parser(ctx, vnode, f"{key}.{name}")
+            try:
+                name = str(_scalar(ctx, knode, key))
+                out[name] = value_parser(ctx, vnode, f"{key}.{name}")
+            except ConfigError as exc:
+                errors += _each(exc)
+        _raise_all(errors)
         return out
 
     return parse
@@ -342,19 +372,25 @@ def _section(cls: type[T], spec: Mapping[str, Callable[[_Ctx, yaml.Node, str], A
             raise ctx.error(node, key, f"expected a mapping, got a {_kind(node)}")
         values: dict[str, Any] = {}
         seen: set[str] = set()
+        errors: list[ConfigError] = []  # every problem of the section, not just the first
         for knode, vnode in node.value:
-            name = _scalar(ctx, knode, key)
-            dotted = f"{key}.{name}" if key else str(name)
-            if not isinstance(name, str) or name not in spec:
-                known = ", ".join(sorted(spec))
-                raise ctx.error(knode, dotted, f"unknown key (known keys here: {known})")
-            if name in seen:
-                raise ctx.error(knode, dotted, "given twice")
-            seen.add(name)
-            values[name] = spec[name](ctx, vnode, dotted)
+            try:
+                name = _scalar(ctx, knode, key)
+                dotted = f"{key}.{name}" if key else str(name)
+                if not isinstance(name, str) or name not in spec:
+                    known = ", ".join(sorted(spec))
+                    hint = did_you_mean(name, spec) if isinstance(name, str) else ""
+                    raise ctx.error(knode, dotted, f"unknown key{hint} (known keys here: {known})")
+                if name in seen:
+                    raise ctx.error(knode, dotted, "given twice")
+                seen.add(name)
+                values[name] = spec[name](ctx, vnode, dotted)
+            except ConfigError as exc:
+                errors += _each(exc)
         for name in required:
-            if name not in values:
-                raise ctx.error(node, f"{key}.{name}" if key else name, "is required")
+            if name not in seen:
+                errors.append(ctx.error(node, f"{key}.{name}" if key else name, "is required"))
+        _raise_all(errors)
         if "line" in {f.name for f in fields(cast(Any, cls))}:
             values["line"] = node.start_mark.line + 1
         return cls(**values)
@@ -411,6 +447,7 @@ _SPEC: dict[str, Callable[[_Ctx, yaml.Node, str], Any]] = {
     }),
     "timeouts": _section(TimeoutsConfig, {
         "command": _number(0.1, 300), "target_expiry": _number(1, 86400), "push": _number(0.1, 60),
+        "outcome": _number(0.5, 600),
     }),
     "limits": _section(LimitsConfig, {
         "discovered_targets": _int(0, 4096), "targets_per_address": _int(1, 256),

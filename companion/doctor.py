@@ -412,7 +412,7 @@ def _verifying_profiles(facts: ServerFacts, server: KnownServer, profiles: Profi
         except CompanionError as exc:
             bad.append((profile.id, str(exc)))
             continue
-        result = verify_chain(facts, roots, name=name, now=now, tls=profile.tls)
+        result = verify_chain(facts, roots, name=name, now=now, tls=profile.tls, cross_signs=profiles.cross_signs)
         if result.ok:
             good.append(profile.id)
         else:

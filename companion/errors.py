@@ -6,6 +6,9 @@ adapter that called the library, so callers handle one family and messages stay 
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Sequence
+
 
 class CompanionError(Exception):
     """Root of every error companion-bridge raises on purpose."""
@@ -29,6 +32,19 @@ class LocatedError(CompanionError):
         super().__init__(f"{where}{what}{message}")
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``" (did you mean X?)"`` for the closest of ``choices`` to a misspelt ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _gather(into: LocatedError, errors: Sequence[LocatedError]) -> None:
+    """Make ``into`` stand for several located errors: the first's place, every line's text."""
+    first = errors[0]
+    LocatedError.__init__(into, first.detail, path=first.path, line=first.line, key=first.key)
+    into.args = ("\n".join(str(e) for e in errors),)
+
+
 class ConfigError(LocatedError):
     """The configuration file is unreadable or holds a bad key, type or value.
 
@@ -39,6 +55,22 @@ class ConfigError(LocatedError):
 
 class ProfileError(LocatedError):
     """A device profile or root store is malformed (message names file:line and key)."""
+
+
+class ConfigErrors(ConfigError):
+    """Every problem found in one configuration file (``errors``), one line each."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        _gather(self, errors)
+        self.errors = tuple(errors)
+
+
+class ProfileErrors(ProfileError):
+    """Every problem found in one profile or store file (``errors``), one line each."""
+
+    def __init__(self, errors: Sequence[ProfileError]) -> None:
+        _gather(self, errors)
+        self.errors = tuple(errors)
 
 
 class ProtocolError(CompanionError):

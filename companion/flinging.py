@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, cast
 
+from companion import outcomes
 from companion.audit import AuditLog, FlingRecord
 from companion.config import Config, Policy
 from companion.errors import CompanionError, PolicyRefusal, ProtocolError, StateError, TrustError
@@ -25,6 +26,7 @@ from companion.model import Command, MediaRequest, Server, Target
 from companion.proto import plexdirect
 from companion.proto.companion import media_request
 from companion.registry import Registry
+from companion.security.claims import relied_on, summarize
 from companion.security.decide import Decision, Reason, decide
 from companion.security.dnscheck import DnsFacts, check_plex_direct
 from companion.security.probe import ProbeCache, ServerFacts
@@ -52,6 +54,10 @@ class Fling:
     media_key: str
     decision: Decision
     outcome: str = "pending"
+    relied_on: tuple[str, ...] = ()  # profile keys a direct-secure decision rested on
+    playback: str = ""  # what the target's timeline showed: "watching", "ok", "failed"
+    playback_reason: str = ""
+    refling_of: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,8 @@ class FlingService:
         self._dns: dict[tuple[str, str], tuple[float, DnsFacts]] = {}
         self.verify_cache = VerifyCache()
         self.recent: collections.deque[Fling] = collections.deque(maxlen=RECENT)
+        # profile id -> failed direct-secure flings (bounded by the number of loaded profiles)
+        self.contradicted: dict[str, int] = {}
 
     def relay_available(self) -> bool:
         """True when a fling that cannot be secure may go through the bridge's relay."""
@@ -185,8 +193,11 @@ class FlingService:
         decision = decide(profile=profile, roots=self.profiles.roots_for(profile), server_address=server.address,
                           server_port=server.port, facts=facts, dns=dns, policy=policy,
                           relay_available=self.relay_available(), now=now,
-                          server_hash=server_hash, verify_cache=self.verify_cache)
+                          server_hash=server_hash, verify_cache=self.verify_cache,
+                          cross_signs=self.profiles.cross_signs)
         fling = self._fling(now, target, command, profile, server.id, request, decision)
+        if decision.mode == "direct-secure" and facts is not None:
+            fling = dataclasses.replace(fling, relied_on=self._relied_on(profile, facts, decision, now))
         if decision.mode == "refused":
             await self.finish(fling, "refused", command_plain_http=False, server_address=server.address,
                               command=command)
@@ -196,6 +207,15 @@ class FlingService:
             machine_identifier=request.machine_identifier or server.id)
         return Prepared(rewritten, decision, fling, server, profile)
 
+    def _relied_on(self, profile: Profile, facts: ServerFacts, decision: Decision, now: datetime) -> tuple[str, ...]:
+        """The claims this direct-secure decision rests on (the verdict is cached: microseconds)."""
+        roots = self.profiles.roots_for(profile)
+        result = self.verify_cache.verify(facts, roots, name=decision.address, now=now, tls=profile.tls,
+                                          cross_signs=self.profiles.cross_signs)
+        anchors = self.profiles.root_names(result.path[-1], roots) if result.path else ()
+        return relied_on(anchors=anchors, via_aia=bool(result.via_cross_sign),
+                         cipher_list=profile.tls.ciphers is not None)
+
     def _fling(self, now: datetime, target: Target, command: Command, profile: Profile, server_id: str,
                request: MediaRequest, decision: Decision) -> Fling:
         controller = command.controller.name or command.controller.client_id or command.controller.address
@@ -204,8 +224,11 @@ class FlingService:
                      media_key=request.key, decision=decision)
 
     async def finish(self, fling: Fling, outcome: str, *, command_plain_http: bool, server_address: str,
-                     command: Command | None = None) -> None:
-        """Flag the fling: audit record, WARNING when not fully secure, metrics, recent list."""
+                     command: Command | None = None) -> int | None:
+        """Flag the fling: audit record, WARNING when not fully secure, metrics, recent list.
+
+        Returns the audit record's id (None without an audit log or when it could not be written).
+        """
         fling = dataclasses.replace(fling, outcome=outcome)
         self.recent.appendleft(fling)
         d = fling.decision
@@ -217,7 +240,7 @@ class FlingService:
                         "token exposed" if d.token_exposed else "token kept off the LAN",
                         "; ".join(f"{r.code}: {r.text}" for r in d.reasons) or "no reason recorded")
         if self.audit is None:
-            return
+            return None
         controller = command.controller if command is not None else None
         record = FlingRecord(
             id=None, time=fling.time, controller_id=controller.client_id if controller else "",
@@ -225,12 +248,49 @@ class FlingService:
             target_id=fling.target_id, target_name=fling.target_name, profile=fling.profile,
             server_id=fling.server_id, server_address=server_address, media_key=fling.media_key, mode=d.mode,
             secure=d.secure, token_exposed=d.token_exposed, command_plain_http=command_plain_http,
-            reasons=tuple((r.code, r.text) for r in d.reasons), outcome=outcome)
+            reasons=tuple((r.code, r.text) for r in d.reasons), outcome=outcome, playback=fling.playback,
+            refling_of=fling.refling_of, relied_on=fling.relied_on)
         try:
-            await asyncio.to_thread(self.audit.record, record)
+            return await asyncio.to_thread(self.audit.record, record)
         except StateError as exc:
             # The fling itself went ahead; losing its record is serious but must not stop playback.
             log.error("could not record the fling to %s in the audit log: %s", fling.target_name, exc)
+            return None
+
+    async def record_outcome(self, fling: Fling, record_id: int | None, outcome: outcomes.Outcome) -> None:
+        """What the target did with the fling: audit, metric, recent list; a failure is a WARNING."""
+        d = fling.decision
+        self.metrics.fling_outcomes.labels(mode=d.mode, result=outcome.result).inc()
+        for i, shown in enumerate(self.recent):
+            if shown is fling or (shown.time == fling.time and shown.target_id == fling.target_id
+                                  and shown.decision == d):
+                self.recent[i] = dataclasses.replace(shown, playback=outcome.result, playback_reason=outcome.reason)
+                break
+        if outcome.result == "failed":
+            log.warning("fling to %s (%s) failed on the target: %s", fling.target_name, d.mode, outcome.reason)
+            if d.mode == "direct-secure":
+                self.contradicted[fling.profile] = self.contradicted.get(fling.profile, 0) + 1
+        else:
+            log.info("fling to %s (%s): %s", fling.target_name, d.mode, outcome.reason)
+        if self.audit is None or record_id is None:
+            return
+        try:
+            await asyncio.to_thread(self.audit.set_playback, record_id, outcome.result, outcome.reason)
+        except StateError as exc:
+            log.error("could not record the outcome of the fling to %s: %s", fling.target_name, exc)
+
+    async def load_contradictions(self) -> None:
+        """Count, per profile, the failed direct-secure flings already in the audit log (at start)."""
+        if self.audit is None:
+            return
+        try:
+            facts = await asyncio.to_thread(self.audit.outcome_facts)
+        except StateError as exc:
+            log.error("could not read fling outcomes from the audit log: %s", exc)
+            return
+        for summary in summarize(facts, self.profiles.profiles):
+            if summary.is_contradicted:
+                self.contradicted[summary.profile] = summary.direct_secure_failures
 
 
 def _refusal_text(target: Target, decision: Decision) -> str:

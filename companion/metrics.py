@@ -42,6 +42,11 @@ class Metrics:
         self.command_seconds = Histogram(
             "companion_command_seconds", "Time to carry one command to its target", ["kind", "outcome"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=r)
+        self.fling_outcomes = Counter("companion_fling_outcomes",
+                                      "Fling outcomes seen on the targets' timelines, by mode and result",
+                                      ["mode", "result"], registry=r)
+        self.relay_reflings = Counter("companion_relay_reflings",
+                                      "Failed direct-secure flings re-flung once through the relay", registry=r)
         self.sightings = Counter("companion_sightings", "Discovery sightings by protocol and kind",
                                  ["source", "kind"], registry=r)
         self.long_polls = Gauge("companion_long_polls_open", "Timeline long-polls being held", registry=r)

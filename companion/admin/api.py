@@ -74,6 +74,7 @@ class TargetView:
     locks: tuple[LockView, ...]
     visible: tuple[ChannelView, ...] = ()  # where the face can be seen (GDM, plex.tv, server proxies)
     at: datetime | None = None  # when this view was computed (the ages of the channels count from it)
+    contradicted: int = 0  # direct-secure flings to this profile's devices that failed on the device
 
     @property
     def assumed(self) -> bool:
@@ -115,7 +116,7 @@ def _predict(bridge: Bridge, target: Target, server: Server, now: datetime) -> L
     decision = decide(profile=profile, roots=roots, server_address=server.address, server_port=server.port,
                       facts=facts, dns=None, policy=flings.policy_for(target),
                       relay_available=flings.relay_available(), now=now,
-                      server_hash=flings.server_hash(server))
+                      server_hash=flings.server_hash(server), cross_signs=bridge.profiles.cross_signs)
     return LockView(server.id, name, _lock_from(decision), decision.mode, "probe", decision.token_exposed,
                     decision.reasons)
 
@@ -157,7 +158,8 @@ def target_views(bridge: Bridge, now: datetime) -> list[TargetView]:
             subscribers=face.subscriber_count, long_polls=face.long_poll_count, profile_id=profile_id,
             profile_name=profile_name, confidence=confidence, policy=policy, commands=slot.commands,
             errors=slot.errors, last_error=scrub(slot.last_error), locks=tuple(locks),
-            visible=face_visibility(bridge, slot, now), at=now))
+            visible=face_visibility(bridge, slot, now), at=now,
+            contradicted=bridge.flings.contradicted.get(profile_id, 0) if bridge.flings is not None else 0))
     return views
 
 
@@ -185,7 +187,7 @@ def target_json(view: TargetView) -> dict[str, Any]:
         "face": {"name": view.face_name, "port": view.face_port, "subscribers": view.subscribers,
                  "long_polls": view.long_polls},
         "profile": {"id": view.profile_id, "name": view.profile_name, "confidence": view.confidence,
-                    "assumed": view.assumed},
+                    "assumed": view.assumed, "contradicted_by_failed_flings": view.contradicted},
         "policy": view.policy,
         "secure_possible": any(lock.state == "closed" for lock in view.locks),
         "locks": [lock_json(lock) for lock in view.locks],
@@ -236,7 +238,8 @@ def fling_json(fling: Fling) -> dict[str, Any]:
             "controller": fling.controller, "profile": fling.profile, "confidence": fling.confidence,
             "server_id": fling.server_id, "media_key": scrub(fling.media_key), "mode": d.mode,
             "flag": fling_flag(d), "secure": d.secure, "token_exposed": d.token_exposed,
-            "reasons": _reasons(d.reasons), "outcome": scrub(fling.outcome)}
+            "reasons": _reasons(d.reasons), "outcome": scrub(fling.outcome),
+            "playback": {"result": fling.playback or None, "reason": scrub(fling.playback_reason) or None}}
 
 
 def profiles_json(bridge: Bridge) -> list[dict[str, Any]]:

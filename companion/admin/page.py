@@ -44,7 +44,7 @@ code { font-size: .85em; background: #f6f8fa; padding: 0 .2em; border-radius: 3p
 .badge { display: inline-block; padding: 0 .45em; border-radius: 1em; font-size: .8rem; font-weight: 600;
          border: 1px solid currentColor; }
 .flag-secure, .st-PASS, .up { color: var(--ok); } .flag-relay, .st-WARN, .assumed { color: var(--warn); }
-.flag-insecure, .flag-refused, .st-FAIL, .down { color: var(--bad); }
+.flag-insecure, .flag-refused, .st-FAIL, .down, .contradicted { color: var(--bad); }
 .legend { display: flex; flex-wrap: wrap; gap: 1.5rem; padding: .6rem .8rem; border: 1px solid var(--line);
           border-radius: 6px; background: #f6f8fa; }
 .legend > div { max-width: 30rem; }
@@ -125,6 +125,10 @@ def _targets(views: Sequence[TargetView]) -> str:
         confidence = ('<span class="badge assumed" data-confidence="assumed" title="no evidence for this '
                       'profile yet: its claims are assumed">assumed</span>' if v.assumed
                       else f'<span class="badge" data-confidence="{_e(v.confidence)}">{_e(v.confidence)}</span>')
+        if v.contradicted:
+            confidence += (f' <span class="badge contradicted" data-contradicted="{v.contradicted}" '
+                           'title="direct-secure flings failed on this device: see companion profiles evidence">'
+                           f'contradicted by {v.contradicted} failed fling(s)</span>')
         profile = (f'<code>{_e(v.profile_id)}</code><br><span class="small">{_e(v.profile_name)}</span> {confidence}'
                    if v.profile_id else '<span class="muted">no profile matched</span>')
         error = f'<div class="small down">last error: {_e(v.last_error)}</div>' if v.last_error else ""
@@ -185,7 +189,7 @@ def _flings(flings: Iterable[Fling], limit: int = 20) -> str:
             f'<tr data-fling-flag="{flag}"><td class="small">{_e(f.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))}'
             f' UTC</td><td>{_e(f.target_name)}<div class="small muted">from {_e(f.controller)}</div></td>'
             f'<td><span class="badge flag-{flag}">{_e(_FLAG_TEXT[flag])}</span>'
-            f'<div class="small muted">{_e(d.mode)}; {_e(scrub(f.outcome))}</div></td>'
+            f'<div class="small muted">{_e(d.mode)}; {_e(scrub(f.outcome))}{_playback(f)}</div></td>'
             f'<td>{"yes" if d.secure else "<strong class=down>no</strong>"}</td>'
             f'<td>{"<strong class=down>YES</strong>" if d.token_exposed else "no"}</td>'
             f'<td><ul class="reasons">{reasons}</ul></td></tr>')
@@ -194,6 +198,13 @@ def _flings(flings: Iterable[Fling], limit: int = 20) -> str:
                 '<code>companion flings</code>).</p>')
     return ('<table id="flings"><thead><tr><th>Time</th><th>Target</th><th>Mode</th><th>Secure</th>'
             '<th>Token exposed</th><th>Reasons</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+
+
+def _playback(f: Fling) -> str:
+    if f.playback == "failed":
+        why = _e(scrub(f.playback_reason))
+        return f'; <span class="down" data-playback="failed">failed on the device: {why}</span>'
+    return f'; <span data-playback="{_e(f.playback)}">playback {_e(f.playback)}</span>' if f.playback else ""
 
 
 def _doctor(findings: Sequence[Finding], at: datetime | None, now: datetime) -> str:

@@ -25,7 +25,7 @@ from cryptography import x509
 
 from companion.errors import ProtocolError
 from companion.proto.plexdirect import build_name
-from companion.security.profiles import Profile
+from companion.security.profiles import CrossSign, Profile
 from companion.security.trust import Reason, VerifyCache, verify_chain
 
 if TYPE_CHECKING:
@@ -186,6 +186,7 @@ def explain(
     now: datetime,
     server_hash: str | None = None,
     verify_cache: VerifyCache | None = None,
+    cross_signs: Sequence[CrossSign] = (),
 ) -> list[Check]:
     """Every check of SECURITY.md section 3 in order, each passed / failed / not applicable.
 
@@ -236,9 +237,9 @@ def explain(
     else:
         checks.append(Check("plex-direct-hash", True, f"the server's name for this fling is {name}"))
         if verify_cache is not None:
-            result = verify_cache.verify(facts, roots, name=name, now=now, tls=profile.tls)
+            result = verify_cache.verify(facts, roots, name=name, now=now, tls=profile.tls, cross_signs=cross_signs)
         else:
-            result = verify_chain(facts, roots, name=name, now=now, tls=profile.tls)
+            result = verify_chain(facts, roots, name=name, now=now, tls=profile.tls, cross_signs=cross_signs)
         if result.ok:
             checks.append(Check("chain", True, "the device can verify the chain: " + " <- ".join(result.path)))
         else:
@@ -262,11 +263,12 @@ def decide(
     now: datetime,
     server_hash: str | None = None,
     verify_cache: VerifyCache | None = None,
+    cross_signs: Sequence[CrossSign] = (),
 ) -> Decision:
     """The mode, stream base and reasons for one fling (SECURITY.md section 3; see ``explain``)."""
     checks = explain(profile=profile, roots=roots, server_address=server_address, server_port=server_port,
                      facts=facts, dns=dns, policy=policy, relay_available=relay_available, now=now,
-                     server_hash=server_hash, verify_cache=verify_cache)
+                     server_hash=server_hash, verify_cache=verify_cache, cross_signs=cross_signs)
     exposed = Reason("token-exposed-plaintext",
                      f"the device fetches http://{_host(server_address)}:{server_port} directly: the Plex "
                      "token and the media cross the network unencrypted")

@@ -11,18 +11,20 @@ device's discovery fields to its profile. Pure data code: no sockets, no asyncio
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
 import importlib.resources
 import logging
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal, cast
+from typing import Literal, TypeVar, cast
 
 import certifi
 import yaml
@@ -31,7 +33,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
 
 import companion
-from companion.errors import ProfileError
+from companion.errors import ProfileError, ProfileErrors, did_you_mean
+
+_T = TypeVar("_T")
+_F = TypeVar("_F")
 
 Confidence = Literal["documented", "observed", "inferred", "assumed"]
 # Lower is weaker: a profile is as confident as its weakest claim.
@@ -62,6 +67,9 @@ class Evidence:
     claim: str
     confidence: Confidence
     source: str | None = None
+    # The profile keys the claim backs (``tls.roots``, ``dns.resolver``, ``roots.isrg-root-yr``, ...):
+    # how a failed fling finds the claims it contradicts.
+    about: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,10 +122,17 @@ _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null")}
 
 _PROFILE_KEYS = ("id", "name", "match", "transport", "media", "tls", "dns", "evidence", "notes")
+_EVIDENCE_KEYS = ("claim", "source", "confidence", "about")
+# What an evidence entry may be ``about`` (besides ``roots.<root name>``).
+ABOUT_FACETS: tuple[str, ...] = (
+    "match", "transport", "media.https", "media.http", "tls.versions", "tls.ciphers", "tls.sni",
+    "tls.rsa_min_bits", "tls.ecdsa", "tls.requires_sha2", "tls.follows_aia", "tls.roots", "dns.resolver",
+)
 _PROFILE_REQUIRED = ("id", "name", "match", "transport", "media", "dns")
 _TLS_KEYS = ("versions", "ciphers", "sni", "rsa_min_bits", "ecdsa", "requires_sha2", "follows_aia", "roots")
 _STORE_KEYS = ("name", "description", "source", "extends", "created_before", "trusted_certificates", "remove",
-               "unavailable")
+               "unavailable", "cross_signs")
+_CROSS_KEYS = ("root", "by", "until", "url", "note")
 _CERT_KEYS = ("name", "subject_name", "fingerprint", "file", "note")
 
 
@@ -128,6 +143,25 @@ class RootStore:
     name: str
     certificates: tuple[x509.Certificate, ...]
     path: str
+
+
+@dataclass(frozen=True)
+class CrossSign:
+    """A root that is also published signed by an older root (ISRG Root YR by ISRG Root X1).
+
+    We hold the new root's self-signed certificate, which has the same name and key as the
+    cross-signed one; so a path up to the new root checks cryptographically, and the last link
+    (old root -> new root) is this published fact, valid until ``until``. A device reaches it
+    when the server sends the cross-signed certificate, or when it fetches missing issuers
+    (AIA "CA Issuers", ``url``).
+    """
+
+    root: str
+    by: str
+    root_certificate: x509.Certificate
+    by_certificate: x509.Certificate
+    until: datetime
+    url: str = ""
 
 
 def shipped_profiles_dir() -> Path:
@@ -251,25 +285,50 @@ def _read_text(path: Path) -> str:
 
 
 class _Reader:
-    """Typed accessors that raise ProfileError naming file, line and dotted key."""
+    """Typed accessors that raise ProfileError naming file, line and dotted key.
+
+    A contributor wants every problem of a file in one run, so the parsers go on after a bad
+    value: :meth:`attempt` records the error and hands back a fallback, :meth:`mapping` records
+    unknown and missing keys instead of stopping, and ``problems`` holds them in file order.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.problems: list[ProfileError] = []
 
     def fail(self, line: int, key: str | None, message: str) -> ProfileError:
         return ProfileError(message, path=self.path, line=line, key=key)
 
+    def note(self, error: ProfileError) -> None:
+        self.problems.append(error)
+
+    def attempt(self, parse: Callable[[], _T], fallback: _F) -> _T | _F:
+        """``parse()``, or ``fallback`` with its ProfileError recorded."""
+        try:
+            return parse()
+        except ProfileError as exc:
+            self.note(exc)
+            return fallback
+
     def mapping(self, y: _Y, key: str, allowed: Sequence[str], required: Sequence[str] = ()) -> dict[str, _Y]:
+        """The entries with an allowed name; unknown and missing keys are recorded, not raised."""
         if not isinstance(y.value, dict):
             raise self.fail(y.line, key or None, f"expected a mapping, got {_kind(y.value)}")
-        entries: dict[str, _Y] = y.value
-        for name, child in entries.items():
-            if name not in allowed:
-                raise self.fail(child.line, _join(key, name), f"unknown key (allowed: {', '.join(allowed)})")
+        entries: dict[str, _Y] = {}
+        for name, child in y.value.items():
+            if name in allowed:
+                entries[name] = child
+            else:
+                self.note(self.fail(child.line, _join(key, name),
+                                    f"unknown key{did_you_mean(name, allowed)} (allowed: {', '.join(allowed)})"))
         for name in required:
-            if name not in entries:
-                raise self.fail(y.line, _join(key, name), "required key is missing")
+            if name not in entries and name not in y.value:
+                self.note(self.fail(y.line, _join(key, name), "required key is missing"))
         return entries
+
+    def raise_problems(self) -> None:
+        """Raise what was recorded: the one error, or a :class:`ProfileErrors` of them all."""
+        raise_all(self.problems)
 
     def items(self, y: _Y, key: str) -> list[_Y]:
         if not isinstance(y.value, list):
@@ -297,11 +356,15 @@ class _Reader:
 
     def choice(self, y: _Y, key: str, choices: Sequence[str]) -> str:
         if isinstance(y.value, int | float) and not isinstance(y.value, bool):
-            raise self.fail(y.line, key, f"expected one of {', '.join(choices)} (quote it, e.g. \"{choices[-1]}\"),"
+            # YAML reads an unquoted 1.2 as a number; the loader wants the text "1.2".
+            example = str(y.value) if str(y.value) in choices else choices[-1]
+            raise self.fail(y.line, key, f"expected one of {', '.join(choices)} (quote it: \"{example}\"),"
                                          f" got {_kind(y.value)}")
         text = self.string(y, key)
         if text not in choices:
-            raise self.fail(y.line, key, f"expected one of {', '.join(choices)}, got {text!r}")
+            # A version number one off is not a misspelling: no suggestion for those.
+            hint = "" if choices is TLS_VERSIONS else did_you_mean(text, choices)
+            raise self.fail(y.line, key, f"expected one of {', '.join(choices)}, got {text!r}{hint}")
         return text
 
     def names(self, y: _Y, key: str) -> list[tuple[str, int]]:
@@ -315,6 +378,19 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
+def raise_all(errors: Sequence[ProfileError]) -> None:
+    """Raise nothing, the one error, or a :class:`ProfileErrors` of several."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ProfileErrors(errors)
+
+
+def split_errors(error: ProfileError) -> list[ProfileError]:
+    """The single problems inside ``error`` (one, or each of a :class:`ProfileErrors`)."""
+    return list(error.errors) if isinstance(error, ProfileErrors) else [error]
+
+
 # --- Profiles --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -325,103 +401,154 @@ class _RootRefs:
     add: tuple[tuple[str, int], ...]
     remove: tuple[tuple[str, int], ...]
     id_line: int
+    store_given: bool = True
+    about: tuple[tuple[str, int, str], ...] = ()  # (root name, line, key) of roots.<name> facets
+    profile_id: str = ""
+    store: str = "mozilla"
 
 
 def parse_profile(text: str, path: str = "<string>") -> Profile:
     """Parse and check one profile's text (format only; root names are checked by the loader).
 
-    Raises ProfileError (``file:line: key: message``) for anything wrong, never another error.
+    Raises ProfileError (``file:line: key: message``) for anything wrong, never another error;
+    several problems come as one :class:`ProfileErrors` that lists each.
     """
-    return _parse_profile(text, path)[0]
+    profile, _, problems = _parse_profile(text, path)
+    raise_all(problems)
+    assert profile is not None
+    return profile
 
 
-def _parse_profile(text: str, path: str) -> tuple[Profile, _RootRefs]:
+def _parse_profile(text: str, path: str) -> tuple[Profile | None, _RootRefs | None, list[ProfileError]]:
+    """The profile (None when anything is wrong), where its root references sit, every problem."""
     r = _Reader(path)
-    top = r.mapping(_parse_yaml(text, path), "", _PROFILE_KEYS, _PROFILE_REQUIRED)
-    profile_id = r.string(top["id"], "id")
-    if not _ID_RE.match(profile_id):
-        raise r.fail(top["id"].line, "id", "use lowercase letters, digits and dashes (at most 64)")
-    name = r.string(top["name"], "name")
+    try:
+        top = r.mapping(_parse_yaml(text, path), "", _PROFILE_KEYS, _PROFILE_REQUIRED)
+    except ProfileError as exc:
+        return None, None, [exc]
+    def text_of(key: str) -> str:
+        return r.attempt(lambda: r.string(top[key], key), "") if key in top else ""
+
+    profile_id = text_of("id")
+    id_line = top["id"].line if "id" in top else 1
+    if profile_id and not _ID_RE.match(profile_id):
+        r.note(r.fail(id_line, "id", "use lowercase letters, digits and dashes (at most 64)"))
+    name = text_of("name")
 
     clauses: list[Mapping[str, str]] = []
-    for i, clause_y in enumerate(r.items(top["match"], "match")):
-        where = f"match[{i}]"
-        clause = r.mapping(clause_y, where, MATCH_FIELDS)
-        clauses.append(MappingProxyType({k: r.string(v, f"{where}.{k}", empty=True) for k, v in clause.items()}))
+    if "match" in top:
+        for i, clause_y in enumerate(r.attempt(lambda: r.items(top["match"], "match"), [])):
+            where = f"match[{i}]"
+            clause = r.attempt(functools.partial(r.mapping, clause_y, where, MATCH_FIELDS), {})
+            clauses.append(MappingProxyType({
+                k: r.attempt(functools.partial(r.string, v, f"{where}.{k}", empty=True), "")
+                for k, v in clause.items()}))
 
-    transport = r.choice(top["transport"], "transport", TRANSPORTS)
-    media = r.mapping(top["media"], "media", ("https", "http"), ("https", "http"))
-    dns = r.mapping(top["dns"], "dns", ("resolver",), ("resolver",))
-    resolver = r.choice(dns["resolver"], "dns.resolver", RESOLVERS)
+    transport = r.attempt(lambda: r.choice(top["transport"], "transport", TRANSPORTS), "companion") \
+        if "transport" in top else "companion"
+    media = r.attempt(lambda: r.mapping(top["media"], "media", ("https", "http"), ("https", "http")),
+                      {}) if "media" in top else {}
+    media_https = r.attempt(lambda: r.boolean(media["https"], "media.https"), False) if "https" in media else False
+    media_http = r.attempt(lambda: r.boolean(media["http"], "media.http"), False) if "http" in media else False
+    dns = r.attempt(lambda: r.mapping(top["dns"], "dns", ("resolver",), ("resolver",)), {}) if "dns" in top else {}
+    resolver = r.attempt(lambda: r.choice(dns["resolver"], "dns.resolver", RESOLVERS), "lan") \
+        if "resolver" in dns else "lan"
 
-    tls, roots, refs = _parse_tls(r, top.get("tls"), top["id"].line)
+    tls, roots, refs = _parse_tls(r, top.get("tls"), id_line)
 
     evidence: list[Evidence] = []
+    about_refs: list[tuple[str, int, str]] = []
     if "evidence" in top:
-        for i, ev_y in enumerate(r.items(top["evidence"], "evidence")):
-            where = f"evidence[{i}]"
-            ev = r.mapping(ev_y, where, ("claim", "source", "confidence"), ("claim", "confidence"))
-            confidence = r.choice(ev["confidence"], f"{where}.confidence", CONFIDENCE_ORDER)
-            source = r.string(ev["source"], f"{where}.source") if "source" in ev else None
-            if source is None and confidence != "assumed":
-                raise r.fail(ev_y.line, f"{where}.source",
-                             f"confidence {confidence!r} needs a source; without one say 'assumed'")
-            evidence.append(Evidence(claim=r.string(ev["claim"], f"{where}.claim"),
-                                     confidence=cast(Confidence, confidence), source=source))
-    notes = r.string(top["notes"], "notes", empty=True) if "notes" in top else ""
+        for i, ev_y in enumerate(r.attempt(lambda: r.items(top["evidence"], "evidence"), [])):
+            parsed = r.attempt(functools.partial(_parse_evidence, r, ev_y, f"evidence[{i}]", about_refs), None)
+            if parsed is not None:
+                evidence.append(parsed)
+    notes = r.attempt(lambda: r.string(top["notes"], "notes", empty=True), "") if "notes" in top else ""
+    refs = dataclasses.replace(refs, about=tuple(about_refs), profile_id=profile_id)
+    if r.problems:
+        return None, refs, sorted(r.problems, key=lambda e: e.line or 0)
 
     profile = Profile(
         id=profile_id, name=name, match=tuple(clauses),
         transport=cast(Literal["companion", "chromecast"], transport),
-        media_https=r.boolean(media["https"], "media.https"), media_http=r.boolean(media["http"], "media.http"),
+        media_https=media_https, media_http=media_http,
         tls=tls, roots=roots, dns_resolver=cast(Literal["lan", "public"], resolver),
         evidence=tuple(evidence), notes=notes.strip(), path=path,
     )
-    return profile, refs
+    return profile, refs, []
+
+
+def _parse_evidence(r: _Reader, ev_y: _Y, where: str, about_refs: list[tuple[str, int, str]]) -> Evidence | None:
+    """One evidence entry, or None when it has a problem (each recorded on ``r``)."""
+    before = len(r.problems)
+    ev = r.mapping(ev_y, where, _EVIDENCE_KEYS, ("claim", "confidence"))
+    confidence = r.attempt(lambda: r.choice(ev["confidence"], f"{where}.confidence", CONFIDENCE_ORDER),
+                           "assumed") if "confidence" in ev else "assumed"
+    source = r.attempt(lambda: r.string(ev["source"], f"{where}.source"), None) if "source" in ev else None
+    if source is None and "source" not in ev and confidence != "assumed":
+        r.note(r.fail(ev_y.line, f"{where}.source",
+                      f"confidence {confidence!r} needs a source; without one say 'assumed'"))
+    claim = r.attempt(lambda: r.string(ev["claim"], f"{where}.claim"), "") if "claim" in ev else ""
+    about: list[str] = []
+    if "about" in ev:
+        for j, (facet, line) in enumerate(r.attempt(lambda: r.names(ev["about"], f"{where}.about"), [])):
+            key = f"{where}.about[{j}]"
+            if facet.startswith("roots."):
+                about_refs.append((facet.removeprefix("roots."), line, key))  # checked by the loader
+            elif facet not in ABOUT_FACETS:
+                r.note(r.fail(line, key, f"unknown profile key {facet!r}{did_you_mean(facet, ABOUT_FACETS)} "
+                                         f"(use one of {', '.join(ABOUT_FACETS)}, or roots.<root name>)"))
+            about.append(facet)
+    if len(r.problems) > before:
+        return None
+    return Evidence(claim=claim, confidence=cast(Confidence, confidence), source=source, about=tuple(about))
 
 
 def _parse_tls(r: _Reader, tls_y: _Y | None, id_line: int) -> tuple[TlsCaps, RootsSpec, _RootRefs]:
     if tls_y is None:
         return TlsCaps(), RootsSpec(), _RootRefs(id_line, (), (), id_line)
-    tls = r.mapping(tls_y, "tls", _TLS_KEYS)
+    tls = r.attempt(lambda: r.mapping(tls_y, "tls", _TLS_KEYS), {})
     defaults = TlsCaps()
     lo, hi = defaults.min_version, defaults.max_version
     if "versions" in tls:
-        versions = r.mapping(tls["versions"], "tls.versions", ("min", "max"), ("min", "max"))
-        lo = r.choice(versions["min"], "tls.versions.min", TLS_VERSIONS)
-        hi = r.choice(versions["max"], "tls.versions.max", TLS_VERSIONS)
-        if TLS_VERSIONS.index(lo) > TLS_VERSIONS.index(hi):
-            raise r.fail(versions["min"].line, "tls.versions", f"min {lo} is above max {hi}")
+        versions = r.attempt(lambda: r.mapping(tls["versions"], "tls.versions", ("min", "max"), ("min", "max")), {})
+        lo_ok = r.attempt(lambda: r.choice(versions["min"], "tls.versions.min", TLS_VERSIONS), None) \
+            if "min" in versions else None
+        hi_ok = r.attempt(lambda: r.choice(versions["max"], "tls.versions.max", TLS_VERSIONS), None) \
+            if "max" in versions else None
+        if lo_ok is not None and hi_ok is not None and TLS_VERSIONS.index(lo_ok) > TLS_VERSIONS.index(hi_ok):
+            r.note(r.fail(versions["min"].line, "tls.versions", f"min {lo_ok} is above max {hi_ok}"))
+        lo, hi = lo_ok or lo, hi_ok or hi
     ciphers: tuple[str, ...] | None = None
     if "ciphers" in tls:
-        names = r.names(tls["ciphers"], "tls.ciphers")
+        names = r.attempt(lambda: r.names(tls["ciphers"], "tls.ciphers"), [])
         for i, (cipher, line) in enumerate(names):
             if not _CIPHER_RE.match(cipher):
-                raise r.fail(line, f"tls.ciphers[{i}]", f"not an OpenSSL cipher name: {cipher!r}")
-        if not names:
-            raise r.fail(tls["ciphers"].line, "tls.ciphers", "empty list; omit the key to mean any cipher")
-        ciphers = tuple(c for c, _ in names)
+                r.note(r.fail(line, f"tls.ciphers[{i}]", f"not an OpenSSL cipher name: {cipher!r}"))
+        if not names and isinstance(tls["ciphers"].value, list):
+            r.note(r.fail(tls["ciphers"].line, "tls.ciphers", "empty list; omit the key to mean any cipher"))
+        ciphers = tuple(c for c, _ in names) or None
 
     def flag(key: str, default: bool) -> bool:
-        return r.boolean(tls[key], f"tls.{key}") if key in tls else default
+        return r.attempt(lambda: r.boolean(tls[key], f"tls.{key}"), default) if key in tls else default
 
     caps = TlsCaps(
         min_version=lo, max_version=hi, ciphers=ciphers,
         sni=flag("sni", defaults.sni),
-        rsa_min_bits=(r.integer(tls["rsa_min_bits"], "tls.rsa_min_bits", 512, 16384)
-                      if "rsa_min_bits" in tls else defaults.rsa_min_bits),
+        rsa_min_bits=(r.attempt(lambda: r.integer(tls["rsa_min_bits"], "tls.rsa_min_bits", 512, 16384),
+                                defaults.rsa_min_bits) if "rsa_min_bits" in tls else defaults.rsa_min_bits),
         ecdsa=flag("ecdsa", defaults.ecdsa), requires_sha2=flag("requires_sha2", defaults.requires_sha2),
         follows_aia=flag("follows_aia", defaults.follows_aia),
     )
     if "roots" not in tls:
         return caps, RootsSpec(), _RootRefs(tls_y.line, (), (), id_line)
-    roots_y = tls["roots"]
-    roots = r.mapping(roots_y, "tls.roots", ("store", "add", "remove"), ("store",))
-    store = r.string(roots["store"], "tls.roots.store")
-    add = tuple(r.names(roots["add"], "tls.roots.add")) if "add" in roots else ()
-    remove = tuple(r.names(roots["remove"], "tls.roots.remove")) if "remove" in roots else ()
-    spec = RootsSpec(store=store, add=tuple(n for n, _ in add), remove=tuple(n for n, _ in remove))
-    return caps, spec, _RootRefs(roots["store"].line, add, remove, id_line)
+    roots = r.attempt(lambda: r.mapping(tls["roots"], "tls.roots", ("store", "add", "remove"), ("store",)), {})
+    store = r.attempt(lambda: r.string(roots["store"], "tls.roots.store"), "") if "store" in roots else ""
+    add = tuple(r.attempt(lambda: r.names(roots["add"], "tls.roots.add"), [])) if "add" in roots else ()
+    remove = tuple(r.attempt(lambda: r.names(roots["remove"], "tls.roots.remove"), [])) if "remove" in roots else ()
+    spec = RootsSpec(store=store or "mozilla", add=tuple(n for n, _ in add), remove=tuple(n for n, _ in remove))
+    store_line = roots["store"].line if "store" in roots else tls["roots"].line
+    return caps, spec, _RootRefs(store_line, add, remove, id_line, store_given=bool(store), store=spec.store)
 
 
 # --- Root stores -----------------------------------------------------------------------------
@@ -495,14 +622,17 @@ class _StoreLoader:
         self.failed: set[str] = set()  # file stems of store files that did not load
         self._certifi_loaded = False
         self._certifi_roots: tuple[_Root, ...] = ()
+        self._cross_defs: list[tuple[str, str, datetime, str, str, int, str]] = []
+        self.cross_signs: list[CrossSign] = []
 
     def load(self, files: Sequence[Path]) -> None:
         for file in files:
             try:
                 self._load_file(file)
             except ProfileError as exc:
-                self.errors.append(exc)
+                self.errors.extend(split_errors(exc))
                 self.failed.add(file.stem)
+        self._resolve_cross_signs()
         for name in list(self.defs):
             if name in self.failed:
                 continue
@@ -516,53 +646,101 @@ class _StoreLoader:
         path = str(file)
         r = _Reader(path)
         top = r.mapping(_parse_yaml(_read_text(file), path), "", _STORE_KEYS, ("name",))
+        if "name" not in top:
+            r.raise_problems()
         name = r.string(top["name"], "name")
         if name != file.stem:
-            raise r.fail(top["name"].line, "name", f"must equal the file name {file.stem!r}")
+            r.note(r.fail(top["name"].line, "name", f"must equal the file name {file.stem!r}"))
         if name in self.defs:
-            raise r.fail(top["name"].line, "name", f"store already defined in {self.defs[name].path}")
+            r.note(r.fail(top["name"].line, "name", f"store already defined in {self.defs[name].path}"))
         if "description" in top:
-            r.string(top["description"], "description", empty=True)
+            r.attempt(lambda: r.string(top["description"], "description", empty=True), "")
         certifi_source = False
         if "source" in top:
-            certifi_source = r.choice(top["source"], "source", ("certifi",)) == "certifi"
+            certifi_source = r.attempt(lambda: r.choice(top["source"], "source", ("certifi",)), "") == "certifi"
         extends = None
         if "extends" in top:
-            extends = (r.string(top["extends"], "extends"), top["extends"].line)
+            parent = r.attempt(lambda: r.string(top["extends"], "extends"), "")
+            extends = (parent, top["extends"].line) if parent else None
         created_before = None
         if "created_before" in top:
-            day = r.string(top["created_before"], "created_before")
+            day = r.attempt(lambda: r.string(top["created_before"], "created_before"), "")
             try:
                 created_before = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
             except ValueError:
-                raise r.fail(top["created_before"].line, "created_before",
-                             f"expected a quoted date like \"2019-01-01\", got {day!r}") from None
+                r.note(r.fail(top["created_before"].line, "created_before",
+                              f"expected a quoted date like \"2019-01-01\", got {day!r}"))
         own: list[_Root] = []
         if "trusted_certificates" in top:
-            for i, item in enumerate(r.items(top["trusted_certificates"], "trusted_certificates")):
-                own.append(self._load_root(r, file, item, f"trusted_certificates[{i}]"))
-        remove = tuple(r.names(top["remove"], "remove")) if "remove" in top else ()
+            for i, item in enumerate(r.attempt(lambda: r.items(top["trusted_certificates"], "trusted_certificates"),
+                                               [])):
+                root = r.attempt(functools.partial(self._load_root, r, file, item, f"trusted_certificates[{i}]"),
+                                 None)
+                if root is not None:
+                    own.append(root)
+        remove = tuple(r.attempt(lambda: r.names(top["remove"], "remove"), [])) if "remove" in top else ()
         unavailable: list[str] = []
         if "unavailable" in top:
-            for i, item in enumerate(r.items(top["unavailable"], "unavailable")):
-                entry = r.mapping(item, f"unavailable[{i}]", ("name", "subject_name", "note"), ("name",))
-                for k in ("subject_name", "note"):
-                    if k in entry:
-                        r.string(entry[k], f"unavailable[{i}].{k}")
-                unavailable.append(r.string(entry["name"], f"unavailable[{i}].name"))
-        if certifi_source:
-            self._load_certifi(path, top["source"].line)
+            for i, item in enumerate(r.attempt(lambda: r.items(top["unavailable"], "unavailable"), [])):
+                gone = r.attempt(functools.partial(self._unavailable_entry, r, item, f"unavailable[{i}]"), "")
+                if gone:
+                    unavailable.append(gone)
+        crosses = []
+        if "cross_signs" in top:
+            for i, item in enumerate(r.attempt(lambda: r.items(top["cross_signs"], "cross_signs"), [])):
+                cross = r.attempt(functools.partial(self._cross_entry, r, item, f"cross_signs[{i}]"), None)
+                if cross is not None:
+                    crosses.append(cross)
         for root in own:
             known = self.catalogue.get(root.name)
             if known is not None and known.fingerprint != root.fingerprint:
-                raise ProfileError(f"root {root.name!r} is already defined differently in {known.origin}",
-                                   path=path, line=top["trusted_certificates"].line, key="trusted_certificates")
+                r.note(ProfileError(f"root {root.name!r} is already defined differently in {known.origin}",
+                                    path=path, line=top["trusted_certificates"].line, key="trusted_certificates"))
+        r.raise_problems()
+        if certifi_source:
+            self._load_certifi(path, top["source"].line)
         for root in own:
             self.catalogue.setdefault(root.name, root)
         for gone in unavailable:
             self.unavailable.setdefault(gone, path)
+        self._cross_defs += crosses
         self.defs[name] = _StoreDef(name, path, extends, certifi_source, tuple(x.name for x in own), remove,
                                     created_before)
+
+    def _unavailable_entry(self, r: _Reader, item: _Y, where: str) -> str:
+        entry = r.mapping(item, where, ("name", "subject_name", "note"), ("name",))
+        for k in ("subject_name", "note"):
+            if k in entry:
+                r.string(entry[k], f"{where}.{k}")
+        return r.string(entry["name"], f"{where}.name") if "name" in entry else ""
+
+    def _cross_entry(self, r: _Reader, item: _Y, where: str) -> tuple[str, str, datetime, str, str, int, str] | None:
+        entry = r.mapping(item, where, _CROSS_KEYS, ("root", "by", "until"))
+        if not all(k in entry for k in ("root", "by", "until")):
+            return None  # the missing key is recorded already
+        root = r.string(entry["root"], f"{where}.root")
+        by = r.string(entry["by"], f"{where}.by")
+        day = r.string(entry["until"], f"{where}.until")
+        try:
+            until = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise r.fail(entry["until"].line, f"{where}.until",
+                         f"expected a quoted date like \"2032-09-02\", got {day!r}") from None
+        url = r.string(entry["url"], f"{where}.url") if "url" in entry else ""
+        if "note" in entry:
+            r.string(entry["note"], f"{where}.note")
+        return root, by, until, url, r.path, item.line, where
+
+    def _resolve_cross_signs(self) -> None:
+        known = list(self.catalogue)
+        for root, by, until, url, path, line, where in self._cross_defs:
+            missing = [n for n in (root, by) if n not in self.catalogue]
+            if missing:
+                self.errors.extend(ProfileError(f"root {n!r} has no certificate here{did_you_mean(n, known)}",
+                                                path=path, line=line, key=where) for n in missing)
+                continue
+            self.cross_signs.append(CrossSign(root, by, self.catalogue[root].certificate,
+                                              self.catalogue[by].certificate, until, url))
 
     def _load_certifi(self, path: str, line: int) -> None:
         if self._certifi_loaded:
@@ -577,8 +755,10 @@ class _StoreLoader:
         self._certifi_roots = tuple(roots)
         self._certifi_loaded = True
 
-    def _load_root(self, r: _Reader, file: Path, item: _Y, where: str) -> _Root:
+    def _load_root(self, r: _Reader, file: Path, item: _Y, where: str) -> _Root | None:
         entry = r.mapping(item, where, _CERT_KEYS, ("name", "fingerprint"))
+        if "name" not in entry or "fingerprint" not in entry:
+            return None  # the missing key is recorded already
         name = r.string(entry["name"], f"{where}.name")
         if not _ID_RE.match(name):
             raise r.fail(entry["name"].line, f"{where}.name", "use lowercase letters, digits and dashes")
@@ -667,7 +847,9 @@ class ProfileSet:
     """The loaded profiles (in match order, ``default`` last), the load errors, and the root stores."""
 
     def __init__(self, profiles: Mapping[str, Profile], errors: Sequence[ProfileError],
-                 stores: Mapping[str, RootStore], catalogue: Mapping[str, x509.Certificate]) -> None:
+                 stores: Mapping[str, RootStore], catalogue: Mapping[str, x509.Certificate],
+                 cross_signs: Sequence[CrossSign] = ()) -> None:
+        self.cross_signs: tuple[CrossSign, ...] = tuple(cross_signs)
         self._profiles: Mapping[str, Profile] = MappingProxyType(dict(profiles))
         self._errors = tuple(errors)
         self._stores: Mapping[str, RootStore] = MappingProxyType(dict(stores))
@@ -711,6 +893,11 @@ class ProfileSet:
         except KeyError:
             raise ProfileError(f"unknown root store {name!r} (loaded: {', '.join(self._stores) or 'none'})") \
                 from None
+
+    def root_names(self, subject: str, roots: Sequence[x509.Certificate]) -> tuple[str, ...]:
+        """Catalogue names of the roots among ``roots`` whose RFC 4514 subject is ``subject``."""
+        return tuple(name for name, cert in self._catalogue.items()
+                     if cert in roots and cert.subject.rfc4514_string() == subject)
 
     def roots_for(self, profile: Profile) -> tuple[x509.Certificate, ...]:
         """The roots this device trusts: its store, plus ``add``, minus ``remove``.
@@ -763,40 +950,59 @@ def _build(device_files: Sequence[Path], store_files: Sequence[Path], errors: li
     loaded: dict[str, Profile] = {}
     for file in _unique(device_files):
         try:
-            profile, refs = _parse_profile(_read_text(file), str(file))
-            _check_refs(profile, refs, file, stores, loaded)
+            text = _read_text(file)
         except ProfileError as exc:
             errors.append(exc)
             continue
+        profile, refs, problems = _parse_profile(text, str(file))
+        if refs is not None:
+            problems = [*problems, *_check_refs(refs, file, stores, loaded)]
+        if problems:
+            # Every problem of the file, in file order, each with its own line.
+            errors.extend(sorted(problems, key=lambda e: e.line or 0))
+            continue
+        assert profile is not None
         loaded[profile.id] = profile
     ordered = {k: v for k, v in loaded.items() if k != DEFAULT_PROFILE_ID}
     if DEFAULT_PROFILE_ID in loaded:
         ordered[DEFAULT_PROFILE_ID] = loaded[DEFAULT_PROFILE_ID]
     catalogue = {name: root.certificate for name, root in stores.catalogue.items()}
-    return ProfileSet(ordered, errors, stores.stores, catalogue)
+    return ProfileSet(ordered, errors, stores.stores, catalogue, stores.cross_signs)
 
 
-def _check_refs(profile: Profile, refs: _RootRefs, file: Path, stores: _StoreLoader,
-                loaded: Mapping[str, Profile]) -> None:
+def _check_refs(refs: _RootRefs, file: Path, stores: _StoreLoader,
+                loaded: Mapping[str, Profile]) -> list[ProfileError]:
     path = str(file)
-    if profile.id != file.stem:
-        raise ProfileError(f"{profile.id!r} must equal the file name {file.stem!r}", path=path,
-                           line=refs.id_line, key="id")
-    if profile.id in loaded:
-        raise ProfileError(f"duplicate id {profile.id!r}, already loaded from {loaded[profile.id].path}",
-                           path=path, line=refs.id_line, key="id")
-    if profile.roots.store not in stores.stores:
-        why = "failed to load (see its error)" if profile.roots.store in stores.failed else "is unknown"
-        raise ProfileError(f"root store {profile.roots.store!r} {why} (stores: {', '.join(stores.stores)})",
-                           path=path, line=refs.store_line, key="tls.roots.store")
+    problems: list[ProfileError] = []
+    profile_id = refs.profile_id
+    if profile_id and profile_id != file.stem:
+        problems.append(ProfileError(f"{profile_id!r} must equal the file name {file.stem!r}", path=path,
+                                     line=refs.id_line, key="id"))
+    if profile_id in loaded:
+        problems.append(ProfileError(f"duplicate id {profile_id!r}, already loaded from {loaded[profile_id].path}",
+                                     path=path, line=refs.id_line, key="id"))
+    if refs.store_given and refs.store not in stores.stores:
+        if refs.store in stores.failed:
+            why = "failed to load (see its error)"
+        else:
+            why = "is unknown" + did_you_mean(refs.store, [*stores.stores, *stores.failed])
+        problems.append(ProfileError(f"root store {refs.store!r} {why} (stores: {', '.join(stores.stores)})",
+                                     path=path, line=refs.store_line, key="tls.roots.store"))
+    known = [*stores.catalogue, *stores.unavailable]
     for i, (name, line) in enumerate(refs.add):
         if name not in stores.catalogue:
             why = (f"has no certificate here (listed as unavailable in {stores.unavailable[name]})"
-                   if name in stores.unavailable else "is unknown")
-            raise ProfileError(f"root {name!r} {why}", path=path, line=line, key=f"tls.roots.add[{i}]")
+                   if name in stores.unavailable else "is unknown" + did_you_mean(name, known))
+            problems.append(ProfileError(f"root {name!r} {why}", path=path, line=line, key=f"tls.roots.add[{i}]"))
     for i, (name, line) in enumerate(refs.remove):
         if not stores.known(name):
-            raise ProfileError(f"root {name!r} is unknown", path=path, line=line, key=f"tls.roots.remove[{i}]")
+            problems.append(ProfileError(f"root {name!r} is unknown{did_you_mean(name, known)}", path=path,
+                                         line=line, key=f"tls.roots.remove[{i}]"))
+    for name, line, key in refs.about:
+        if not stores.known(name):
+            problems.append(ProfileError(f"root {name!r} is unknown{did_you_mean(name, known)}", path=path,
+                                         line=line, key=key))
+    return problems
 
 
 def _unique(files: Iterable[Path]) -> list[Path]:

@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from companion.proto.plexdirect import hash_from_dns_names
-from companion.security.profiles import TlsCaps
+from companion.security.profiles import CONFIDENCE_ORDER, CrossSign, Evidence, Profile, TlsCaps
 
 if TYPE_CHECKING:
     from companion.security.probe import ServerFacts
@@ -55,6 +55,7 @@ class TrustResult:
     ok: bool
     reasons: tuple[Reason, ...]
     path: tuple[str, ...]  # RFC 4514 subjects, leaf first, ending at the device's root
+    via_cross_sign: str = ""  # the new root reached through a cross-sign the device fetched (AIA)
 
 
 def display_name(name: x509.Name) -> str:
@@ -309,13 +310,16 @@ class VerifyCache:
         self._max = max_entries
 
     def verify(self, facts: ServerFacts, roots: Sequence[x509.Certificate], *, name: str, now: datetime,
-               tls: TlsCaps, extra_intermediates: Sequence[x509.Certificate] = ()) -> TrustResult:
+               tls: TlsCaps, extra_intermediates: Sequence[x509.Certificate] = (),
+               cross_signs: Sequence[CrossSign] = ()) -> TrustResult:
         now = _as_utc(now)
-        key = (facts.chain_der, id(roots), name, tls, tuple(id(c) for c in extra_intermediates))
+        key = (facts.chain_der, id(roots), name, tls, tuple(id(c) for c in extra_intermediates),
+               tuple(cross_signs), any(now > c.until for c in cross_signs))
         entry = self._entries.get(key)
         if entry is not None and entry.roots is roots and entry.valid_from <= now < entry.valid_to:
             return entry.result
-        result = verify_chain(facts, roots, name=name, now=now, tls=tls, extra_intermediates=extra_intermediates)
+        result = verify_chain(facts, roots, name=name, now=now, tls=tls, extra_intermediates=extra_intermediates,
+                              cross_signs=cross_signs)
         try:
             chain = facts.chain
         except ValueError:
@@ -338,11 +342,15 @@ def verify_chain(
     now: datetime,
     tls: TlsCaps,
     extra_intermediates: Sequence[x509.Certificate] = (),
+    cross_signs: Sequence[CrossSign] = (),
 ) -> TrustResult:
     """Would a device with ``roots`` and limits ``tls`` accept the server's chain for ``name``?
 
     Uses exactly the intermediates the server sent; ``extra_intermediates`` (AIA-fetched issuers)
-    are added only when ``tls.follows_aia``, so callers may always pass them.
+    are added only when ``tls.follows_aia``, so callers may always pass them. ``cross_signs``
+    (from the root stores) model a new root published signed by an old one: a device that trusts
+    only the old root reaches the new one when it fetches missing issuers, and otherwise is told
+    that it needs the cross-signed certificate (reason ``cross-sign-missing``).
     """
     now = _as_utc(now)
     try:
@@ -366,9 +374,106 @@ def verify_chain(
                     .build_server_verifier(DNSName(name)))
         built = verifier.verify(leaf, intermediates)
     except VerificationError as exc:
+        crossed = _through_cross_sign(leaf, intermediates, roots, name=name, now=now, tls=tls,
+                                      cross_signs=cross_signs)
+        if crossed is not None:
+            return crossed
         return TrustResult(False, _diagnose(leaf, intermediates, roots, name, now, tls, str(exc)), ())
     except ValueError as exc:
         return TrustResult(False, (Reason("chain-invalid", f"cannot check the chain for {name!r}: {exc}"),), ())
     path = tuple(built)
     reasons = device_limits(path, tls)
     return TrustResult(not reasons, reasons, tuple(c.subject.rfc4514_string() for c in path))
+
+
+def _through_cross_sign(
+    leaf: x509.Certificate, intermediates: Sequence[x509.Certificate], roots: Sequence[x509.Certificate], *,
+    name: str, now: datetime, tls: TlsCaps, cross_signs: Sequence[CrossSign],
+) -> TrustResult | None:
+    """The verdict for a chain that ends at a new root the device knows only through a cross-sign.
+
+    None when no cross-sign applies (the caller diagnoses the failure as usual). The path up to
+    the new root is checked for real, with the new root's self-signed certificate (same name and
+    key as the cross-signed one) as its anchor; the last link is the store's published fact.
+    """
+    for cross in cross_signs:
+        if cross.by_certificate not in roots or cross.root_certificate in roots:
+            continue
+        try:
+            verifier = (PolicyBuilder().store(Store([cross.root_certificate])).time(now.replace(tzinfo=None))
+                        .build_server_verifier(DNSName(name)))
+            built = verifier.verify(leaf, list(intermediates))
+        except (VerificationError, ValueError):
+            continue
+        new_root, old_root = display_name(cross.root_certificate.subject), display_name(cross.by_certificate.subject)
+        sent = display_name(built[-2].subject) if len(built) > 1 else "the leaf"
+        if now > cross.until:
+            return TrustResult(False, (Reason(
+                "cross-sign-expired",
+                f"the chain ends at {new_root!r}, which this device does not trust; the cross-sign of "
+                f"{new_root!r} by {old_root!r} it would need ended on {_when(cross.until)}"),), ())
+        if not tls.follows_aia:
+            return TrustResult(False, (Reason(
+                "cross-sign-missing",
+                f"the server sends its certificate with {sent!r} only, which chains to {new_root!r}; this device "
+                f"trusts {old_root!r} but not {new_root!r}, and does not fetch missing issuers (AIA), so it "
+                f"cannot get the {new_root!r} cross-signed by {old_root!r} that it would need. Fix: a server "
+                f"chain that includes that cross-sign, or a device firmware that trusts {new_root!r}; until "
+                "then the bridge relays such flings"),), ())
+        path = (*built, cross.by_certificate)
+        reasons = device_limits(path, tls)
+        via = f"{new_root} (cross-signed by {old_root}, fetched through AIA)"
+        subjects = (*(c.subject.rfc4514_string() for c in built[:-1]), via,
+                    cross.by_certificate.subject.rfc4514_string())
+        return TrustResult(not reasons, reasons, subjects, via_cross_sign=cross.root)
+    return None
+
+
+@dataclass(frozen=True)
+class RootOutlook:
+    """Whether one device verifies chains to a new root that is cross-signed by an old one."""
+
+    root: str  # catalogue name of the new root, e.g. isrg-root-yr
+    by: str  # the old root that cross-signs it, e.g. isrg-root-x1
+    trusts_root: bool
+    trusts_by: bool
+    follows_aia: bool
+    ok: bool
+    needs_cross_sign: bool  # the device verifies only when it is handed the cross-signed certificate
+    text: str
+    evidence: tuple[Evidence, ...]  # the profile's claims about these roots and about AIA
+
+    @property
+    def confidence(self) -> str:
+        """The weakest confidence among the claims behind this verdict (``assumed`` without one)."""
+        return min((e.confidence for e in self.evidence), key=CONFIDENCE_ORDER.index, default="assumed")
+
+
+def root_outlook(profile: Profile, roots: Sequence[x509.Certificate],
+                 cross_signs: Sequence[CrossSign]) -> tuple[RootOutlook, ...]:
+    """Per cross-signed root: can this device verify a chain that ends at it, as a server sends it
+    today (leaf + intermediate only), and on what evidence? For ``companion explain``."""
+    out: list[RootOutlook] = []
+    for cross in cross_signs:
+        new, old = display_name(cross.root_certificate.subject), display_name(cross.by_certificate.subject)
+        trusts_new, trusts_old = cross.root_certificate in roots, cross.by_certificate in roots
+        aia = profile.tls.follows_aia
+        facets = {f"roots.{cross.root}", f"roots.{cross.by}", "tls.follows_aia"}
+        evidence = tuple(e for e in profile.evidence if facets & set(e.about))
+        if not profile.media_https:
+            ok, needs, text = False, False, "plays no https media, so no root matters"
+        elif trusts_new:
+            ok, needs, text = True, False, f"trusts {new!r}: verifies chains to it directly"
+        elif trusts_old and aia:
+            ok, needs, text = True, False, (f"trusts {old!r} but not {new!r}; fetches missing issuers (AIA), so it "
+                                            f"gets the {new!r} cross-signed by {old!r} itself")
+        elif trusts_old:
+            ok, needs, text = False, True, (
+                f"trusts {old!r} but not {new!r} and does not fetch missing issuers (AIA): it needs the "
+                f"{new!r} cross-signed by {old!r}, which a server sending only leaf + intermediate (PMS "
+                f"since 2026) does not send. Fix: none on the LAN; the bridge relays such flings")
+        else:
+            ok, needs, text = False, False, (f"trusts neither {new!r} nor {old!r}: chains to {new!r} cannot "
+                                             "verify; the bridge relays such flings")
+        out.append(RootOutlook(cross.root, cross.by, trusts_new, trusts_old, aia, ok, needs, text, evidence))
+    return tuple(out)

@@ -150,7 +150,7 @@ async def test_targets_api_shows_a_closed_lock_for_the_secure_fling_and_an_open_
     assert secure["locks"][0]["source"] == "fling"
     assert secure["locks"][0]["mode"] == "direct-secure"
     assert secure["profile"] == {"id": "lab-secure-tv", "name": "Lab TV that trusts the test root",
-                                 "confidence": "assumed", "assumed": True}
+                                 "confidence": "assumed", "assumed": True, "contradicted_by_failed_flings": 0}
     assert secure["available"] is True
     assert secure["kind"] == "companion"
 

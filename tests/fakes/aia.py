@@ -18,10 +18,12 @@ Usage::
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import secrets
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 from cryptography import x509
@@ -144,3 +146,23 @@ def make_aia_pki(ca_issuers_url: str, *, addresses: tuple[str, ...] = ("127.0.0.
         leaf_key_pem=leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
     return AiaPki(chain=chain, trusted_root=x1, cross_der=cross.public_bytes(serialization.Encoding.DER))
+
+
+def write_gen_y_profiles(root: Path, pki: AiaPki) -> None:
+    """A store with the test X1, one with the test YR cross-signed by it, and three devices."""
+    (root / "roots" / "pem").mkdir(parents=True)
+    (root / "devices").mkdir(parents=True)
+    for name, cert in (("test-x1", pki.trusted_root), ("test-yr", pki.chain.root)):
+        (root / "roots" / "pem" / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+        extra = ("cross_signs:\n  - {root: test-yr, by: test-x1, until: \"2099-01-01\"}\n"
+                 if name == "test-yr" else "")
+        (root / "roots" / f"{name}-store.yaml").write_text(
+            f"name: {name}-store\ntrusted_certificates:\n  - {{name: {name}, fingerprint: {digest}}}\n{extra}")
+    for device, tls in (("tv-x1-only", "follows_aia: false"), ("tv-x1-aia", "follows_aia: true"),
+                        ("tv-yr", "follows_aia: false\n  roots: {store: test-x1-store, add: [test-yr]}")):
+        roots = "" if "roots:" in tls else "\n  roots: {store: test-x1-store}"
+        (root / "devices" / f"{device}.yaml").write_text(
+            f"id: {device}\nname: {device}\nmatch: []\ntransport: companion\nmedia: {{https: true, http: true}}\n"
+            f"tls:\n  {tls}{roots}\ndns: {{resolver: public}}\n"
+            "evidence:\n  - {claim: \"made up for this test\", confidence: assumed, about: [roots.test-yr]}\n")

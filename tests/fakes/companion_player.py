@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,11 @@ from xml.sax.saxutils import quoteattr
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from companion.errors import ProtocolError
+from companion.proto.plexdirect import parse_name
 
 
 @dataclass
@@ -37,6 +43,8 @@ class PlayerFakeState:
     media_type: str = "video"
     subscribers: dict[str, str] = field(default_factory=dict)  # client id -> callback URL
     pushes_sent: int = 0
+    error: str = ""  # sent as the active timeline's error attribute while state is "error"
+    fetch_failures: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -57,6 +65,31 @@ class PlayerUseCases:
     status: int = 200  # HTTP status for commands
     garbage_timeline: bool = False
     fetch_media: bool = False  # on playMedia, fetch metadata, play queue and a media range like a real TV
+    # On playMedia, report buffering, fetch like a real TV (its own TLS trust: the system's, which
+    # lacks the tests' roots, so an https stream fails as on a TV without the root), then report
+    # playing, or an error timeline naming what failed.
+    report_playback: bool = False
+    never_plays: bool = False  # on playMedia, report buffering and stay there (a stream that never starts)
+
+
+class _PublicDnsView(AbstractResolver):
+    """Resolves ``<dashed-ip>.<hash>.plex.direct`` to its IP as public DNS does (a TV whose resolver
+    answers them), and every other name through aiohttp's default resolver."""
+
+    def __init__(self) -> None:
+        self._default = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        try:
+            address = parse_name(host).address
+        except ProtocolError:
+            return await self._default.resolve(host, port, family)
+        return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        await self._default.close()
 
 
 class FakeCompanionPlayer:
@@ -88,7 +121,8 @@ class FakeCompanionPlayer:
         site = web.TCPSite(self._runner, self.host, port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._session = aiohttp.ClientSession()
+        # Its TLS trust is the system's (not the tests' roots); its DNS answers plex.direct names.
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=_PublicDnsView()))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -118,7 +152,8 @@ class FakeCompanionPlayer:
         other = [t for t in ("music", "video", "photo") if t != s.media_type]
         active = (f'<Timeline type="{s.media_type}" itemType="{s.media_type}" state="{s.state}" '
                   f'time="{s.time}" duration="{s.duration}" volume="{s.volume}" '
-                  f'key={quoteattr(s.key)} controllable="playPause,stop,volume,seekTo,skipNext,skipPrevious"/>')
+                  f'key={quoteattr(s.key)} controllable="playPause,stop,volume,seekTo,skipNext,skipPrevious"'
+                  + (f' error={quoteattr(s.error)}' if s.state == "error" and s.error else "") + '/>')
         rest = "".join(f'<Timeline type="{t}" state="stopped"/>' for t in other)
         body = f'<MediaContainer commandID="{command_id}" location="navigation">{active}{rest}</MediaContainer>'
         if self.use_cases.garbage_timeline:
@@ -211,16 +246,22 @@ class FakeCompanionPlayer:
         elif name == "setParameters" and "volume" in q:
             self.state.volume = int(q["volume"])
         elif name == "playMedia":
-            if self.use_cases.fetch_media:
+            if self.use_cases.never_plays:
+                pass
+            elif self.use_cases.report_playback:
+                self.playback_done.clear()
+                self._spawn(self._play_and_report(dict(q)))
+            elif self.use_cases.fetch_media:
                 self._spawn(self._play(dict(q)))
-            self.state.state = "playing"
+            buffers = self.use_cases.report_playback or self.use_cases.never_plays
+            self.state.state = "buffering" if buffers else "playing"
             self.state.key = q.get("key", "")
             self.state.time = int(q.get("offset", "0") or 0)
             self.state.duration = max(self.state.duration, self.state.time + 600000)
         self._spawn(self._notify())
         return self._ok()
 
-    async def _play(self, params: dict[str, str]) -> None:
+    async def _play(self, params: dict[str, str]) -> bool:
         """Fetch what a real player fetches: the item, its play queue, then a range of its media part."""
         assert self._session is not None
         base = f"{params['protocol']}://{params['address']}:{params['port']}"
@@ -230,11 +271,19 @@ class FakeCompanionPlayer:
             if params.get("containerKey"):
                 await self._fetch(base + params["containerKey"], headers)
             part = meta.body.split(b'<Part ', 1)[1].split(b'key="', 1)[1].split(b'"', 1)[0].decode()
-            await self._fetch(base + part, {**headers, "Range": "bytes=0-1023"})
-        except (aiohttp.ClientError, IndexError, KeyError, TimeoutError):
-            pass
+            media = await self._fetch(base + part, {**headers, "Range": "bytes=0-1023"})
+            return media.status < 400
+        except (aiohttp.ClientError, IndexError, KeyError, TimeoutError) as exc:
+            self.state.fetch_failures.append(f"{type(exc).__name__}: {exc}"[:200])
+            return False
         finally:
             self.playback_done.set()
+
+    async def _play_and_report(self, params: dict[str, str]) -> None:
+        if await self._play(params):
+            await self.set_playback(state="playing", error="")
+        else:
+            await self.set_playback(state="error", error="cannot open the stream")
 
     async def _fetch(self, url: str, headers: dict[str, str]) -> Fetched:
         assert self._session is not None

@@ -21,8 +21,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from companion import audit as audit_module
 from companion.audit import (
     MODES,
+    PLAYBACK,
     SCHEMA_VERSION,
     AuditLog,
     FlingRecord,
@@ -147,7 +149,7 @@ def test_database_from_a_newer_version_is_refused_with_a_readable_error(tmp_path
     raw = sqlite3.connect(path)
     raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     raw.close()
-    with pytest.raises(StateError, match=r"written by a newer companion-bridge \(schema 2"):
+    with pytest.raises(StateError, match=rf"written by a newer companion-bridge \(schema {SCHEMA_VERSION + 1}"):
         AuditLog(path).open()
 
 
@@ -217,13 +219,14 @@ def test_scrubbing_a_huge_crafted_field_takes_linear_time() -> None:
     assert time.perf_counter() - started < 1.0
 
 
-_TEXT_FIELDS = [f.name for f in fields(FlingRecord) if f.type == "str" and f.name != "mode"]
+_TEXT_FIELDS = [f.name for f in fields(FlingRecord) if f.type == "str" and f.name not in ("mode", "playback")]
 
 records = st.builds(
     FlingRecord,
     id=st.none(),
     time=st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)),
     mode=st.sampled_from(sorted(MODES)),
+    playback=st.sampled_from(sorted(PLAYBACK)),
     secure=st.booleans(),
     token_exposed=st.booleans(),
     command_plain_http=st.booleans(),
@@ -431,12 +434,68 @@ def test_table_shows_one_line_per_fling_with_flags_and_reason_codes() -> None:
     secure = make_record(id=1)
     insecure = make_record(id=2, target_name="Bedroom\x1b[2JTV", **INSECURE)
     lines = format_table([insecure, secure]).splitlines()
-    assert lines[0].split() == ["TIME", "(UTC)", "TARGET", "MODE", "SECURE", "TOKEN", "EXPOSED", "OUTCOME", "REASONS"]
+    assert lines[0].split() == ["TIME", "(UTC)", "TARGET", "MODE", "SECURE", "TOKEN", "EXPOSED", "OUTCOME",
+                                "PLAYBACK", "REASONS"]
     assert lines[1].split() == ["2026-03-01", "12:00:00", "Bedroom?[2JTV", "direct-insecure", "NO", "YES", "ok",
-                                "root-missing"]
+                                "-", "root-missing"]
     assert lines[2].split() == ["2026-03-01", "12:00:00", "Living", "Room", "TV", "direct-secure", "yes", "no", "ok",
-                                "-"]
+                                "-", "-"]
 
 
 def test_table_of_no_flings_says_so() -> None:
     assert format_table([]) == "no flings recorded"
+
+
+# --- fling outcomes (schema 2) -----------------------------------------------------------------
+
+_V1_ROW = ("INSERT INTO flings (time_us, controller_id, controller_name, controller_address, target_id, "
+           "target_name, profile, server_id, server_address, media_key, mode, secure, token_exposed, "
+           "command_plain_http, reasons, outcome) VALUES (1700000000000000, 'c', 'Phone', '10.0.0.2', 't', "
+           "'Old TV', 'roku', 's', '10.0.0.1:32400', '/library/metadata/1', 'relay', 0, 0, 1, '[]', 'ok')")
+
+
+def test_a_version_1_log_is_migrated_in_place_and_keeps_every_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.executescript(audit_module._SCHEMA_V1)
+    raw.execute(_V1_ROW)
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with AuditLog(path) as log:
+        [old] = log.recent()
+        new_id = log.record(make_record(playback="watching", relied_on=("tls.roots", "roots.isrg-root-x1")))
+        log.set_playback(new_id, "failed", "the player reported an error")
+        records = log.recent()
+    assert (old.target_name, old.mode, old.outcome, old.playback, old.refling_of, old.relied_on) == (
+        "Old TV", "relay", "ok", "", None, ())
+    assert (records[0].playback, records[0].playback_reason, records[0].relied_on) == (
+        "failed", "the player reported an error", ("tls.roots", "roots.isrg-root-x1"))
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    raw.close()
+
+
+def test_a_relay_refling_points_at_the_fling_it_retried_and_shows_in_json_and_the_table(tmp_path: Path) -> None:
+    with AuditLog(tmp_path / "a.sqlite3") as log:
+        first = log.record(make_record(playback="failed", playback_reason="the player reported an error"))
+        log.record(make_record(mode="relay", secure=False, refling_of=first, playback="ok",
+                               playback_reason="the player is playing"))
+        newest, oldest = log.recent()
+        facts = log.outcome_facts()
+    assert newest.refling_of == oldest.id == first
+    assert record_to_json(newest)["refling_of"] == first
+    assert record_to_json(oldest)["playback"] == {"result": "failed", "reason": "the player reported an error"}
+    table = format_table([newest, oldest])
+    assert "PLAYBACK" in table and "failed: the player reported an error" in table
+    assert [(f.mode, f.playback, f.refling_of) for f in facts] == [
+        ("relay", "ok", first), ("direct-secure", "failed", None)]
+
+
+def test_an_unknown_playback_value_is_refused(tmp_path: Path) -> None:
+    with AuditLog(tmp_path / "a.sqlite3") as log:
+        with pytest.raises(ValueError, match="unknown playback"):
+            log.record(make_record(playback="great"))
+        rid = log.record(make_record())
+        with pytest.raises(ValueError, match="unknown playback"):
+            log.set_playback(rid, "meh")

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from companion.config import Config, load_config, parse_config
-from companion.errors import ConfigError
+from companion.errors import ConfigError, ConfigErrors
 
 
 def test_no_config_means_embedded_defaults() -> None:
@@ -141,3 +141,36 @@ def test_the_example_config_parses_and_documents_every_key() -> None:
     for section in (GdmConfig, MdnsConfig, HttpConfig, SecurityConfig, TimeoutsConfig, LimitsConfig):
         for f in dataclasses.fields(section):
             assert f.name in documented, f"{section.__name__}.{f.name} is not in config.example.yaml"
+
+
+def test_every_problem_in_the_file_is_reported_in_one_run_with_did_you_mean() -> None:
+    text = ("gdm:\n  helo_interval: 5\n  player_port: 70000\nsecurity:\n  policy: prefered\n  relay: maybe\n"
+            "servers:\n  - {url: 'https://192.168.1.10:32400', tokn: x}\n  - {url: ftp://x}\n")
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(text, "c.yaml")
+    assert str(info.value).splitlines() == [
+        "c.yaml:2: gdm.helo_interval: unknown key (did you mean hello_interval?) (known keys here: announce_port, "
+        "enabled, group, hello_interval, player_port, search_interval, server_port)",
+        "c.yaml:3: gdm.player_port: must be between 1 and 65535, got 70000",
+        "c.yaml:5: security.policy: must be one of required, preferred, disabled; got 'prefered' "
+        "(did you mean preferred?)",
+        "c.yaml:6: security.relay: expected true or false, got 'maybe'",
+        "c.yaml:8: servers[0].tokn: unknown key (did you mean token?) (known keys here: token, url)",
+        "c.yaml:9: servers[1].url: expected http(s)://host:port, got 'ftp://x'",
+    ]
+    assert [e.line for e in info.value.errors] == [2, 3, 5, 6, 8, 9]
+    assert (info.value.line, info.value.key) == (2, "gdm.helo_interval")
+
+
+def test_the_cli_prints_each_config_problem_on_its_own_line(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from companion.cli import main
+    bad = tmp_path / "c.yaml"
+    bad.write_text("gdm:\n  helo_interval: 5\nfaces: sum\n")
+    assert main(["run", "--config", str(bad)]) == 78
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"companion: configuration error: {bad}:2: gdm.helo_interval: unknown key (did you mean hello_interval?) "
+        "(known keys here: announce_port, enabled, group, hello_interval, player_port, search_interval, server_port)",
+        f"companion: configuration error: {bad}:3: faces: must be one of all, non-companion, none; got 'sum'",
+    ]

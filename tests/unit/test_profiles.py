@@ -397,11 +397,17 @@ def test_describe_gives_a_json_ready_summary(shipped: P.ProfileSet) -> None:
 
 
 def test_adding_a_root_we_have_no_certificate_for_says_it_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "wants-x3.yaml").write_text(
+        MINIMAL.replace("minimal", "wants-x3") + "tls:\n  roots: {store: mozilla, add: [dst-root-ca-x3]}\n")
+    [error] = lint([tmp_path])
+    assert str(error).startswith(f"{tmp_path / 'wants-x3.yaml'}:8: tls.roots.add[0]: ")
+    assert "unavailable" in str(error)
+
+
+def test_a_profile_can_add_isrg_root_yr_now_that_it_ships(tmp_path: Path) -> None:
     (tmp_path / "wants-yr.yaml").write_text(
         MINIMAL.replace("minimal", "wants-yr") + "tls:\n  roots: {store: mozilla, add: [isrg-root-yr]}\n")
-    [error] = lint([tmp_path])
-    assert str(error).startswith(f"{tmp_path / 'wants-yr.yaml'}:8: tls.roots.add[0]: ")
-    assert "unavailable" in str(error)
+    assert lint([tmp_path]) == []
 
 
 def test_stores_that_extend_each_other_are_refused(tmp_path: Path) -> None:
@@ -414,3 +420,95 @@ def test_stores_that_extend_each_other_are_refused(tmp_path: Path) -> None:
         f"{roots / 'ping.yaml'}:2: extends: root store 'pong' failed to load",
         f"{roots / 'pong.yaml'}:2: extends: store extends itself (ping -> pong -> ping)",
     ]
+
+
+# --- every problem in one run ----------------------------------------------------------------
+
+NEW_CONTRIBUTOR = """\
+id: my-tv
+name: My TV
+match: []
+transport: companion
+media: {https: true, http: true}
+tls:
+  versions: {min: 1.2, max: "1.4"}
+  follow_aia: true
+  roots: {store: mozila}
+dns: {resolver: lan}
+"""
+
+
+def test_a_new_contributors_profile_gets_all_four_problems_in_one_run(tmp_path: Path) -> None:
+    path = tmp_path / "my-tv.yaml"
+    path.write_text(NEW_CONTRIBUTOR)
+    messages = [str(e) for e in lint([path])]
+    assert messages == [
+        f'{path}:7: tls.versions.min: expected one of 1.0, 1.1, 1.2, 1.3 (quote it: "1.2"), got number 1.2',
+        f"{path}:7: tls.versions.max: expected one of 1.0, 1.1, 1.2, 1.3, got '1.4'",
+        f"{path}:8: tls.follow_aia: unknown key (did you mean follows_aia?) (allowed: versions, ciphers, sni, "
+        "rsa_min_bits, ecdsa, requires_sha2, follows_aia, roots)",
+        f"{path}:9: tls.roots.store: root store 'mozila' is unknown (did you mean mozilla?) "
+        "(stores: isrg, lg-netcast, mozilla, mozilla-2019)",
+    ]
+
+
+def test_parse_profile_raises_every_format_problem_together() -> None:
+    text = MINIMAL.replace("transport: companion", "transport: chromcast").replace(
+        "dns: {resolver: lan}", "dns: {resolver: lna, extra: 1}") + "colour: red\n"
+    with pytest.raises(P.ProfileErrors) as info:
+        parse_profile(text, "x.yaml")
+    assert [(e.line, e.key) for e in info.value.errors] == [
+        (4, "transport"), (6, "dns.extra"), (6, "dns.resolver"), (7, "colour")]
+    assert "did you mean chromecast?" in str(info.value)
+    assert "did you mean lan?" in str(info.value)
+
+
+def test_misspelt_root_names_and_evidence_keys_get_suggestions(tmp_path: Path) -> None:
+    path = tmp_path / "my-tv.yaml"
+    path.write_text(MINIMAL.replace("minimal", "my-tv") + (
+        "tls:\n  roots: {store: mozilla, add: [isrg-root-x3], remove: [isrg-rot-x1]}\n"
+        "evidence:\n  - {claim: c, confidence: assumed, about: [tls.root, roots.isrg-root-yx]}\n"))
+    messages = [str(e) for e in lint([path])]
+    assert [m.split(": ", 2)[1] for m in messages] == [
+        "tls.roots.add[0]", "tls.roots.remove[0]", "evidence[0].about[0]", "evidence[0].about[1]"]
+    assert "did you mean isrg-root-x1?" in messages[1]
+    assert "did you mean tls.roots?" in messages[2]
+    assert "did you mean isrg-root-yr?" in messages[3]
+
+
+def test_a_root_store_reports_every_problem_too(tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "mine.yaml").write_text(
+        "name: mine\nextend: mozilla\ncreated_before: soon\n"
+        "trusted_certificates:\n  - {name: x, fingerprint: zz}\n")
+    messages = [str(e) for e in load_profiles([tmp_path]).errors]
+    assert [m.split(": ", 2)[1] for m in messages] == [
+        "extend", "created_before", "trusted_certificates[0].fingerprint"]
+    assert "did you mean extends?" in messages[0]
+
+
+def test_cross_signs_and_root_entries_with_missing_or_unknown_parts_are_each_reported(tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "mine.yaml").write_text(
+        "name: mine\ntrusted_certificates:\n  - {name: x}\n"
+        "cross_signs:\n  - {root: isrg-root-yr, by: isrg-root-x9, until: \"2032-09-02\"}\n"
+        "  - {root: isrg-root-ye, by: isrg-root-x2}\n  - {root: isrg-root-ye, by: isrg-root-x2, until: soon}\n")
+    messages = [str(e) for e in load_profiles([tmp_path]).errors]
+    assert [m.split(": ", 2)[1] for m in messages] == [
+        "trusted_certificates[0].fingerprint", "cross_signs[1].until", "cross_signs[2].until"]
+    (roots / "mine.yaml").write_text(
+        "name: mine\ncross_signs:\n  - {root: isrg-root-yr, by: isrg-root-x9, until: \"2032-09-02\"}\n")
+    [error] = load_profiles([tmp_path]).errors
+    assert str(error) == (f"{roots / 'mine.yaml'}:3: cross_signs[0]: root 'isrg-root-x9' has no certificate here "
+                          "(did you mean isrg-root-x2?)")
+
+
+def test_an_evidence_entry_with_problems_reports_each_of_them() -> None:
+    text = MINIMAL + "evidence:\n  - {claim: 1, confidence: documentd, about: dns}\n  - {confidence: assumed}\n"
+    with pytest.raises(P.ProfileErrors) as info:
+        parse_profile(text, "x.yaml")
+    assert [e.key for e in info.value.errors] == [
+        "evidence[0].confidence", "evidence[0].claim", "evidence[0].about", "evidence[1].claim"]
+    assert "did you mean documented?" in str(info.value)
