@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import ifaddr
+
 from companion.errors import ConfigError, ProtocolError
 from companion.limits import SourceRateLimit, ThrottledLog
 from companion.model import Sighting
@@ -93,6 +95,40 @@ class _DropLog:
         else:
             self._suppressed += 1
             logger.debug("%s: dropped GDM datagram from %s:%d: %s", self._what, sender[0], sender[1], reason)
+
+
+def implausible_source(sender: str, interface: str, networks: Sequence[ipaddress.IPv4Interface]) -> str:
+    """Why a sighting from ``sender`` that arrived on ``interface`` ("" = any) cannot be genuine, or "".
+
+    A player or server answers from an address on the link the datagram arrived on. A source that
+    is not (a multicast, broadcast or off-link address, or another interface's network) is
+    spoofed, and the bridge would otherwise send commands wherever it points (issue 12 row 9).
+    """
+    try:
+        ip = ipaddress.IPv4Address(sender)
+    except ValueError:
+        return f"source {sender!r} is not an IPv4 address"
+    if ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"source {sender} is not a unicast address"
+    nets = [n for n in networks if interface and str(n.ip) == interface] or list(networks)
+    for net in nets:
+        if ip in net.network and (net.network.prefixlen >= 31 or ip != net.network.broadcast_address):
+            return ""
+    where = f"interface {interface}" if interface else "any interface"
+    return f"source {sender} is not on the network of {where} ({', '.join(str(n.network) for n in nets) or 'none'})"
+
+
+_NETWORKS_TTL = 30.0  # DHCP renewals and new interfaces are picked up this quickly
+
+
+def local_networks() -> list[ipaddress.IPv4Interface]:
+    """The IPv4 address and network of every local interface (through ifaddr, zeroconf's own helper)."""
+    found: list[ipaddress.IPv4Interface] = []
+    for adapter in ifaddr.get_adapters():
+        for address in adapter.ips:
+            if isinstance(address.ip, str):
+                found.append(ipaddress.IPv4Interface(f"{address.ip}/{address.network_prefix}"))
+    return found
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -360,8 +396,13 @@ class GdmScanner:
 
     def __init__(self, settings: GdmSettings, on_sighting: Callable[[Sighting], None],
                  on_bye: Callable[[Sighting], None] | None = None, *,
-                 is_own: Callable[[str], bool] = lambda ident: False) -> None:
+                 is_own: Callable[[str], bool] = lambda ident: False,
+                 networks: Callable[[], Sequence[ipaddress.IPv4Interface]] = local_networks) -> None:
+        """``networks``: the local interfaces' networks, against which a sighting's source must fit."""
         self._settings = settings
+        self._read_networks = networks
+        self._networks: Sequence[ipaddress.IPv4Interface] = ()
+        self._networks_at = -_NETWORKS_TTL
         self._on_sighting = on_sighting
         self._on_bye = on_bye
         self._is_own = is_own
@@ -433,6 +474,13 @@ class GdmScanner:
             sighting = sighting_from_message(message, sender[0], interface=endpoint.interface)
         except ProtocolError as exc:
             self._drops.note(asyncio.get_running_loop().time(), sender, str(exc))
+            return None
+        now = asyncio.get_running_loop().time()
+        if now - self._networks_at >= _NETWORKS_TTL:
+            self._networks, self._networks_at = list(self._read_networks()), now
+        why = implausible_source(sender[0], endpoint.interface, self._networks)
+        if why:
+            self._drops.note(now, sender, why)
             return None
         if self._is_own(sighting.ident):
             return None
