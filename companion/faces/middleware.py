@@ -192,6 +192,38 @@ def headers_middleware(face_id: Callable[[], str], cors_origins: Collection[str]
     return face_headers
 
 
+# Who sends what (issue 12 row 6): python-plexapi sends only X-Plex-* headers (plexapi/config.py
+# reset_base_headers, through requests, which adds no Origin); Plex Web runs at https://app.plex.tv
+# and a browser adds that Origin to its cross-origin fetches (Fetch standard, "origin" header).
+# A page elsewhere can still send "simple" requests (GET, text/plain POST) that CORS does not stop,
+# only hides the answer of; and an <img> or no-cors fetch carries no Origin at all, but current
+# browsers mark it with Sec-Fetch-Site (W3C Fetch Metadata). Either way it is refused here.
+_CROSS_SITE = frozenset({"cross-site", "same-site"})
+
+
+def origin_middleware(cors_origins: Collection[str]) -> Middleware:
+    """403 for a request from a web page of an origin outside ``http.cors_origins`` (cross-site requests)."""
+    origins = _Origins(cors_origins)
+
+    @web.middleware
+    async def origin_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return await handler(request)  # the preflight answers (and refuses) on its own
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            if origins.allow(origin) is not None:
+                return await handler(request)
+            why = f"Origin {origin[:100]!r} is not allowed (http.cors_origins)"
+        elif request.headers.get("Sec-Fetch-Site", "").lower() in _CROSS_SITE:
+            why = "a request another web site's page made (Sec-Fetch-Site) without an allowed Origin"
+        else:
+            return await handler(request)
+        log.info("refused %s %s from %s: %s", request.method, request.path, request.remote, why)
+        return xml_response(403, f"Forbidden: {why}")
+
+    return origin_check
+
+
 def preflight_middleware(cors_origins: Collection[str]) -> Middleware:
     """Answer CORS preflight (OPTIONS) as PMP does: 200, methods, echoed headers, max-age."""
     origins = _Origins(cors_origins)
