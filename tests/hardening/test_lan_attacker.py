@@ -1,0 +1,402 @@
+"""A hostile host on the LAN (issue 12 rows 1, 2, 3, 6, 7, 8, 9, 10): each attack fails, and the
+legitimate path it imitates still works.
+
+The bridge, the Plex server and the owner's TV run in the test process, which netlab plugs into a
+LAN segment; the attacker is another network namespace on that segment with its own address. It
+has what any host on a home LAN has: GDM datagrams from an address of its own choosing, plain HTTP,
+and listening sockets (tests/hardening/lan_attacker.py, run inside its namespace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import aiohttp
+import pytest
+
+from companion.bridge import Bridge
+from companion.config import Config
+from companion.registry import config_server_id
+from tests.fakes.companion_player import FakeCompanionPlayer
+from tests.fakes.plex_server import FakePlexServer
+from tests.hardening.conftest import TOKEN
+from tests.helpers import bridge_config, free_port, until
+from tests.lab import write_test_profiles
+from tests.netlab import GDM_GROUP, Host, Lan
+
+PRIVATE = "777"  # an item of the owner's library that nobody flung
+MOVIE = "501"
+TV = "Living Room TV"
+
+
+@dataclass
+class Lab:
+    lan: Lan
+    bridge: Bridge
+    config: Config
+    server: FakePlexServer
+    player: FakeCompanionPlayer
+    attacker: Host
+    me: str  # the test process's (and the bridge's) address on the LAN
+
+    @property
+    def server_id(self) -> str:
+        return config_server_id(f"https://{self.me}:{self.server.port}")
+
+    def face_port(self, name: str) -> int:
+        return next(s.face.port for s in self.bridge.faces.values() if s.target.name == name)
+
+    def face_url(self, name: str, path: str, params: Mapping[str, str] | None = None) -> str:
+        query = f"?{urlencode(params)}" if params else ""
+        return f"http://{self.me}:{self.face_port(name)}{path}{query}"
+
+    def fling_params(self, key: str = f"/library/metadata/{MOVIE}", **extra: str) -> dict[str, str]:
+        return {"key": key, "offset": "0", "type": "video", "protocol": "https", "address": self.me,
+                "port": str(self.server.port), "machineIdentifier": self.server.machine_identifier,
+                "commandID": "1", **extra}
+
+    async def attack(self, *args: str) -> list[dict[str, Any]]:
+        """Run the attacker CLI once inside the attacker's namespace; its JSON lines."""
+        done = await asyncio.to_thread(self.attacker.run, *self.attacker.python(
+            "-m", "tests.hardening.lan_attacker", *args), check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        return [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
+
+    async def attack_http(self, method: str, url: str, headers: Mapping[str, str] | None = None,
+                          data: str | None = None) -> dict[str, Any]:
+        args = ["http", method, url, *(f"--header={k}={v}" for k, v in (headers or {}).items())]
+        if data is not None:
+            args.append(f"--data={data}")
+        (answer,) = await self.attack(*args)
+        return answer
+
+    async def gdm(self, start_line: str, headers: Mapping[str, str], *, source: str = "",
+                  to: str = "") -> None:
+        to = to or f"{GDM_GROUP}:{self.config.gdm.announce_port}"
+        await self.attack("gdm", start_line, f"--to={to}", f"--source={source or self.attacker.address}",
+                          *(f"--header={k}={v}" for k, v in headers.items()))
+
+    async def owner_fling(self, target: str, key: str) -> tuple[int, dict[str, Any]]:
+        """The owner's own fling: POST /api/fling with the admin token, from the bridge host."""
+        assert self.bridge.admin is not None
+        token = self.bridge.state.admin_token()
+        async with aiohttp.ClientSession() as http, http.post(
+                f"http://{self.me}:{self.config.http.admin_port}/api/fling",
+                json={"target": target, "server": self.server_id, "key": key},
+                headers={"Authorization": f"Bearer {token}"}) as resp:
+            return resp.status, await resp.json()
+
+
+def lan_config(tmp_path: Path, me: str, server: FakePlexServer, player: FakeCompanionPlayer, extra: str) -> Config:
+    write_test_profiles(tmp_path / "profiles", server)
+    root_pem = tmp_path / "lab-root.pem"
+    root_pem.write_bytes(server.root_pem)
+    config = bridge_config(tmp_path, f"""
+servers:
+  - {{url: "https://{me}:{server.port}", token: "{TOKEN}"}}
+targets:
+  - {{name: {TV}, address: {me}, port: {player.port}, profile: lab-old-tv}}
+profiles_dirs: [{tmp_path / "profiles"}]
+security: {{policy: preferred, relay: true, dns_check: false, extra_roots: ["{root_pem}"]}}
+{extra}
+""")
+    # On the LAN segment: faces, relay, admin and GDM on the test process's LAN address.
+    return dataclasses.replace(config, interfaces=(me,), http=dataclasses.replace(
+        config.http, bind=me, admin_port=free_port(host=me)))
+
+
+@contextlib.asynccontextmanager
+async def lan_lab(tmp_path: Path, extra: str = "") -> AsyncIterator[Lab]:
+    async with Lan("attacker", join_self=True) as lan:
+        me = lan.self_address
+        assert me is not None
+        server = FakePlexServer(token=TOKEN, host=me, items={MOVIE: "Fake Movie", PRIVATE: "The Owner's Private Video"})
+        player = FakeCompanionPlayer(name=TV, product="Lab TV", host=me)
+        player.use_cases.fetch_media = True  # plays what it is flung, as a real TV does
+        await server.start()
+        await player.start()
+        config = lan_config(tmp_path, me, server, player, extra)
+        bridge = Bridge(config)
+        try:
+            await bridge.start()
+            await until(lambda: any(s.target.name == TV for s in bridge.faces.values()), timeout=10,
+                        message="the owner's TV has its face")
+            yield Lab(lan, bridge, config, server, player, lan["attacker"], me)
+        finally:
+            await bridge.stop()
+            await player.stop()
+            await server.stop()
+
+
+async def arrived(lab: Lab, ident: str) -> None:
+    """Announce a harmless player from the attacker's own address and wait until the bridge has it:
+    the datagrams the attacker sent before have been handled by then (one sender, one link, in order)."""
+    await lab.gdm("HELLO * HTTP/1.0", {"Content-Type": "plex/media-player", "Resource-Identifier": ident,
+                                       "Name": ident, "Port": "40009", "Protocol-Capabilities": "timeline"})
+    await until(lambda: lab.bridge.registry.find_target(ident) is not None, timeout=10,
+                message=f"the attacker's later datagram ({ident}) was handled")
+
+
+def private_requests(server: FakePlexServer) -> list[str]:
+    return [r.path for r in server.requests if PRIVATE in r.path or PRIVATE in str(r.query)]
+
+
+async def spawn_listener(lab: Lab, port: int) -> asyncio.subprocess.Process:
+    """The attacker's fake "player": records every request the bridge sends it."""
+    proc = await lab.attacker.spawn(*lab.attacker.python(
+        "-m", "tests.hardening.lan_attacker", "listen", f"--bind={lab.attacker.address}:{port}"))
+    assert proc.stdout is not None
+    async with asyncio.timeout(20):
+        assert b"listening" in await proc.stdout.readline()
+    return proc
+
+
+async def lines_so_far(proc: asyncio.subprocess.Process, *, wait: float) -> list[dict[str, Any]]:
+    """What a spawned attacker process printed within ``wait`` seconds (a collection window)."""
+    assert proc.stdout is not None
+    out: list[dict[str, Any]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait):
+            while line := await proc.stdout.readline():
+                out.append(json.loads(line))
+    return out
+
+
+# -- row 1 -------------------------------------------------------------------------------------
+
+
+async def test_row1_a_lan_fling_gets_no_configured_token_and_a_grant_covers_only_the_flung_item(
+        tmp_path: Path) -> None:
+    # The attacker's player gets the profile that relays (the attacker picks a product whose profile
+    # does; here the owner's override stands for that choice).
+    async with lan_lab(tmp_path, "profiles: {Evil TV: lab-old-tv}") as lab:
+        listener = await spawn_listener(lab, 40001)
+        await lab.gdm("HELLO * HTTP/1.0", {
+            "Content-Type": "plex/media-player", "Resource-Identifier": "evil-player-1", "Name": "Evil TV",
+            "Port": "40001", "Product": "Evil TV", "Protocol": "plex", "Protocol-Capabilities": "timeline,playback"})
+        await until(lambda: any(s.target.name == "Evil TV" for s in lab.bridge.faces.values()), timeout=10,
+                    message="the attacker's player got a face (discovery may add)")
+
+        # The attack: fling to its own face with no token, hoping the relay uses the owner's.
+        no_token = await lab.attack_http("GET", lab.face_url("Evil TV", "/player/playback/playMedia",
+                                                             lab.fling_params(f"/library/metadata/{PRIVATE}")))
+        assert no_token["status"] == 403
+        assert "token the controller sends with its fling" in no_token["body"]
+        records = lab.bridge.audit.recent(10)
+        assert records[0].mode == "refused" and "relay-needs-token" in [c for c, _ in records[0].reasons]
+
+        # With a token of its own, it gets a grant; the grant fetches with that token, and covers only
+        # the item it flung.
+        junk = "attacker-own-token-0001"
+        own = await lab.attack_http("GET", lab.face_url("Evil TV", "/player/playback/playMedia",
+                                                        lab.fling_params(token=junk)))
+        assert own["status"] == 200, own
+        (play,) = [r for r in await lines_so_far(listener, wait=3) if "playMedia" in r["path"]]
+        sent = parse_qs(urlsplit(play["path"]).query)
+        capability, relay = sent["token"][0], f"http://{sent['address'][0]}:{sent['port'][0]}"
+        assert capability not in (TOKEN, junk)
+        outside = await lab.attack_http("GET", f"{relay}/library/metadata/{PRIVATE}?X-Plex-Token={capability}")
+        assert outside["status"] == 403 and "outside-grant" in outside["body"]
+        inside = await lab.attack_http("GET", f"{relay}/library/metadata/{MOVIE}?X-Plex-Token={capability}")
+        assert inside["status"] == 401, "upstream with the attacker's own token: the server refuses it"
+        assert {r.token for r in lab.server.requests_to("/library")} <= {junk}, "never the owner's token"
+        assert private_requests(lab.server) == []
+        assert TOKEN not in json.dumps([no_token, own, outside, inside])
+
+        # The legitimate paths: the owner's own fling uses the configured token through the relay,
+        # and the TV plays; its grant, too, covers only what was flung.
+        status, body = await lab.owner_fling(TV, f"/library/metadata/{MOVIE}")
+        assert (status, body["mode"]) == (200, "relay"), body
+        await until(lab.player.playback_done.is_set, timeout=10, message="the TV played through the relay")
+        assert [f.status for f in lab.player.fetched] == [200, 206], "metadata and a media range"
+        tv_capability = lab.player.received("playMedia")[-1].params["token"]
+        async with aiohttp.ClientSession() as http, http.get(
+                f"http://{lab.me}:{lab.bridge.relay.port}/library/metadata/{PRIVATE}",  # type: ignore[union-attr]
+                headers={"X-Plex-Token": tv_capability}) as resp:
+            assert resp.status == 403
+        assert private_requests(lab.server) == []
+        listener.kill()
+
+
+# -- rows 2 and 3 ------------------------------------------------------------------------------
+
+
+async def test_row2_a_sighting_with_the_configured_servers_identifier_moves_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with lan_lab(tmp_path) as lab:
+        honeypot = await spawn_listener(lab, 32400)  # where the configured token would go
+        admin = f"http://{lab.me}:{lab.config.http.admin_port}/api/servers"
+        published = json.loads((await lab.attack_http("GET", admin))["body"])
+        idents = {s["id"] for s in (published if isinstance(published, list) else published["servers"])}
+        assert lab.server_id in idents
+        with caplog.at_level(logging.WARNING, logger="companion.registry"):
+            for ident in idents:
+                await lab.gdm("HELLO * HTTP/1.0", {
+                    "Content-Type": "plex/media-server", "Resource-Identifier": ident, "Name": "Plex",
+                    "Port": "32400", "Host": f"{'f' * 32}.plex.direct"})
+            await arrived(lab, "marker-2")
+            await lab.bridge.reload(lab.config)  # the ordinary reload of the attack
+        servers = lab.bridge.registry.servers()
+        assert [(s.address, s.port, s.host) for s in servers if s.token] == [(lab.me, lab.server.port, "")]
+        assert all(s.address != lab.attacker.address for s in servers)
+        assert "comes only from the config" in caplog.text
+
+        # The legitimate path: the owner's fling through the configured server works, and the
+        # attacker's address saw nothing.
+        status, body = await lab.owner_fling(TV, f"/library/metadata/{MOVIE}")
+        assert (status, body["mode"]) == (200, "relay"), body
+        await until(lab.player.playback_done.is_set, timeout=10, message="the TV played")
+        assert await lines_so_far(honeypot, wait=1) == []
+        honeypot.kill()
+
+
+async def test_row3_a_bye_with_the_configured_servers_identifier_forgets_nothing(tmp_path: Path) -> None:
+    async with lan_lab(tmp_path) as lab:
+        for ident in (lab.server_id, lab.server.machine_identifier):
+            await lab.gdm("BYE * HTTP/1.0", {"Content-Type": "plex/media-server", "Resource-Identifier": ident,
+                                             "Port": str(lab.server.port)})
+        status, body = await lab.owner_fling(TV, f"/library/metadata/{MOVIE}")
+        assert (status, body.get("mode")) == (200, "relay"), f"every configured server is still there: {body}"
+        assert [s.address for s in lab.bridge.registry.servers()] == [lab.me]
+        await until(lab.player.playback_done.is_set, timeout=10, message="the TV played")
+
+        # A discovered player is removed by its own BYE, never by the attacker's.
+        player = {"Content-Type": "plex/media-player", "Resource-Identifier": "kitchen-1", "Name": "Kitchen",
+                  "Port": "40002", "Protocol-Capabilities": "timeline,playback"}
+        await lab.gdm("HELLO * HTTP/1.0", player)
+        await until(lambda: lab.bridge.registry.find_target("kitchen-1") is not None, timeout=10,
+                    message="a discovered player")
+        lab.attacker.add_address(lab.lan.subnet + ".99")
+        await lab.gdm("BYE * HTTP/1.0", player, source=lab.lan.subnet + ".99")
+        await arrived(lab, "marker-1")
+        assert lab.bridge.registry.find_target("kitchen-1") is not None, "a BYE from another address"
+        await lab.gdm("BYE * HTTP/1.0", player)
+        await until(lambda: lab.bridge.registry.find_target("kitchen-1") is None, timeout=10,
+                    message="the player's own BYE removes it")
+
+
+# -- row 6 -------------------------------------------------------------------------------------
+
+
+async def test_row6_a_web_pages_cross_site_requests_are_refused_and_real_apps_pass(tmp_path: Path) -> None:
+    async with lan_lab(tmp_path) as lab:
+        pause = lab.face_url(TV, "/player/playback/pause")
+        fling = lab.face_url(TV, "/player/playback/playMedia", lab.fling_params(token="phone-token-123"))
+        evil = {"Origin": "http://evil.example"}
+        attacks = [
+            await lab.attack_http("POST", pause, {**evil, "Content-Type": "text/plain"}, data="x"),
+            await lab.attack_http("GET", fling, evil),
+            await lab.attack_http("GET", pause, {"Origin": "null"}),
+            # An <img> or no-cors fetch carries no Origin; the browser still says where it came from.
+            await lab.attack_http("GET", pause, {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}),
+        ]
+        assert [a["status"] for a in attacks] == [403, 403, 403, 403], attacks
+        assert "evil.example" in attacks[0]["body"] and "http.cors_origins" in attacks[0]["body"]
+        assert lab.player.received("pause") == [] and lab.player.received("playMedia") == []
+
+        # Real controllers: python-plexapi sends no Origin; Plex Web sends https://app.plex.tv.
+        plexapi = await lab.attack_http("GET", pause, {"X-Plex-Client-Identifier": "plexapi-1"})
+        web = await lab.attack_http("GET", pause, {"Origin": "https://app.plex.tv", "Sec-Fetch-Site": "cross-site"})
+        same = await lab.attack_http("GET", pause, {"Sec-Fetch-Site": "same-origin"})
+        assert [plexapi["status"], web["status"], same["status"]] == [200, 200, 200]
+        assert web["headers"].get("Access-Control-Allow-Origin") == "https://app.plex.tv"
+        assert len(lab.player.received("pause")) == 3
+
+
+# -- rows 7 and 8 ------------------------------------------------------------------------------
+
+
+async def test_row7_keys_that_point_at_another_host_are_refused_and_recorded(tmp_path: Path) -> None:
+    async with lan_lab(tmp_path) as lab:
+        forged = [
+            {"key": "//169.254.169.254/latest/meta-data/"},
+            {"containerKey": f"https://{lab.attacker.address}/playQueues/1"},
+            {"key": "/%2F%2F169.254.169.254/x"},
+            {"key": "/library/metadata/501/../../../:/prefs"},
+        ]
+        answers = []
+        for change in forged:
+            params = {**lab.fling_params(token="phone-token-123"), **change}
+            answers.append(await lab.attack_http("GET", lab.face_url(TV, "/player/playback/playMedia", params)))
+        assert [a["status"] for a in answers] == [400] * len(forged), answers
+        assert all("expected a path on the server" in a["body"] for a in answers)
+        records = lab.bridge.audit.recent(10)
+        assert len(records) == len(forged) and {r.mode for r in records} == {"refused"}
+        assert {r.reasons[0][0] for r in records} == {"bad-request"}
+        assert lab.player.received("playMedia") == []
+
+        ok = await lab.attack_http("GET", lab.face_url(TV, "/player/playback/playMedia", lab.fling_params(
+            token="phone-token-123", containerKey="/playQueues/1?own=1&window=100")))
+        assert ok["status"] == 200
+        (got,) = lab.player.received("playMedia")
+        assert (got.params["key"], got.params["containerKey"]) == (f"/library/metadata/{MOVIE}",
+                                                                   "/playQueues/1?own=1&window=100")
+
+
+async def test_row8_a_token_nested_in_key_or_container_key_never_reaches_the_player(tmp_path: Path) -> None:
+    async with lan_lab(tmp_path) as lab:
+        # A controller on the LAN (the test process, as a phone) flings with the token nested too.
+        params = lab.fling_params(token=TOKEN, key=f"/library/metadata/{MOVIE}?X-Plex-Token={TOKEN}",
+                                  containerKey=f"/playQueues/1?own=1&X-Plex-Token%3D{TOKEN}&window=100")
+        async with aiohttp.ClientSession() as http, http.get(lab.face_url(TV, "/player/playback/playMedia"),
+                                                             params=params) as resp:
+            assert resp.status == 200
+        (got,) = lab.player.received("playMedia")
+        assert TOKEN not in json.dumps([got.params, got.headers, got.path])
+        assert got.params["key"] == f"/library/metadata/{MOVIE}"
+        assert got.params["containerKey"] == "/playQueues/1?own=1&window=100"
+        # Relayed, and it plays: the player's fetches carried the capability, never the token.
+        await until(lab.player.playback_done.is_set, timeout=10, message="the TV played through the relay")
+        assert [f.status for f in lab.player.fetched] == [200, 200, 206], "metadata, queue, a media range"
+        assert all(TOKEN not in f.url and TOKEN not in str(f.request_headers) for f in lab.player.fetched)
+
+
+# -- row 9 -------------------------------------------------------------------------------------
+
+
+async def test_row9_a_sighting_from_a_source_that_cannot_be_on_this_link_is_ignored(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with lan_lab(tmp_path) as lab:
+        # An address of another network (a LAN the bridge host also reaches, say) as the source: the
+        # bridge would send subscribe and playMedia requests there, on the port the datagram names.
+        lab.attacker.add_address("192.168.77.20")
+        spoofed = {"Content-Type": "plex/media-player", "Resource-Identifier": "spoofed-1", "Name": "Spoofed",
+                   "Port": "6379", "Protocol-Capabilities": "timeline,playback"}
+        with caplog.at_level(logging.WARNING, logger="companion.gdm"):
+            await lab.gdm("HELLO * HTTP/1.0", spoofed, source="192.168.77.20")
+            # The same player announced from the attacker's own address (on this link) is a sighting.
+            await arrived(lab, "onlink-1")
+        assert lab.bridge.registry.find_target("spoofed-1") is None
+        assert "192.168.77.20" in caplog.text and "not on the network of interface" in caplog.text
+        assert all(t.address != "192.168.77.20" for t in lab.bridge.registry.targets())
+
+
+# -- row 10 ------------------------------------------------------------------------------------
+
+
+async def test_row10_a_timeline_push_counts_only_from_the_player_it_names(tmp_path: Path) -> None:
+    async with lan_lab(tmp_path) as lab:
+        assert lab.bridge._listener is not None
+        listener = f"http://{lab.me}:{lab.bridge._listener.port}/:/timeline"
+        slot = next(s for s in lab.bridge.faces.values() if s.target.name == TV)
+        await until(lambda: bool(lab.player.state.subscribers), timeout=10, message="the bridge subscribed")
+        forged = ('<MediaContainer commandID="1"><Timeline type="video" state="playing" time="1" duration="9" '
+                  'key="/library/metadata/666"/><Timeline type="music" state="stopped"/>'
+                  '<Timeline type="photo" state="stopped"/></MediaContainer>')
+        answer = await lab.attack_http("POST", listener, {"X-Plex-Client-Identifier": lab.player.ident,
+                                                          "Content-Type": "application/xml"}, data=forged)
+        assert answer["status"] == 403
+        assert "666" not in repr(slot.face.state)
+        # The player's own push still counts.
+        await lab.player.set_playback(state="playing", key=f"/library/metadata/{MOVIE}", duration=600000)
+        await until(lambda: f"/library/metadata/{MOVIE}" in repr(slot.face.state), timeout=10,
+                    message="the player's own timeline reached the face")
