@@ -65,6 +65,7 @@ log = logging.getLogger("companion.bridge")
 _FACE_NAMESPACE = uuid.UUID("6b0f9a4e-5d1c-4c59-9a55-0c6d1f3d2b71")
 _PORT_TRIES = 50
 MOVE_CHECK_INTERVAL = 60.0
+MOVE_CHECKS_AT_ONCE = 8
 
 
 def local_address_towards(address: str) -> str:
@@ -141,7 +142,8 @@ class Bridge:
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._face_lock = asyncio.Lock()
-        self._move_checks: dict[str, float] = {}  # server id -> no new move check before (monotonic)
+        # (server id, claimed address, port) -> no new move check before (monotonic)
+        self._move_checks: dict[tuple[str, str, int], float] = {}
         self._started = False
         self.ready = asyncio.Event()
 
@@ -287,11 +289,17 @@ class Bridge:
     def _server_move_claimed(self, server: Server, sighting: Sighting) -> None:
         """A discovered server announced from another address: check its certificate there first."""
         now = time.monotonic()
-        if now < self._move_checks.get(server.id, 0.0):
+        # Per claimed address: an impostor's claims never hold back the check of the real new address.
+        key = (server.id, sighting.address, sighting.port)
+        if now < self._move_checks.get(key, 0.0):
             return  # checked (or being checked) lately; a flood of claims costs one handshake a minute
         if len(self._move_checks) >= 1024:
             self._move_checks = {k: v for k, v in self._move_checks.items() if v > now}
-        self._move_checks[server.id] = now + MOVE_CHECK_INTERVAL
+        pending = sum(1 for t in self._tasks if t.get_name().startswith("server-move:"))
+        if len(self._move_checks) >= 1024 or pending >= MOVE_CHECKS_AT_ONCE:
+            log.debug("not checking server %s at %s now: too many checks", server.id, sighting.address)
+            return
+        self._move_checks[key] = now + MOVE_CHECK_INTERVAL
         self._spawn(self._verify_move(server, sighting), f"server-move:{server.id}")
 
     async def _verify_move(self, server: Server, sighting: Sighting) -> None:
