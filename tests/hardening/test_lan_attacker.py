@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from tests.fakes.plex_server import FakePlexServer
 from tests.hardening.conftest import TOKEN
 from tests.helpers import bridge_config, free_port, until
 from tests.lab import write_test_profiles
-from tests.netlab import GDM_GROUP, Host, Lan
+from tests.netlab import GDM_GROUP, Host, Lan, ip
 
 PRIVATE = "777"  # an item of the owner's library that nobody flung
 MOVIE = "501"
@@ -96,7 +97,8 @@ class Lab:
             return resp.status, await resp.json()
 
 
-def lan_config(tmp_path: Path, me: str, server: FakePlexServer, player: FakeCompanionPlayer, extra: str) -> Config:
+def lan_config(tmp_path: Path, me: str, server: FakePlexServer, player: FakeCompanionPlayer, extra: str,
+               *, every_interface: bool = False) -> Config:
     write_test_profiles(tmp_path / "profiles", server)
     root_pem = tmp_path / "lab-root.pem"
     root_pem.write_bytes(server.root_pem)
@@ -110,12 +112,12 @@ security: {{policy: preferred, relay: true, dns_check: false, extra_roots: ["{ro
 {extra}
 """)
     # On the LAN segment: faces, relay, admin and GDM on the test process's LAN address.
-    return dataclasses.replace(config, interfaces=(me,), http=dataclasses.replace(
+    return dataclasses.replace(config, interfaces=() if every_interface else (me,), http=dataclasses.replace(
         config.http, bind=me, admin_port=free_port(host=me)))
 
 
 @contextlib.asynccontextmanager
-async def lan_lab(tmp_path: Path, extra: str = "") -> AsyncIterator[Lab]:
+async def lan_lab(tmp_path: Path, extra: str = "", *, every_interface: bool = False) -> AsyncIterator[Lab]:
     async with Lan("attacker", join_self=True) as lan:
         me = lan.self_address
         assert me is not None
@@ -124,7 +126,7 @@ async def lan_lab(tmp_path: Path, extra: str = "") -> AsyncIterator[Lab]:
         player.use_cases.fetch_media = True  # plays what it is flung, as a real TV does
         await server.start()
         await player.start()
-        config = lan_config(tmp_path, me, server, player, extra)
+        config = lan_config(tmp_path, me, server, player, extra, every_interface=every_interface)
         bridge = Bridge(config)
         try:
             await bridge.start()
@@ -378,6 +380,33 @@ async def test_row9_a_sighting_from_a_source_that_cannot_be_on_this_link_is_igno
         assert lab.bridge.registry.find_target("spoofed-1") is None
         assert "192.168.77.20" in caplog.text and "not on the network of interface" in caplog.text
         assert all(t.address != "192.168.77.20" for t in lab.bridge.registry.targets())
+
+
+async def test_row9_on_every_interface_the_kernel_says_where_a_sighting_arrived(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The default configuration listens on every interface; the bridge host also sits on a second
+    # network (one end of a veth pair here), whose addresses the attacker borrows as its source.
+    other = f"cbtx{uuid.uuid4().hex[:6]}"
+    ip("link", "add", other, "type", "veth", "peer", "name", f"{other}p")
+    try:
+        ip("addr", "add", "192.168.77.1/24", "dev", other)
+        ip("link", "set", other, "up")
+        ip("link", "set", f"{other}p", "up")
+        async with lan_lab(tmp_path, every_interface=True) as lab:
+            assert lab.bridge.config.interfaces == ()
+            lab.attacker.add_address("192.168.77.20")
+            spoofed = {"Content-Type": "plex/media-player", "Resource-Identifier": "spoofed-2", "Name": "Spoofed",
+                       "Port": "6379", "Protocol-Capabilities": "timeline,playback"}
+            unicast = f"{lab.me}:{lab.config.gdm.announce_port}"  # on every interface: no group joined here
+            with caplog.at_level(logging.WARNING, logger="companion.gdm"):
+                await lab.gdm("HELLO * HTTP/1.0", spoofed, source="192.168.77.20", to=unicast)
+                await lab.gdm("HELLO * HTTP/1.0", {**spoofed, "Resource-Identifier": "onlink-2"}, to=unicast)
+                await until(lambda: lab.bridge.registry.find_target("onlink-2") is not None, timeout=10,
+                            message="the on-link sighting is used")
+            assert lab.bridge.registry.find_target("spoofed-2") is None
+            assert "192.168.77.20" in caplog.text and "not on the network of interface #" in caplog.text
+    finally:
+        ip("link", "del", other, check=False)
 
 
 # -- row 10 ------------------------------------------------------------------------------------

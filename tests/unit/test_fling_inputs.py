@@ -8,7 +8,7 @@ from types import MappingProxyType
 
 import pytest
 
-from companion.discovery.gdm import implausible_source
+from companion.discovery.gdm import arrival_networks, implausible_source
 from companion.errors import ProtocolError
 from companion.model import Command, clean_params, strip_tokens
 from companion.proto.companion import media_request, server_path
@@ -71,19 +71,28 @@ def test_an_error_about_a_key_never_echoes_a_nested_token() -> None:
     assert SECRET not in str(caught.value)
 
 
-NETS = [ipaddress.IPv4Interface("127.0.0.1/8"), ipaddress.IPv4Interface("10.0.0.1/24"),
-        ipaddress.IPv4Interface("192.168.77.1/24")]
+LOCAL = [(1, ipaddress.IPv4Interface("127.0.0.1/8")), (2, ipaddress.IPv4Interface("10.0.0.1/24")),
+         (3, ipaddress.IPv4Interface("192.168.77.1/24"))]
+
+
+def verdict(sender: str, ifindex: int | None, interface: str = "") -> str:
+    return implausible_source(sender, *arrival_networks(LOCAL, ifindex, interface))
 
 
 def test_a_gdm_source_must_be_on_the_network_of_the_interface_it_arrived_on() -> None:
-    assert implausible_source("10.0.0.5", "10.0.0.1", NETS) == ""
-    assert implausible_source("10.0.0.1", "10.0.0.1", NETS) == ""  # a player on the bridge host
-    assert implausible_source("127.0.0.1", "127.0.0.1", NETS) == ""
-    assert "not on the network of interface 10.0.0.1" in implausible_source("192.168.77.20", "10.0.0.1", NETS)
-    assert implausible_source("127.0.0.1", "10.0.0.1", NETS) != ""  # a spoofed loopback source
-    assert implausible_source("8.8.8.8", "", NETS) != ""  # off every link
-    assert implausible_source("192.168.77.20", "", NETS) == ""  # some interface's link
+    assert verdict("10.0.0.5", 2) == ""
+    assert verdict("10.0.0.1", 2) == ""  # a player on the bridge host itself
+    assert verdict("127.0.0.1", 1) == ""
+    assert "not on the network of interface #2" in verdict("192.168.77.20", 2)  # another LAN's address
+    assert verdict("127.0.0.1", 2) != ""  # a spoofed loopback source
+    assert verdict("10.0.0.5", 9) != "", "an interface without IPv4 networks has no plausible source"
     for bad in ("10.0.0.255", "239.0.0.250", "0.0.0.0", "255.255.255.255", "::1"):
-        assert implausible_source(bad, "10.0.0.1", NETS) != "", bad
-    # An interface address that went away: judged against every interface.
-    assert implausible_source("10.0.0.5", "10.9.9.9", NETS) == ""
+        assert verdict(bad, 2) != "", bad
+
+
+def test_without_the_kernels_word_the_listening_interface_or_any_link_decides() -> None:
+    assert verdict("10.0.0.5", None, "10.0.0.1") == ""
+    assert "not on the network of interface 10.0.0.1" in verdict("192.168.77.20", None, "10.0.0.1")
+    assert verdict("192.168.77.20", None, "") == ""  # some interface's link
+    assert verdict("8.8.8.8", None, "") != ""  # off every link
+    assert verdict("10.0.0.5", None, "10.9.9.9") == ""  # an interface address that went away
