@@ -40,6 +40,7 @@ _SESSION_PARAMS = ("session", "X-Plex-Session-Identifier")
 _ITEM_PARAMS = ("ratingKey", "key")
 # Suggestions of other items inside an answer: learning from them would widen the grant.
 _NOT_LEARNT = frozenset({"Hub", "Related"})
+_PLAYLIST_SESSION = re.compile(rb"(?:^|[/\s\"'])session/([A-Za-z0-9_.-]{1,128})/", re.MULTILINE)
 _LOOPBACK_SOURCE = re.compile(r"https?://(?:127\.0\.0\.1|localhost|\[::1\])(?::\d+)?(?=/)", re.IGNORECASE)
 
 
@@ -149,7 +150,11 @@ class GrantScope:
     # -- learning -------------------------------------------------------------------------------
 
     def learn(self, body: bytes) -> None:
-        """Take in the ids an answer forwarded under this grant names (XML or JSON; others ignored)."""
+        """Take in the ids an answer forwarded under this grant names (XML, JSON, HLS playlists)."""
+        # A transcode start answers with playlists (HLS, DASH) naming its segments under
+        # ``session/<id>/``; that id may differ from the one the player asked with.
+        for match in _PLAYLIST_SESSION.finditer(body):
+            self.sessions.add(match.group(1).decode("ascii"))
         head = body.lstrip()[:1]
         if head == b"<":
             self._learn_xml(body)

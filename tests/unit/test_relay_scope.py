@@ -51,6 +51,13 @@ def test_transcodes_and_reports_only_for_the_flung_item() -> None:
     assert scope.check("/:/timeline", "state=stopped") == ""
 
 
+def test_a_transcode_playlist_teaches_its_session() -> None:
+    scope = GrantScope.for_fling("/library/metadata/501")
+    assert scope.check("/video/:/transcode/universal/session/srv-42/base/index.m3u8", "") != ""
+    scope.learn(b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=2000000\nsession/srv-42/base/index.m3u8\n")
+    assert scope.check("/video/:/transcode/universal/session/srv-42/base/00001.ts", "") == ""
+
+
 def test_json_answers_and_play_queues_teach_their_items() -> None:
     scope = GrantScope.for_fling("/library/metadata/10", "/playQueues/3")
     scope.learn(json.dumps({"MediaContainer": {"playQueueID": 3, "Metadata": [
