@@ -8,6 +8,7 @@ it chooses among its own, plain HTTP requests, and listening sockets. Each comma
     python -m tests.hardening.lan_attacker http POST http://10.213.7.1:32500/player/playback/pause \
         --header "Origin=http://evil.example" --data hi
     python -m tests.hardening.lan_attacker listen --bind 10.213.7.3:40001   # a "player" that records
+    python -m tests.hardening.lan_attacker page --bind 10.213.7.3:8080 --html page.html   # a web page
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 def _pairs(items: list[str]) -> list[tuple[str, str]]:
@@ -76,6 +78,25 @@ class _Recorder(BaseHTTPRequestHandler):
         return
 
 
+def page(args: argparse.Namespace) -> None:
+    html = Path(args.html).read_bytes()
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(html)))
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(_address(args.bind), Page)
+    print(json.dumps({"listening": list(server.server_address)}), flush=True)
+    server.serve_forever()
+
+
 def listen(args: argparse.Namespace) -> None:
     server = ThreadingHTTPServer(_address(args.bind), _Recorder)
     print(json.dumps({"listening": list(server.server_address)}), flush=True)
@@ -99,8 +120,11 @@ def main(argv: list[str]) -> None:
     h.add_argument("--timeout", type=float, default=10.0)
     listener = commands.add_parser("listen", help="an HTTP server that prints every request line")
     listener.add_argument("--bind", required=True)
+    web = commands.add_parser("page", help="serve one HTML page at every path")
+    web.add_argument("--bind", required=True)
+    web.add_argument("--html", required=True)
     args = parser.parse_args(argv)
-    {"gdm": gdm, "http": http, "listen": listen}[args.command](args)
+    {"gdm": gdm, "http": http, "listen": listen, "page": page}[args.command](args)
 
 
 if __name__ == "__main__":
