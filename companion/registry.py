@@ -100,10 +100,19 @@ class Registry:
             for cb in list(self._added):
                 cb(target)
             return
-        entry.last_seen = now
         if entry.pinned and sighting.source != "config":
+            if (sighting.address, sighting.port) != (entry.target.address, entry.target.port):
+                # Its identifier ("config:<name>") is easy to guess; only the config moves it.
+                key = (tid, sighting.address)
+                if key not in self._warned and len(self._warned) < 1024:
+                    self._warned.add(key)
+                    log.warning("ignored a %s sighting of the configured player %s from %s:%d: a configured "
+                                "player's address comes only from the config", sighting.source,
+                                entry.target.name, sighting.address, sighting.port)
+                return
             # A configured target keeps its configured name/profile; discovery only refreshes it.
             target = replace(target, name=entry.target.name, source="config", profile=entry.target.profile)
+        entry.last_seen = now
         if target != entry.target:
             entry.target = target
             for cb in list(self._changed):

@@ -104,8 +104,13 @@ async def test_row2_a_sighting_with_the_configured_servers_identifier_moves_noth
                 await lab.gdm("HELLO * HTTP/1.0", {
                     "Content-Type": "plex/media-server", "Resource-Identifier": ident, "Name": "Plex",
                     "Port": "32400", "Host": f"{'f' * 32}.plex.direct"})
+            # The same for the owner's configured TV, whose identifier is easy to guess.
+            await lab.gdm("HELLO * HTTP/1.0", {"Content-Type": "plex/media-player", "Resource-Identifier":
+                                               f"config:{TV}", "Name": TV, "Port": "32400"})
             await arrived(lab, "marker-2")
             await lab.bridge.reload(lab.config)  # the ordinary reload of the attack
+        tv = lab.bridge.registry.find_target(TV)
+        assert tv is not None and (tv.address, tv.port) == (lab.me, lab.player.port)
         servers = lab.bridge.registry.servers()
         assert [(s.address, s.port, s.host) for s in servers if s.token] == [(lab.me, lab.server.port, "")]
         assert all(s.address != lab.attacker.address for s in servers)

@@ -98,3 +98,18 @@ def test_a_configured_server_cannot_be_moved() -> None:
     reg.configure_server(CFG)
     reg.move_server("cfg-1", "10.0.0.66", 32400)
     assert configured(reg).address == "10.0.0.10"
+
+
+def test_a_configured_player_is_not_moved_by_a_sighting_of_its_guessable_identifier() -> None:
+    reg = Registry(expiry=100)
+    reg.observe(Sighting(source="config", kind="companion", ident="config:Bedroom TV", name="Bedroom TV",
+                         address="10.0.0.30", port=32500), 0)
+    forged = Sighting(source="gdm", kind="companion", ident="config:Bedroom TV", name="Evil",
+                      address="10.0.0.66", port=40001)
+    reg.observe(forged, 1)
+    reg.forget(forged)
+    (target,) = reg.targets()
+    assert (target.name, target.address, target.port) == ("Bedroom TV", "10.0.0.30", 32500)
+    reg.observe(Sighting(source="gdm", kind="companion", ident="config:Bedroom TV", name="TV",
+                         address="10.0.0.30", port=32500, version="2.0"), 2)
+    assert reg.targets()[0].version == "2.0", "a sighting from its own address still refreshes it"
