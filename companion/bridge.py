@@ -40,6 +40,7 @@ from companion.errors import (
     StateError,
     TargetError,
     TargetUnavailable,
+    TrustError,
 )
 from companion.faces.app import Face, FaceLimits
 from companion.flinging import Fling, FlingService, Prepared
@@ -55,8 +56,9 @@ from companion.proto.timeline import PlayerState
 from companion.proxy import ProxyService, ProxySettings, server_context
 from companion.registry import Registry, config_server_id
 from companion.relay import Relay
+from companion.relay_scope import GrantScope
 from companion.security.decide import Decision, Reason
-from companion.security.probe import ProbeCache
+from companion.security.probe import ProbeCache, leaf_fingerprint
 from companion.security.profiles import ProfileSet, load_with_extra
 from companion.state import StateDir
 from companion.targets.base import TargetAdapter
@@ -68,6 +70,8 @@ log = logging.getLogger("companion.bridge")
 
 _FACE_NAMESPACE = uuid.UUID("6b0f9a4e-5d1c-4c59-9a55-0c6d1f3d2b71")
 _PORT_TRIES = 50
+MOVE_CHECK_INTERVAL = 60.0
+MOVE_CHECKS_AT_ONCE = 8
 
 
 def local_address_towards(address: str) -> str:
@@ -150,6 +154,8 @@ class Bridge:
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._face_lock = asyncio.Lock()
+        # (server id, claimed address, port) -> no new move check before (monotonic)
+        self._move_checks: dict[tuple[str, str, int], float] = {}
         self._started = False
         self.ready = asyncio.Event()
 
@@ -213,6 +219,7 @@ class Bridge:
         self.registry.on_added(self._target_added)
         self.registry.on_removed(self._target_removed)
         self.registry.on_changed(self._target_changed)
+        self.registry.on_server_move(self._server_move_claimed)
         self._started = True
         self._add_configured_targets(cfg)
         if cfg.mdns.enabled:
@@ -299,6 +306,49 @@ class Bridge:
 
     def _bye(self, sighting: Sighting) -> None:
         self.registry.forget(sighting)
+
+    def _server_move_claimed(self, server: Server, sighting: Sighting) -> None:
+        """A discovered server announced from another address: check its certificate there first."""
+        now = time.monotonic()
+        # Per claimed address: an impostor's claims never hold back the check of the real new address.
+        key = (server.id, sighting.address, sighting.port)
+        if now < self._move_checks.get(key, 0.0):
+            return  # checked (or being checked) lately; a flood of claims costs one handshake a minute
+        if len(self._move_checks) >= 1024:
+            self._move_checks = {k: v for k, v in self._move_checks.items() if v > now}
+        pending = sum(1 for t in self._tasks if t.get_name().startswith("server-move:"))
+        if len(self._move_checks) >= 1024 or pending >= MOVE_CHECKS_AT_ONCE:
+            log.debug("not checking server %s at %s now: too many checks", server.id, sighting.address)
+            return
+        self._move_checks[key] = now + MOVE_CHECK_INTERVAL
+        self._spawn(self._verify_move(server, sighting), f"server-move:{server.id}")
+
+    async def _verify_move(self, server: Server, sighting: Sighting) -> None:
+        """Follow a server to a new address only when it shows the certificate it showed before."""
+        where = f"{sighting.address}:{sighting.port}"
+        timeout = self.config.timeouts.command
+        try:
+            known = self.probe.peek(server.id)
+            before = known.fingerprint if known is not None else await leaf_fingerprint(
+                server.address, server.port, timeout=timeout)
+        except TrustError as exc:
+            log.warning("server %s announced itself from %s, but its certificate at %s:%d is not known (%s); "
+                        "it stays where it was", server.name or server.id, where, server.address, server.port, exc)
+            return
+        try:
+            after = await leaf_fingerprint(sighting.address, sighting.port, timeout=timeout)
+        except TrustError as exc:
+            log.warning("ignored server %s announced from %s: no certificate there to prove it is the same "
+                        "server (%s)", server.name or server.id, where, exc)
+            return
+        if after != before:
+            log.warning("ignored server %s announced from %s: the certificate there is not the one it has at "
+                        "%s:%d", server.name or server.id, where, server.address, server.port)
+            return
+        log.info("server %s moved from %s:%d to %s (same certificate)", server.name or server.id, server.address,
+                 server.port, where)
+        self.probe.invalidate(server.id)
+        self.registry.move_server(server.id, sighting.address, sighting.port)
 
     def _is_own_face(self, ident: str) -> bool:
         return any(slot.advert.resource_identifier == ident for slot in self.faces.values())
@@ -523,10 +573,10 @@ class Bridge:
         assert self._session is not None
         assert self._server_ssl is not None
         request, server = prepared.request, prepared.server
-        token = request.token or server.token
+        token = request.token  # the fling's own token only: a configured token never serves a LAN fling
         if not token:
             raise TargetError("the Chromecast needs a play queue and this fling carries no token for the server "
-                              "to make one with (list the server with its token under servers:)")
+                              "to make one with")
         queue = await create_play_queue(
             self._session, server, machine_identifier=request.machine_identifier or server.id, key=request.key,
             media_type=request.media_type, token=token, ssl_context=self._server_ssl,
@@ -595,13 +645,16 @@ class Bridge:
         await self._follow_outcome(slot, retry, command, watch, fling, record_id)
 
     def _relay_request(self, target: Target, prepared: Prepared) -> MediaRequest:
-        """Point the target at the relay: the capability travels as its token, the real one stays here."""
+        """Point the target at the relay: the capability travels as its token, the real one stays here.
+
+        The grant fetches with the token the fling itself carried (the controller's, or the
+        configured one for the owner's own admin-API fling) and covers only the flung item.
+        """
         assert self.relay is not None
         server = prepared.server
-        token = prepared.request.token or server.token
-        if not token:
-            raise PolicyRefusal("the relay needs the server's token to fetch the stream, and neither the "
-                                "controller nor the config (servers: token) gave one")
+        token = prepared.request.token
+        if not token:  # flinging.prepare refuses (and records) such a fling before it gets here
+            raise PolicyRefusal("the relay needs the token the controller sends with its fling")
         facts = self.probe.peek(server.id)
         server_hash = server.host.split(".")[0] if server.host else (facts.plex_direct_hash if facts else None)
         try:
@@ -609,7 +662,8 @@ class Bridge:
         except ProtocolError:
             upstream_host = server.address
         grant = self.relay.grant(target_address=target.address, server_id=server.id, upstream_host=upstream_host,
-                                 upstream_address=server.address, upstream_port=server.port, token=token)
+                                 upstream_address=server.address, upstream_port=server.port, token=token,
+                                 scope=GrantScope.for_fling(prepared.request.key, prepared.request.container_key))
         bridge_ip = local_address_towards(target.address)
         log.info("fling to %s goes through the relay (%s) at %s:%d", target.name, grant.label, bridge_ip,
                  self.relay.port)
@@ -645,15 +699,12 @@ class Bridge:
                 address, host = named.address, f"{named.hash}.plex.direct"
             except ProtocolError:
                 pass  # an IP literal (the config allows nothing else)
-            sid = config_server_id(server.url)
-            known = self.registry.server(sid) or self.registry.server_by_address(address, server.port)
-            if known is not None:
-                # Discovered already (it carries its machineIdentifier): keep it, take the token.
-                self.registry.update_server(dataclasses.replace(known, token=server.token or known.token))
-                continue
-            self.registry.add_server(Server(
-                id=sid, name=server.host, address=address, port=server.port, source="config", host=host,
-                scheme="https" if server.scheme == "https" else "http", token=server.token))
+            # Address, hash, scheme and token from the config only; the registry keeps the identifier
+            # the server answered with from this address (never one claimed from elsewhere).
+            self.registry.configure_server(Server(
+                id=config_server_id(server.url), name=server.host, address=address, port=server.port,
+                source="config", host=host, scheme="https" if server.scheme == "https" else "http",
+                token=server.token))
 
     def _add_configured_targets(self, cfg: Config) -> None:
         now = time.monotonic()

@@ -22,7 +22,7 @@ from companion.audit import AuditLog, FlingRecord
 from companion.config import Config, Policy
 from companion.errors import CompanionError, PolicyRefusal, ProtocolError, StateError, TrustError
 from companion.metrics import Metrics
-from companion.model import Command, MediaRequest, Server, Target
+from companion.model import Command, MediaRequest, Server, Target, scrub
 from companion.proto import plexdirect
 from companion.proto.companion import media_request
 from companion.registry import Registry
@@ -171,10 +171,19 @@ class FlingService:
 
     async def prepare(self, target: Target, command: Command) -> Prepared:
         """Decide one playMedia (or mirror/details): the rewritten request, or PolicyRefusal."""
-        request = media_request(command)
         profile = self.profile_for(target)
-        server = self.registry.resolve_server(request.machine_identifier, request.address, request.port)
         now = self._clock()
+        try:
+            request = media_request(command)
+        except ProtocolError as exc:
+            # A forged key (another host, a path escape) is an attack worth a record, not only a 400.
+            reason = Reason("bad-request", str(exc))
+            refused = Decision("refused", False, False, (reason,), "", "", 0)
+            shown = MediaRequest(key=scrub(command.params.get("key", ""))[:200])
+            await self.finish(self._fling(now, target, command, profile, "", shown, refused), "refused",
+                              command_plain_http=False, server_address="", command=command)
+            raise
+        server = self.registry.resolve_server(request.machine_identifier, request.address, request.port)
         if server is None:
             reason = Reason("unknown-server",
                             f"playMedia points at {request.address}:{request.port}, which is not a Plex server "
@@ -195,6 +204,16 @@ class FlingService:
                           relay_available=self.relay_available(), now=now,
                           server_hash=server_hash, verify_cache=self.verify_cache,
                           cross_signs=self.profiles.cross_signs)
+        if decision.mode == "relay" and not request.token:
+            # Token confinement (README "What a fling may use"): the relay fetches with the token the
+            # controller sent; the configured server token never serves a fling from the LAN.
+            no_token = Reason(
+                "relay-needs-token",
+                "the relay fetches the stream with the token the controller sends with its fling, and this "
+                "fling carried none; the server token in the bridge's config serves only the owner's own "
+                "flings (POST /api/fling)")
+            decision = dataclasses.replace(decision, mode="refused", protocol="", address="", port=0,
+                                           reasons=(*decision.reasons, no_token))
         fling = self._fling(now, target, command, profile, server.id, request, decision)
         if decision.mode == "direct-secure" and facts is not None:
             fling = dataclasses.replace(fling, relied_on=self._relied_on(profile, facts, decision, now))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Literal
+from urllib.parse import unquote
 
 SightingSource = Literal["gdm", "mdns", "config"]
 
@@ -191,6 +192,53 @@ def scrub(text: str) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "replace").decode("utf-8")
     return text
+
+
+# One ``name=value`` pair whose name ends in "token" (X-Plex-Token, token, accessToken...), with the
+# separator before it: '?', '&', ';' or their percent-encoded forms (a URL nested in a parameter).
+_TOKEN_PAIR = re.compile(
+    r"""(?i)(?P<sep>[?&;]|%3F|%26|%3B)?(?:%(?!26|3F|3B)[0-9a-f]{2}|[A-Za-z0-9_.\-])*token\s*(?:=|%3D)(?:%(?!26|3B)[0-9a-f]{2}|[^\s&;,"'<>%#])*""")
+
+
+def strip_tokens(value: str) -> str:
+    """``value`` without any token-named pair nested in it (``/playQueues/1?own=1&X-Plex-Token=t``
+    becomes ``/playQueues/1?own=1``), for values that go to a target.
+
+    Unlike :func:`scrub` (for logs) the pair is removed, not masked: a target must receive neither
+    the token nor a placeholder it would send on. Whatever the pair pattern cannot take apart
+    (an odd encoding of the name) is masked by :func:`scrub` as a last resort.
+    """
+    out = _strip_pairs(value)
+    # A pair encoded twice (``X-Plex-Token%253D...``) shows itself one decoding later; a target
+    # that decodes once more would find it, so such a value is taken in its decoded form.
+    for _ in range(3):
+        decoded = unquote(out)
+        if decoded == out or _TOKEN_KEY.search(decoded) is None:
+            break
+        out = _strip_pairs(decoded)
+    return out
+
+
+def _strip_pairs(value: str) -> str:
+    if _TOKEN_KEY.search(value) is None:
+        return value
+
+    def cut(match: re.Match[str]) -> str:
+        sep = match.group("sep") or ""
+        # "/x?token=t&a=1": the '?' must survive for "a=1"; it takes the place of the next '&'.
+        return sep if sep.lower() in ("?", "%3f") else ""
+
+    out = _TOKEN_PAIR.sub(cut, value)
+    out = re.sub(r"(?i)(\?|%3F)(?:&|%26)", r"\1", out)
+    out = re.sub(r"(?i)(?:\?|%3F|&|%26)$", "", out)
+    if _TOKEN_KEY.search(out) is not None:
+        out = scrub(out)
+    return out
+
+
+def clean_params(params: Mapping[str, str]) -> dict[str, str]:
+    """Command parameters as they may go to a target: no token parameter, no token nested in a value."""
+    return {k: strip_tokens(v) for k, v in params.items() if k.lower() not in SECRET_PARAMS}
 
 
 def redacted(params: Mapping[str, str]) -> dict[str, str]:

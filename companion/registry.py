@@ -2,6 +2,13 @@
 
 It owns no sockets and no clock: callers pass ``now`` (monotonic seconds). Listeners hear about
 targets appearing and going away; the bridge turns those into faces.
+
+Anything on the LAN can lie, so discovery may add but never rewrite what the owner configured
+(issue 12 rows 2 and 3): a configured server's address, hash, scheme and token come only from
+the config (a sighting from its configured address may only teach it its identifier and name),
+a sighting that claims a configured server's identifier from another address is logged and
+ignored, and a BYE never removes a configured server. A discovered server moves to another
+address only when the bridge has seen the same certificate there (``on_server_move``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from companion.model import Server, Sighting, Target, TargetKind, stable_id
 from companion.proto import plexdirect
 
 TargetListener = Callable[[Target], None]
+MoveListener = Callable[[Server, Sighting], None]
 
 log = logging.getLogger("companion.registry")
 
@@ -48,6 +56,10 @@ class Registry:
         # Old id -> new id, when GDM reveals the machineIdentifier of a server known by address:
         # what was decided under the old id still belongs to that server.
         self._server_aliases: dict[str, str] = {}
+        self._pinned: dict[str, str] = {}  # id a configured server is known by -> its config id
+        self._config_alias: dict[str, str] = {}  # config id -> the id it is known by now
+        self._moves: list[MoveListener] = []
+        self._warned: set[tuple[str, str]] = set()  # (server id, address) already warned about
         self._added: list[TargetListener] = []
         self._removed: list[TargetListener] = []
         self._changed: list[TargetListener] = []
@@ -62,6 +74,11 @@ class Registry:
 
     def on_changed(self, cb: TargetListener) -> None:
         self._changed.append(cb)
+
+    def on_server_move(self, cb: MoveListener) -> None:
+        """``cb(server, sighting)``: a discovered server was sighted at another address; the
+        listener may call :meth:`move_server` once the certificate there proves the same server."""
+        self._moves.append(cb)
 
     # -- sightings ----------------------------------------------------------------------------
 
@@ -86,10 +103,19 @@ class Registry:
             for cb in list(self._added):
                 cb(target)
             return
-        entry.last_seen = now
         if entry.pinned and sighting.source != "config":
+            if (sighting.address, sighting.port) != (entry.target.address, entry.target.port):
+                # Its identifier ("config:<name>") is easy to guess; only the config moves it.
+                key = (tid, sighting.address)
+                if key not in self._warned and len(self._warned) < 1024:
+                    self._warned.add(key)
+                    log.warning("ignored a %s sighting of the configured player %s from %s:%d: a configured "
+                                "player's address comes only from the config", sighting.source,
+                                entry.target.name, sighting.address, sighting.port)
+                return
             # A configured target keeps its configured name/profile; discovery only refreshes it.
             target = replace(target, name=entry.target.name, source="config", profile=entry.target.profile)
+        entry.last_seen = now
         if target != entry.target:
             entry.target = target
             for cb in list(self._changed):
@@ -110,13 +136,19 @@ class Registry:
         return False
 
     def forget(self, sighting: Sighting) -> None:
-        """A BYE or an mDNS removal: the peer says it is gone."""
+        """A BYE or an mDNS removal: the peer says it is gone (only from its own address)."""
         if sighting.kind == "server":
-            self._servers.pop(sighting.ident, None)
+            server = self._servers.get(sighting.ident)
+            if server is None:
+                return
+            if server.id in self._pinned:
+                self._warn_once(server, sighting, "a BYE never removes a configured server")
+            elif server.address == sighting.address:
+                self._servers.pop(server.id, None)
             return
         tid = stable_id(sighting.kind, sighting.ident)
         entry = self._targets.get(tid)
-        if entry is not None and not entry.pinned:
+        if entry is not None and not entry.pinned and entry.target.address == sighting.address:
             self._remove(tid)
 
     def expire(self, now: float) -> list[Target]:
@@ -136,20 +168,38 @@ class Registry:
         if sighting.ident not in self._servers and not self._room_for_server(sighting, now):
             return
         host = sighting.host if sighting.host.endswith(".plex.direct") else ""
-        existing = self.server_by_address(sighting.address, sighting.port)
-        token = existing.token if existing is not None else None
+        claimed = self._servers.get(sighting.ident) or self._servers.get(self._config_alias.get(sighting.ident, ""))
+        at = (sighting.address, sighting.port)
+        if claimed is not None and claimed.id in self._pinned and (claimed.address, claimed.port) != at:
+            self._warn_once(claimed, sighting, "a configured server's address comes only from the config")
+            return
+        configured = next((s for s in self._servers.values()
+                           if s.id in self._pinned and (s.address, s.port) == at), None)
+        if configured is not None:
+            # The configured server answering from its configured address: it may teach its
+            # identifier (playMedia names it), name and version; nothing else.
+            self._rekey(configured, sighting.ident)
+            self._servers[sighting.ident] = replace(configured, id=sighting.ident,
+                                                    name=sighting.name or configured.name,
+                                                    version=sighting.version or configured.version)
+            self._server_seen[sighting.ident] = now
+            return
+        # A server silent for longer than the expiry is gone: whoever answers now is a new sighting.
+        if (claimed is not None and (claimed.address, claimed.port) != at
+                and now - self._server_seen.get(claimed.id, now) <= self.expiry):
+            for cb in list(self._moves):
+                cb(claimed, sighting)  # it moves only once the certificate there is the same
+            return
+        existing = claimed or self.server_by_address(sighting.address, sighting.port)
         if existing is not None and existing.id != sighting.ident:
-            self._servers.pop(existing.id, None)
-            if len(self._server_aliases) >= 256:
-                self._server_aliases.pop(next(iter(self._server_aliases)))
-            self._server_aliases[existing.id] = sighting.ident
+            self._servers.pop(existing.id, None)  # the host at this address answers to a new identifier
+            self._alias(existing.id, sighting.ident)
         server = Server(
             id=sighting.ident, name=sighting.name, address=sighting.address, port=sighting.port,
-            source=existing.source if existing is not None else sighting.source,
-            host=host or (existing.host if existing else ""),
+            source=sighting.source, host=host or (existing.host if existing else ""),
             # A server that announces a plex.direct Host offers secure connections.
             scheme=existing.scheme if existing is not None else ("https" if host else "http"),
-            token=token, version=sighting.version,
+            version=sighting.version,  # a discovered server never holds a token
         )
         self._servers[server.id] = server
         self._server_seen[server.id] = now
@@ -169,11 +219,69 @@ class Registry:
                            sighting.ident[:64], sighting.address, why)
         return False
 
+    def _rekey(self, configured: Server, ident: str) -> None:
+        if configured.id == ident:
+            return
+        config_id = self._pinned.pop(configured.id)
+        self._servers.pop(configured.id, None)
+        squatter = self._servers.pop(ident, None)
+        if squatter is not None and (squatter.address, squatter.port) != (configured.address, configured.port):
+            log.warning("server %s announced from %s:%d is the configured server at %s:%d; the sighting "
+                        "from %s was dropped", ident, squatter.address, squatter.port, configured.address,
+                        configured.port, squatter.address)
+        self._pinned[ident] = config_id
+        self._config_alias[config_id] = ident
+        self._alias(configured.id, ident)
+
+    def _alias(self, old: str, new: str) -> None:
+        """Remember that ``old`` now answers as ``new`` (bounded: the oldest renames are forgotten)."""
+        if len(self._server_aliases) >= 256:
+            self._server_aliases.pop(next(iter(self._server_aliases)))
+        self._server_aliases[old] = new
+
+    def _warn_once(self, server: Server, sighting: Sighting, why: str) -> None:
+        key = (server.id, sighting.address)
+        if key in self._warned:
+            return
+        if len(self._warned) < 1024:
+            self._warned.add(key)
+        log.warning("ignored a %s %s for the configured server %s (%s:%d) from %s: %s",
+                    sighting.source, "BYE" if why.startswith("a BYE") else "sighting", server.name or server.id,
+                    server.address, server.port, sighting.address, why)
+
+    def configure_server(self, server: Server) -> None:
+        """Add or refresh a server from the config (``server.id`` is its config id); only the config
+        sets its address, hash, scheme and token."""
+        current = self._servers.get(self._config_alias.get(server.id, ""))
+        if current is None:
+            # Discovered already at the configured address: that is the configured server, and it
+            # keeps the identifier it answered with.
+            current = self.server_by_address(server.address, server.port)
+        if current is not None and current.id in self._pinned and self._pinned[current.id] != server.id:
+            current = None  # another configured entry with the same address (two URLs for one server)
+        ident = current.id if current is not None else server.id
+        if current is not None:
+            server = replace(server, name=current.name or server.name, version=current.version)
+        self._servers[ident] = replace(server, id=ident, source="config")
+        self._pinned[ident] = server.id
+        self._config_alias[server.id] = ident
+
+    def move_server(self, ident: str, address: str, port: int) -> None:
+        """A discovered server proved itself at a new address (same certificate): follow it there."""
+        server = self._servers.get(ident)
+        if server is None or ident in self._pinned:
+            return
+        self._servers[ident] = replace(server, address=address, port=port)
+
     def add_server(self, server: Server) -> None:
         self._servers[server.id] = server
 
     def update_server(self, server: Server) -> None:
         self._servers[server.id] = server
+
+    def is_configured(self, server: Server) -> bool:
+        """True for a server that came from the config (its address and token are the owner's)."""
+        return server.id in self._pinned
 
     # -- queries ------------------------------------------------------------------------------
 

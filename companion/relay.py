@@ -64,6 +64,7 @@ from companion.faces.middleware import host_allowed
 from companion.limits import ThrottledLog
 from companion.model import SECRET_PARAMS
 from companion.relay_pump import PinMismatch, UpstreamError, UpstreamStream
+from companion.relay_scope import GrantScope
 from companion.security.probe import ServerFacts
 from companion.security.probe import _chain_der as sent_chain_der
 from companion.security.profiles import TlsCaps
@@ -198,6 +199,7 @@ class _Live:
     grant: Grant
     last_used: float
     rewriter: _Rewriter
+    scope: GrantScope | None = None  # None: the whole allow-list (no fling named an item)
 
 
 class UpstreamRefused(TrustError):
@@ -478,9 +480,11 @@ class Relay:
         upstream_port: int,
         token: str,
         replaces: str | None = None,
+        scope: GrantScope | None = None,
     ) -> Grant:
         """A fresh capability for ``target_address`` to play from one server; replaces the pair's
-        previous grant (a new fling replaces the old) and ``replaces`` if given."""
+        previous grant (a new fling replaces the old) and ``replaces`` if given. ``scope``: the
+        library items the grant covers (every fling passes one; see relay_scope.py)."""
         target = str(_ip(target_address, "target address"))
         upstream_ip = str(_ip(upstream_address, "upstream address"))
         if not 0 < upstream_port < 65536:
@@ -510,7 +514,7 @@ class Relay:
             expires_at=now + self._idle_timeout,
             idle_timeout=self._idle_timeout,
         )
-        self._grants[_key(grant.capability)] = _Live(grant, now, _Rewriter(grant))
+        self._grants[_key(grant.capability)] = _Live(grant, now, _Rewriter(grant), scope)
         log.info("relay grant %s: target %s, server %s via %s:%d", grant.label, target, server_id,
                  upstream_ip, upstream_port)
         return grant
@@ -611,6 +615,10 @@ class Relay:
         rule, why_not = check_path(plex_path, method)
         if rule is None:
             return self._deny(403, "path-not-allowed", why_not, grant.label)
+        if live.scope is not None:
+            why_not = live.scope.check(unquote(plex_path), request.rel_url.raw_query_string)
+            if why_not:
+                return self._deny(403, "outside-grant", why_not, grant.label)
         query, why_not = filter_query(request.rel_url.raw_query_string)
         if why_not:
             return self._deny(403, "source-not-allowed", why_not, grant.label)
@@ -736,6 +744,8 @@ class Relay:
             data = await _read_capped(resp, TEXT_BODY_CAP)
             if data is None:
                 raise UpstreamRefused("upstream-too-large", "the server's text answer exceeds the relay's cap")
+            if live.scope is not None and resp.status == 200:
+                live.scope.learn(data)  # the item's parts, streams, children and queue items
             for needle in needles:
                 data = data.replace(needle, b"")
             data = live.rewriter.rewrite(data, base)

@@ -20,10 +20,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import ifaddr
+
 from companion.errors import ConfigError, ProtocolError
 from companion.limits import SourceRateLimit, ThrottledLog
 from companion.model import Sighting
 from companion.proto.gdm import (
+    MAX_DATAGRAM,
     Advert,
     GdmMessage,
     encode_bye,
@@ -94,6 +97,123 @@ class _DropLog:
         else:
             self._suppressed += 1
             logger.debug("%s: dropped GDM datagram from %s:%d: %s", self._what, sender[0], sender[1], reason)
+
+
+LocalNetwork = tuple[int, ipaddress.IPv4Interface]  # (interface index, address/prefix)
+
+
+def implausible_source(sender: str, networks: Sequence[ipaddress.IPv4Interface], where: str) -> str:
+    """Why a sighting from ``sender`` cannot be genuine when it arrived on an interface with
+    ``networks`` (``where`` names that interface in the reason), or "".
+
+    A player or server answers from an address on the link the datagram arrived on. A source that
+    is not (a multicast, broadcast or off-link address, or another interface's network) is
+    spoofed, and the bridge would otherwise send commands wherever it points (issue 12 row 9).
+    """
+    try:
+        ip = ipaddress.IPv4Address(sender)
+    except ValueError:
+        return f"source {sender!r} is not an IPv4 address"
+    if ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"source {sender} is not a unicast address"
+    for net in networks:
+        if ip in net.network and (net.network.prefixlen >= 31 or ip != net.network.broadcast_address):
+            return ""
+    return f"source {sender} is not on the network of {where} ({', '.join(str(n.network) for n in networks) or 'none'})"
+
+
+def arrival_networks(local: Sequence[LocalNetwork], ifindex: int | None,
+                     interface: str) -> tuple[list[ipaddress.IPv4Interface], str]:
+    """The networks of the interface a datagram arrived on, and its name for a log line.
+
+    By the kernel's word (IP_PKTINFO) when it gave one; else by the configured interface address
+    the socket listens for; else every local network (a source on some link of this host).
+    """
+    if ifindex is not None:
+        return [n for i, n in local if i == ifindex], f"interface #{ifindex}"
+    if interface:
+        nets = [n for _, n in local if str(n.ip) == interface]
+        if nets:
+            return nets, f"interface {interface}"
+    return [n for _, n in local], "any interface"
+
+
+_NETWORKS_TTL = 30.0  # DHCP renewals and new interfaces are picked up this quickly
+_NETWORKS_RETRY = 1.0  # an interface not in the cache yet: read again, at most this often
+
+
+def local_networks() -> list[LocalNetwork]:
+    """The IPv4 address and network of every local interface (through ifaddr, zeroconf's own helper)."""
+    found: list[LocalNetwork] = []
+    for adapter in ifaddr.get_adapters():
+        for address in adapter.ips:
+            if isinstance(address.ip, str):
+                found.append((adapter.index or 0, ipaddress.IPv4Interface(f"{address.ip}/{address.network_prefix}")))
+    return found
+
+
+# Linux's IP_PKTINFO, which Python does not export: each datagram then comes with the index of the
+# interface it arrived on (struct in_pktinfo: int ipi_ifindex, then two addresses).
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_PKTINFO_SPACE = socket.CMSG_SPACE(12)
+_READS_PER_WAKEUP = 64
+
+
+class _ArrivalEndpoint:
+    """A bound UDP socket read with ``recvmsg``, so every datagram comes with its arrival interface.
+
+    Same surface as :class:`_Endpoint` (label, interface, send, close, local_address); asyncio's
+    datagram transport cannot hand over ancillary data, so this one reads the socket itself.
+    """
+
+    def __init__(self, label: str, interface: str, sock: socket.socket,
+                 on_datagram: Callable[[_ArrivalEndpoint, bytes, Address, int | None], None]) -> None:
+        self.label = label
+        self.interface = interface
+        self._sock = sock
+        self._on_datagram = on_datagram
+        self._loop = asyncio.get_running_loop()
+        if sys.platform == "linux":
+            sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+        self._loop.add_reader(sock.fileno(), self._read)
+
+    def _read(self) -> None:
+        for _ in range(_READS_PER_WAKEUP):  # then the loop serves others and comes back
+            try:
+                # One byte over the limit is enough for the parser to refuse an oversize datagram.
+                data, ancillary, _flags, addr = self._sock.recvmsg(MAX_DATAGRAM + 1, _PKTINFO_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                logger.debug("%s: socket error: %s", self.label, exc)
+                return
+            ifindex = None
+            for level, kind, cdata in ancillary:
+                if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(cdata) >= 4:
+                    ifindex = int(struct.unpack("@i", cdata[:4])[0])
+            sender = (str(addr[0]), int(addr[1]))
+            try:
+                self._on_datagram(self, data, sender, ifindex)
+            except Exception:
+                logger.exception("%s: handling a datagram from %s:%d failed", self.label, *sender)
+
+    @property
+    def local_address(self) -> Address:
+        host, port = self._sock.getsockname()[:2]
+        return (str(host), int(port))
+
+    def send(self, data: bytes, to: Address) -> None:
+        if self._sock.fileno() < 0:
+            return
+        try:
+            self._sock.sendto(data, to)
+        except OSError as exc:  # a full buffer included: a search is repeated anyway
+            logger.debug("%s: cannot send to %s:%d: %s", self.label, to[0], to[1], exc)
+
+    async def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -193,6 +313,15 @@ async def _open(label: str, interface: str, sock: socket.socket,
         sock.close()
         raise
     return endpoint
+
+
+def _arrival_endpoint(label: str, interface: str, sock: socket.socket,
+                      on_datagram: Callable[[_ArrivalEndpoint, bytes, Address, int | None], None]) -> _ArrivalEndpoint:
+    try:
+        return _ArrivalEndpoint(label, interface, sock, on_datagram)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _interfaces(settings: GdmSettings) -> tuple[str, ...]:
@@ -367,13 +496,18 @@ class GdmScanner:
 
     def __init__(self, settings: GdmSettings, on_sighting: Callable[[Sighting], None],
                  on_bye: Callable[[Sighting], None] | None = None, *,
-                 is_own: Callable[[str], bool] = lambda ident: False) -> None:
+                 is_own: Callable[[str], bool] = lambda ident: False,
+                 networks: Callable[[], Sequence[LocalNetwork]] = local_networks) -> None:
+        """``networks``: the local interfaces' networks, against which a sighting's source must fit."""
         self._settings = settings
+        self._read_networks = networks
+        self._networks: Sequence[LocalNetwork] = ()
+        self._networks_at = -_NETWORKS_TTL
         self._on_sighting = on_sighting
         self._on_bye = on_bye
         self._is_own = is_own
-        self._searchers: list[_Endpoint] = []
-        self._listeners: list[_Endpoint] = []
+        self._searchers: list[_ArrivalEndpoint] = []
+        self._listeners: list[_ArrivalEndpoint] = []
         self._search_task: asyncio.Task[None] | None = None
         self._drops = _DropLog("gdm scanner")
         self._running = False
@@ -391,7 +525,7 @@ class GdmScanner:
                 where = interface or "all interfaces"
                 sock = _udp_socket(self._settings, interface, (interface or "0.0.0.0", 0),
                                    shared=False, join=False)
-                self._searchers.append(await _open(f"gdm search on {where}", interface, sock, self._on_reply))
+                self._searchers.append(_arrival_endpoint(f"gdm search on {where}", interface, sock, self._on_reply))
                 try:
                     sock = _udp_socket(self._settings, interface, ("0.0.0.0", self._settings.announce_port),
                                        shared=True, join=True)
@@ -400,7 +534,7 @@ class GdmScanner:
                     logger.warning("%s; HELLO/BYE from players will be missed", exc)
                     continue
                 self._listeners.append(
-                    await _open(f"gdm announcements on {where}", interface, sock, self._on_announcement))
+                    _arrival_endpoint(f"gdm announcements on {where}", interface, sock, self._on_announcement))
         except BaseException:
             await self._close_endpoints()
             raise
@@ -431,8 +565,8 @@ class GdmScanner:
             await self.search_once()
             await asyncio.sleep(self._settings.search_interval)
 
-    def _sighting(self, endpoint: _Endpoint, data: bytes,
-                  sender: Address) -> tuple[GdmMessage, Sighting] | None:
+    def _sighting(self, endpoint: _ArrivalEndpoint, data: bytes, sender: Address,
+                  ifindex: int | None) -> tuple[GdmMessage, Sighting] | None:
         try:
             message = parse(data)
             if message.kind == "search":
@@ -441,21 +575,33 @@ class GdmScanner:
         except ProtocolError as exc:
             self._drops.note(asyncio.get_running_loop().time(), sender, str(exc))
             return None
+        now = asyncio.get_running_loop().time()
+        if now - self._networks_at >= _NETWORKS_TTL:
+            self._networks, self._networks_at = list(self._read_networks()), now
+        nets, where = arrival_networks(self._networks, ifindex, endpoint.interface)
+        if not nets and now - self._networks_at >= _NETWORKS_RETRY:  # an interface newer than the cache
+            self._networks, self._networks_at = list(self._read_networks()), now
+            nets, where = arrival_networks(self._networks, ifindex, endpoint.interface)
+        why = implausible_source(sender[0], nets, where)
+        if why:
+            self._drops.note(now, sender, why)
+            return None
         if self._is_own(sighting.ident):
             return None
         return message, sighting
 
-    def _on_reply(self, endpoint: _Endpoint, data: bytes, sender: Address) -> None:
+    def _on_reply(self, endpoint: _ArrivalEndpoint, data: bytes, sender: Address, ifindex: int | None) -> None:
         if not self._running:
             return
-        found = self._sighting(endpoint, data, sender)
+        found = self._sighting(endpoint, data, sender, ifindex)
         if found is not None and found[0].kind == "reply":
             self._on_sighting(found[1])
 
-    def _on_announcement(self, endpoint: _Endpoint, data: bytes, sender: Address) -> None:
+    def _on_announcement(self, endpoint: _ArrivalEndpoint, data: bytes, sender: Address,
+                         ifindex: int | None) -> None:
         if not self._running:
             return
-        found = self._sighting(endpoint, data, sender)
+        found = self._sighting(endpoint, data, sender, ifindex)
         if found is None:
             return
         message, sighting = found

@@ -26,6 +26,7 @@ from companion.faces.middleware import (
     error_middleware,
     headers_middleware,
     host_middleware,
+    origin_middleware,
     preflight_middleware,
     xml_response,
 )
@@ -155,6 +156,7 @@ class Face:
                 headers_middleware(lambda: self._identity.machine_identifier, cors_origins),
                 host_middleware(allowed_hosts),
                 preflight_middleware(cors_origins),
+                origin_middleware(cors_origins),
                 error_middleware(),
             ],
         )

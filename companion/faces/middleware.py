@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Collection
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -190,6 +191,52 @@ def headers_middleware(face_id: Callable[[], str], cors_origins: Collection[str]
         return response
 
     return face_headers
+
+
+# Who sends what (issue 12 row 6): python-plexapi sends only X-Plex-* headers (plexapi/config.py
+# reset_base_headers, through requests, which adds neither Origin nor Referer); Plex Web runs at
+# https://app.plex.tv and a browser adds that Origin to its cross-origin fetches (Fetch standard,
+# "origin" header). A page elsewhere can still send "simple" requests (GET, text/plain POST) that
+# CORS does not stop, only hides the answer of. Browsers add Origin to every POST, but not to a
+# no-cors GET or an <img>; those carry the page's origin as Referer (the default referrer policy,
+# strict-origin-when-cross-origin), and Sec-Fetch-Site only goes to https URLs (W3C Fetch
+# Metadata), which faces are not. A page that also suppresses its Referer (referrerpolicy=
+# no-referrer) sends a GET nothing tells from a controller's: Companion has no secret to check.
+_CROSS_SITE = frozenset({"cross-site", "same-site"})
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url
+
+
+def origin_middleware(cors_origins: Collection[str]) -> Middleware:
+    """403 for a request from a web page of an origin outside ``http.cors_origins`` (cross-site requests):
+    by its Origin, else its Referer, else its Sec-Fetch-Site."""
+    origins = _Origins(cors_origins)
+
+    @web.middleware
+    async def origin_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return await handler(request)  # the preflight answers (and refuses) on its own
+        origin = request.headers.get("Origin")
+        referer = request.headers.get("Referer")
+        if origin is not None:
+            if origins.allow(origin) is not None:
+                return await handler(request)
+            why = f"Origin {origin[:100]!r} is not allowed (http.cors_origins)"
+        elif referer is not None:
+            if origins.allow(_origin_of(referer)) is not None:
+                return await handler(request)
+            why = f"a web page of {_origin_of(referer)[:100]!r} (Referer) is not an allowed origin (http.cors_origins)"
+        elif request.headers.get("Sec-Fetch-Site", "").lower() in _CROSS_SITE:
+            why = "a request another web site's page made (Sec-Fetch-Site) without an allowed Origin"
+        else:
+            return await handler(request)
+        log.info("refused %s %s from %s: %s", request.method, request.path, request.remote, why)
+        return xml_response(403, f"Forbidden: {why}")
+
+    return origin_check
 
 
 def preflight_middleware(cors_origins: Collection[str]) -> Middleware:

@@ -12,9 +12,10 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from urllib.parse import unquote
 
 from companion.errors import ProtocolError
-from companion.model import SECRET_PARAMS, Command, Controller, MediaRequest
+from companion.model import SECRET_PARAMS, Command, Controller, MediaRequest, scrub, strip_tokens
 
 # Known command names per group. Navigation and application are accepted here; whether the
 # target supports them is the handler's business (it raises CommandNotSupported).
@@ -160,6 +161,49 @@ _MEDIA_PARAMS: Mapping[str, str] = MappingProxyType({
 _CONSUMED = frozenset(_MEDIA_PARAMS) | frozenset(_MEDIA_PARAMS.values())
 
 
+_DECODE_LAYERS = 4
+
+
+def server_path(where: str, name: str, value: str) -> str:
+    """``value`` (a playMedia ``key`` or ``containerKey``) checked to be a path on the server, with
+    any token nested in it removed; ProtocolError says what is wrong.
+
+    A player joins the key to the server base it was given, and URL joining turns ``//host/x``,
+    ``http://host/x`` or ``/../..`` into another host or path (issue 12 row 7). The decoded forms
+    are checked too: a player or proxy that decodes ``%2F%2Fhost`` once more gets ``//host``.
+    """
+    layer = value
+    for depth in range(_DECODE_LAYERS):
+        problem = _path_problem(layer, raw=depth == 0)
+        if problem:
+            raise ProtocolError(f"{where}: {name}: expected a path on the server such as /library/metadata/1, "
+                                f"{problem}: {_echo(name, scrub(value))}")
+        decoded = unquote(layer)
+        if decoded == layer:
+            break
+        layer = decoded
+    else:
+        raise ProtocolError(f"{where}: {name}: encoded more than {_DECODE_LAYERS - 1} times: "
+                            f"{_echo(name, scrub(value))}")
+    return strip_tokens(value)
+
+
+def _path_problem(text: str, *, raw: bool) -> str:
+    path = text.split("?", 1)[0].split("#", 1)[0]
+    # The query of a decoded layer may hold spaces (a search title); the path never does.
+    if any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in (text if raw else path)):
+        return "got spaces or control characters"
+    if not text.startswith("/"):
+        return "got something that does not start with '/' (a scheme or a relative path)"
+    if path.startswith("//"):
+        return "got a network path ('//host') that names another host"
+    if "\\" in path:
+        return "got a backslash, which some URL parsers take for '/'"
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return "got a '.' or '..' segment that escapes the path"
+    return ""
+
+
 def media_request(command: Command) -> MediaRequest:
     """What a playMedia (or mirror/details) asks for; ProtocolError names any bad parameter.
 
@@ -178,9 +222,10 @@ def media_request(command: Command) -> MediaRequest:
     key = get("key")
     if not key:
         raise ProtocolError(f"{where}: key is required")
-    if not key.startswith("/") or any(c.isspace() or ord(c) < 0x20 for c in key):
-        raise ProtocolError(f"{where}: key: expected a server path such as /library/metadata/1, "
-                            f"got {_echo('key', key)}")
+    key = server_path(where, "key", key)
+    container_key = get("containerKey")
+    if container_key:
+        container_key = server_path(where, "containerKey", container_key)
     offset_text = get("offset")
     offset = parse_int(where, "offset", offset_text, 0, 10**12) if offset_text else 0
     type_text = get("type") or "video"
@@ -197,14 +242,14 @@ def media_request(command: Command) -> MediaRequest:
     port = parse_int(where, "port", port_text, 1, 65535) if port_text else 32400
     token = get("token") or None
     extra = {
-        k: v for k, v in params.items()
+        k: strip_tokens(v) for k, v in params.items()
         if k not in _CONSUMED and k.lower() not in SECRET_PARAMS and not k.lower().startswith("x-plex-")
     }
     return MediaRequest(
         key=key,
         offset_ms=offset,
         media_type=media_type,
-        container_key=get("containerKey"),
+        container_key=container_key,
         machine_identifier=get("machineIdentifier"),
         protocol=protocol,
         address=address.strip("[]") if address.startswith("[") else address,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 from collections.abc import Callable, Mapping
@@ -29,7 +30,7 @@ from companion.errors import (
     TargetUnavailable,
 )
 from companion.limits import ThrottledLog
-from companion.model import Command, MediaRequest, Target
+from companion.model import Command, MediaRequest, Target, clean_params
 from companion.proto.timeline import parse_player_timeline
 from companion.targets.base import PLAYBACK_COMMANDS, AvailabilityCallback, StateCallback
 
@@ -68,7 +69,8 @@ class TimelineListener:
     """The bridge's own ``/:/timeline`` endpoint: real players push their timelines here.
 
     Routed by the pushing player's X-Plex-Client-Identifier (its Resource-Identifier); one
-    listener serves every Companion target of a bridge.
+    listener serves every Companion target of a bridge. A push counts only when it comes from the
+    address of the player it names: anyone on the LAN can name a player (issue 12 row 10).
     """
 
     def __init__(self, *, bind: str, port: int = 0, max_body: int = 256 * 1024,
@@ -77,12 +79,14 @@ class TimelineListener:
         self._gate = gate
         self._want_port = port
         self._max_body = max_body
-        self._routes: dict[str, Callable[[bytes], None]] = {}
+        self._routes: dict[str, tuple[Callable[[bytes], None], Callable[[], str]]] = {}
+        self._refusals = ThrottledLog(log)  # forged pushes: one line a minute per source, with counts
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    def register(self, player_ident: str, deliver: Callable[[bytes], None]) -> None:
-        self._routes[player_ident] = deliver
+    def register(self, player_ident: str, deliver: Callable[[bytes], None], address: Callable[[], str]) -> None:
+        """Deliver pushes naming ``player_ident`` that come from ``address()`` (the player's IP now)."""
+        self._routes[player_ident] = (deliver, address)
 
     def unregister(self, player_ident: str) -> None:
         self._routes.pop(player_ident, None)
@@ -103,11 +107,28 @@ class TimelineListener:
 
     async def _handle(self, request: web.Request) -> web.Response:
         ident = request.headers.get("X-Plex-Client-Identifier") or request.query.get("X-Plex-Client-Identifier", "")
-        deliver = self._routes.get(ident)
-        if deliver is None:
+        route = self._routes.get(ident)
+        if route is None:
             return web.Response(status=404, text="unknown player")
+        deliver, address = route
+        if not _same_ip(request.remote or "", address()):
+            self._refusals.log(("forged", request.remote), asyncio.get_running_loop().time(), logging.WARNING,
+                               "refused a timeline push naming %s from %s: that player is at %s", ident[:64],
+                               request.remote, address())
+            return web.Response(status=403, text="this player's timeline comes from the player's own address")
         deliver(await request.read())
         return web.Response(text="")
+
+
+def _same_ip(peer: str, expected: str) -> bool:
+    """True when two addresses name one IP (``::ffff:a.b.c.d`` is a.b.c.d on a dual-stack socket)."""
+    try:
+        a, b = ipaddress.ip_address(peer.split("%", 1)[0]), ipaddress.ip_address(expected.strip("[]"))
+    except ValueError:
+        return False
+    a = a.ipv4_mapped or a if isinstance(a, ipaddress.IPv6Address) else a
+    b = b.ipv4_mapped or b if isinstance(b, ipaddress.IPv6Address) else b
+    return a == b
 
 
 class CompanionPlayerTarget:
@@ -160,7 +181,7 @@ class CompanionPlayerTarget:
 
     async def start(self) -> None:
         if self._listener is not None:
-            self._listener.register(self._player_ident, self._deliver)
+            self._listener.register(self._player_ident, self._deliver, self._address)
         self._task = asyncio.create_task(self._follow(), name=f"timeline-follow:{self.target.id}")
 
     async def stop(self) -> None:
@@ -181,10 +202,10 @@ class CompanionPlayerTarget:
         feature = f"{command.group}/{command.name}"
         if feature not in self.features:
             raise CommandNotSupported(f"{self.target.name} does not support {command.path}")
-        await self._get(command.group, command.name, dict(command.params))
+        await self._get(command.group, command.name, clean_params(command.params))
 
     async def play_media(self, request: MediaRequest, command: Command) -> None:
-        params = dict(command.params)
+        params = clean_params(command.params)  # no token the phone sent, nested or not
         # The server block comes from the decision, not from the phone: drop the phone's copy,
         # including Alexa-style query* aliases, before adding ours.
         for key in list(params):
@@ -192,6 +213,9 @@ class CompanionPlayerTarget:
                 params.pop(key)
         params.update(request.to_params())
         await self._get(command.group, command.name, params)
+
+    def _address(self) -> str:
+        return self.target.address  # follows a player that moved (the bridge updates ``target``)
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -291,7 +315,7 @@ class CompanionPlayerTarget:
             return
         if self._listener is not None:
             self._listener.unregister(self._player_ident)
-            self._listener.register(ident, self._deliver)
+            self._listener.register(ident, self._deliver, self._address)
         self._player_ident = ident
         self._ident_known = True
 

@@ -1,10 +1,12 @@
-"""Secrets: a full scenario with a recognisable token — flings in every mode, errors, refusals, timeline
-traffic, the relay — then the token is searched for in every log record (all loggers, DEBUG), every
-audit database file (-wal and -shm included, while running and after stop), every HTTP answer the
-controller got, and the /metrics text. It must occur zero times."""
+"""Secrets: a full scenario with recognisable tokens — flings in every mode, errors, refusals, timeline
+traffic, the relay, the owner's admin-API fling — then every token of the configuration (each server
+token and the admin token) and the controller's token are searched for in every log record (all
+loggers, DEBUG), every audit database file (-wal and -shm included, while running and after stop),
+every HTTP answer the controller and the admin client got, and the /metrics text. None may occur."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,10 +22,11 @@ from companion.proto.companion import media_request, parse_request
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.plex_server import FakePlexServer
 from tests.hardening.conftest import TOKEN, face_port
-from tests.helpers import bridge_config, until
+from tests.helpers import bridge_config, free_port, until
 from tests.lab import write_test_profiles
 
 PLAYERS = ("Secure TV", "Old TV", "Insecure TV", "Strict TV", "Broken TV")
+SECOND_TOKEN = "SECOND-SERVER-TOKEN-61d0aa4e"  # a second configured server's token
 
 
 @pytest.fixture
@@ -54,6 +57,7 @@ def scenario_config(tmp_path: Path, server: FakePlexServer, players: dict[str, F
     return f"""
 servers:
   - {{url: "https://127.0.0.1:{server.port}", token: "{TOKEN}"}}
+  - {{url: "https://127.0.0.3:{server.port}", token: "{SECOND_TOKEN}"}}
 targets:
 {targets}
 profiles_dirs: [{tmp_path / "profiles"}]
@@ -69,7 +73,9 @@ async def test_the_token_appears_in_no_log_audit_file_answer_or_metric(
         tmp_path: Path, server: FakePlexServer, players: dict[str, FakeCompanionPlayer],
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    bridge = Bridge(bridge_config(tmp_path, scenario_config(tmp_path, server, players)))
+    config = bridge_config(tmp_path, scenario_config(tmp_path, server, players))
+    config = dataclasses.replace(config, http=dataclasses.replace(config.http, admin_port=free_port()))
+    bridge = Bridge(config)
     answers: list[str] = []
     files_running: dict[str, bytes] = {}
     await bridge.start()
@@ -100,6 +106,24 @@ async def test_the_token_appears_in_no_log_audit_file_answer_or_metric(
                 await ask(name, "/player/timeline/poll", {"wait": "0"})
                 await ask(name, "/player/playback/pause", {"token": TOKEN})
             await ask("Secure TV", "/player/nowhere/at-all", {"token": TOKEN})
+
+            # The owner's own fling (the configured token's one use), a refused admin call, and the
+            # pages and API answers that describe servers.
+            admin = f"http://127.0.0.1:{config.http.admin_port}"
+            admin_token = bridge.state.admin_token()
+            owner = {"Authorization": f"Bearer {admin_token}"}
+            async with http.post(f"{admin}/api/fling", headers=owner, json={
+                    "target": "Old TV", "server": f"https://127.0.0.1:{server.port}",
+                    "key": "/library/metadata/501"}) as resp:
+                answers.append(f"{resp.status} {dict(resp.headers)}\n{await resp.text()}")
+                statuses["admin fling"] = resp.status
+            async with http.post(f"{admin}/api/fling", headers={"Authorization": f"Bearer {admin_token}x"},
+                                 json={"target": "Old TV", "key": "/library/metadata/501"}) as resp:
+                answers.append(f"{resp.status} {dict(resp.headers)}\n{await resp.text()}")
+                statuses["admin wrong token"] = resp.status
+            for path in ("/", "/api/servers", "/api/targets", "/api/flings", "/metrics"):
+                async with http.get(f"{admin}{path}") as resp:
+                    answers.append(f"{resp.status} {dict(resp.headers)}\n{await resp.text()}")
         await until(lambda: players["Old TV"].playback_done.is_set(), timeout=10, message="relayed playback")
         metrics = bridge.metrics.render().decode()
         files_running = database_bytes(tmp_path / "state")
@@ -109,16 +133,21 @@ async def test_the_token_appears_in_no_log_audit_file_answer_or_metric(
     files_stopped = database_bytes(tmp_path / "state")
 
     assert statuses == {"Secure TV": 200, "Old TV": 200, "Insecure TV": 200, "Strict TV": 403, "Broken TV": 502,
-                        "unknown server": 403, "bad offset": 400, "bad volume": 400}
+                        "unknown server": 403, "bad offset": 400, "bad volume": 400, "admin fling": 200,
+                        "admin wrong token": 401}
     assert {"direct-secure", "relay", "direct-insecure", "refused"} <= set(modes), "every mode was exercised"
     assert "-wal" in " ".join(files_running), "the WAL file was searched while the daemon ran"
 
     secret = TOKEN.encode()
-    needles = (secret, quote(TOKEN).encode(), TOKEN.lower().encode())
+    # Every token the configuration holds, the admin token, and the controller's (here the same as
+    # the first server's, as python-plexapi's would be).
+    tokens = {TOKEN, admin_token, *(s.token for s in config.servers if s.token)}
+    assert len(tokens) == 3, "two server tokens and the admin token are searched for"
+    needles = tuple({form.encode() for t in tokens for form in (t, quote(t), t.lower())})
     found: list[str] = []
 
     def around(text: str) -> str:
-        at = text.find(TOKEN)
+        at = min((i for i in (text.find(n.decode()) for n in needles) if i >= 0), default=0)
         return text[max(0, at - 120):at + 40]
 
     for record in caplog.records:

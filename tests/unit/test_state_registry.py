@@ -88,8 +88,8 @@ def test_playmedia_may_only_point_at_known_servers() -> None:
 
 def test_configured_server_keeps_its_token_when_discovered() -> None:
     reg = Registry(expiry=100)
-    reg.add_server(Server(id="cfg-1", name="NAS", address="127.0.0.10", port=32400, source="config",
-                          scheme="https", token="t0k"))
+    reg.configure_server(Server(id="cfg-1", name="NAS", address="127.0.0.10", port=32400, source="config",
+                                scheme="https", token="t0k"))
     reg.observe(Sighting(source="gdm", kind="server", ident="srv1", name="NAS", address="127.0.0.10",
                          port=32400), 0)
     (server,) = reg.servers()

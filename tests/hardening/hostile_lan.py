@@ -1,0 +1,173 @@
+"""The hostile LAN of the hardening tests: the bridge, a Plex server and the owner's TV in the test
+process, plugged into a netlab segment, and an attacker host in its own network namespace.
+
+The attacker has what any host on a home LAN has: GDM datagrams from an address of its own choosing,
+plain HTTP, listening sockets (tests/hardening/lan_attacker.py, run inside its namespace), and a
+browser (Chromium started inside its namespace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+from companion.bridge import Bridge
+from companion.config import Config
+from companion.registry import config_server_id
+from tests.fakes.companion_player import FakeCompanionPlayer
+from tests.fakes.plex_server import FakePlexServer
+from tests.hardening.conftest import TOKEN
+from tests.helpers import bridge_config, free_port, until
+from tests.lab import write_test_profiles
+from tests.netlab import GDM_GROUP, Host, Lan
+
+PRIVATE = "777"  # an item of the owner's library that nobody flung
+MOVIE = "501"
+TV = "Living Room TV"
+
+
+@dataclass
+class Lab:
+    lan: Lan
+    bridge: Bridge
+    config: Config
+    server: FakePlexServer
+    player: FakeCompanionPlayer
+    attacker: Host
+    me: str  # the test process's (and the bridge's) address on the LAN
+
+    @property
+    def server_id(self) -> str:
+        return config_server_id(f"https://{self.me}:{self.server.port}")
+
+    def face_port(self, name: str) -> int:
+        return next(s.face.port for s in self.bridge.faces.values() if s.target.name == name)
+
+    def face_url(self, name: str, path: str, params: Mapping[str, str] | None = None) -> str:
+        query = f"?{urlencode(params)}" if params else ""
+        return f"http://{self.me}:{self.face_port(name)}{path}{query}"
+
+    def fling_params(self, key: str = f"/library/metadata/{MOVIE}", **extra: str) -> dict[str, str]:
+        return {"key": key, "offset": "0", "type": "video", "protocol": "https", "address": self.me,
+                "port": str(self.server.port), "machineIdentifier": self.server.machine_identifier,
+                "commandID": "1", **extra}
+
+    async def attack(self, *args: str) -> list[dict[str, Any]]:
+        """Run the attacker CLI once inside the attacker's namespace; its JSON lines."""
+        done = await asyncio.to_thread(self.attacker.run, *self.attacker.python(
+            "-m", "tests.hardening.lan_attacker", *args), check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        return [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
+
+    async def attack_http(self, method: str, url: str, headers: Mapping[str, str] | None = None,
+                          data: str | None = None) -> dict[str, Any]:
+        args = ["http", method, url, *(f"--header={k}={v}" for k, v in (headers or {}).items())]
+        if data is not None:
+            args.append(f"--data={data}")
+        (answer,) = await self.attack(*args)
+        return answer
+
+    async def gdm(self, start_line: str, headers: Mapping[str, str], *, source: str = "",
+                  to: str = "") -> None:
+        to = to or f"{GDM_GROUP}:{self.config.gdm.announce_port}"
+        await self.attack("gdm", start_line, f"--to={to}", f"--source={source or self.attacker.address}",
+                          *(f"--header={k}={v}" for k, v in headers.items()))
+
+    async def owner_fling(self, target: str, key: str) -> tuple[int, dict[str, Any]]:
+        """The owner's own fling: POST /api/fling with the admin token, from the bridge host."""
+        assert self.bridge.admin is not None
+        token = self.bridge.state.admin_token()
+        async with aiohttp.ClientSession() as http, http.post(
+                f"http://{self.me}:{self.config.http.admin_port}/api/fling",
+                json={"target": target, "server": self.server_id, "key": key},
+                headers={"Authorization": f"Bearer {token}"}) as resp:
+            return resp.status, await resp.json()
+
+
+def lan_config(tmp_path: Path, me: str, server: FakePlexServer, player: FakeCompanionPlayer, extra: str,
+               *, every_interface: bool = False, cors_origins: tuple[str, ...] = ()) -> Config:
+    write_test_profiles(tmp_path / "profiles", server)
+    root_pem = tmp_path / "lab-root.pem"
+    root_pem.write_bytes(server.root_pem)
+    config = bridge_config(tmp_path, f"""
+servers:
+  - {{url: "https://{me}:{server.port}", token: "{TOKEN}"}}
+targets:
+  - {{name: {TV}, address: {me}, port: {player.port}, profile: lab-old-tv}}
+profiles_dirs: [{tmp_path / "profiles"}]
+security: {{policy: preferred, relay: true, dns_check: false, extra_roots: ["{root_pem}"]}}
+{extra}
+""")
+    # On the LAN segment: faces, relay, admin and GDM on the test process's LAN address.
+    return dataclasses.replace(config, interfaces=() if every_interface else (me,), http=dataclasses.replace(
+        config.http, bind=me, admin_port=free_port(host=me), cors_origins=cors_origins or config.http.cors_origins))
+
+
+@contextlib.asynccontextmanager
+async def lan_lab(tmp_path: Path, extra: str = "", *, every_interface: bool = False,
+                  cors_origins: tuple[str, ...] = ()) -> AsyncIterator[Lab]:
+    async with Lan("attacker", join_self=True) as lan:
+        me = lan.self_address
+        assert me is not None
+        server = FakePlexServer(token=TOKEN, host=me, items={MOVIE: "Fake Movie", PRIVATE: "The Owner's Private Video"})
+        player = FakeCompanionPlayer(name=TV, product="Lab TV", host=me)
+        player.use_cases.fetch_media = True  # plays what it is flung, as a real TV does
+        await server.start()
+        await player.start()
+        # "{attacker}" in an allowed origin: the attacker host's address (a page the owner trusts there).
+        origins = tuple(o.replace("{attacker}", lan["attacker"].address) for o in cors_origins)
+        config = lan_config(tmp_path, me, server, player, extra, every_interface=every_interface,
+                            cors_origins=origins)
+        bridge = Bridge(config)
+        try:
+            await bridge.start()
+            await until(lambda: any(s.target.name == TV for s in bridge.faces.values()), timeout=10,
+                        message="the owner's TV has its face")
+            yield Lab(lan, bridge, config, server, player, lan["attacker"], me)
+        finally:
+            await bridge.stop()
+            await player.stop()
+            await server.stop()
+
+
+async def arrived(lab: Lab, ident: str) -> None:
+    """Announce a harmless player from the attacker's own address and wait until the bridge has it:
+    the datagrams the attacker sent before have been handled by then (one sender, one link, in order)."""
+    await lab.gdm("HELLO * HTTP/1.0", {"Content-Type": "plex/media-player", "Resource-Identifier": ident,
+                                       "Name": ident, "Port": "40009", "Protocol-Capabilities": "timeline"})
+    await until(lambda: lab.bridge.registry.find_target(ident) is not None, timeout=10,
+                message=f"the attacker's later datagram ({ident}) was handled")
+
+
+def private_requests(server: FakePlexServer) -> list[str]:
+    return [r.path for r in server.requests if PRIVATE in r.path or PRIVATE in str(r.query)]
+
+
+async def spawn_listener(lab: Lab, port: int) -> asyncio.subprocess.Process:
+    """The attacker's fake "player": records every request the bridge sends it."""
+    proc = await lab.attacker.spawn(*lab.attacker.python(
+        "-m", "tests.hardening.lan_attacker", "listen", f"--bind={lab.attacker.address}:{port}"))
+    assert proc.stdout is not None
+    async with asyncio.timeout(20):
+        assert b"listening" in await proc.stdout.readline()
+    return proc
+
+
+async def lines_so_far(proc: asyncio.subprocess.Process, *, wait: float) -> list[dict[str, Any]]:
+    """What a spawned attacker process printed within ``wait`` seconds (a collection window)."""
+    assert proc.stdout is not None
+    out: list[dict[str, Any]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait):
+            while line := await proc.stdout.readline():
+                out.append(json.loads(line))
+    return out
