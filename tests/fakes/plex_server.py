@@ -6,11 +6,19 @@ pick key type and size (RSA 1024 included) and the validity window. The server s
 intermediate, or the leaf alone (``send_intermediate=False``), as PMS 2026 does with a missing
 issuer.
 
-HTTP side: the endpoints a player touches during a fling (``/identity``, ``/library/metadata/<id>``,
-``/playQueues/<id>``, ``/library/parts/<id>/file`` with Range and HEAD, ``/:/timeline``), every
-request recorded (method, path, query, headers) so tests can check where tokens went. Everything
-except ``/identity`` (which real PMS answers without a token) needs ``X-Plex-Token`` as a header or
-query parameter equal to the configured token, else 401.
+HTTP side: the endpoints a player touches during a fling, every request recorded (method, path,
+query, headers) so tests can check where tokens went and what a real player asked for: the root
+``/`` and ``/identity``, ``/media/providers``, ``/library/metadata/<id>``, ``/playQueues/<id>``,
+``/library/parts/<id>/file`` with Range and HEAD (``PUT /library/parts/<id>`` selects streams),
+``/library/streams/<id>`` (a sidecar subtitle when ``subtitles`` is given), the universal
+transcoder's ``decision`` (always "direct play OK"), ``ping`` and ``stop``, and the reports
+``/:/timeline``, ``/:/scrobble``, ``/:/unscrobble``, ``/:/progress``. Everything except
+``/identity`` (which real PMS answers without a token) needs ``X-Plex-Token`` as a header or query
+parameter equal to the configured token, else 401.
+
+``media`` replaces the default patterned bytes with a real file (``wav_bytes()``: a real player
+such as plex-mpv-shim must be able to decode and play it); ``duration_ms`` is what the metadata
+says it lasts.
 
 Usage::
 
@@ -30,8 +38,10 @@ import socket
 import ssl
 import tempfile
 import warnings
+import wave
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -175,6 +185,19 @@ def media_bytes(size: int) -> bytes:
     return (pattern * (size // 256 + 1))[:size]
 
 
+def wav_bytes(seconds: float, *, rate: int = 8000) -> bytes:
+    """A real, decodable WAV file: ``seconds`` of an 8-bit mono tone (small: 8 KB per second)."""
+    frames = int(seconds * rate)
+    period = bytes(128 + int(40 * ((i % 20) / 10 - 1)) for i in range(20))  # a 400 Hz sawtooth
+    out = BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(1)
+        wav.setframerate(rate)
+        wav.writeframes((period * (frames // len(period) + 1))[:frames])
+    return out.getvalue()
+
+
 class FakePlexServer:
     """A Plex Media Server over HTTPS (or plain HTTP with ``tls=False``) on loopback."""
 
@@ -193,6 +216,11 @@ class FakePlexServer:
         machine_identifier: str = "fake-plex-server-0001",
         media_size: int = 256 * 1024,
         items: Mapping[str, str] | None = None,
+        media: bytes | None = None,
+        media_content_type: str = "video/x-matroska",
+        container: str = "mkv",
+        duration_ms: int = 600000,
+        subtitles: bytes | None = None,
     ) -> None:
         self._token = token
         self._chain = chain if chain is not None or not tls else make_plex_chain(key_type=key_type)
@@ -203,7 +231,11 @@ class FakePlexServer:
         self._send_intermediate = send_intermediate
         self._host = host
         self.machine_identifier = machine_identifier
-        self.media = media_bytes(media_size)
+        self.media = media if media is not None else media_bytes(media_size)
+        self._media_content_type = media_content_type
+        self._container = container
+        self.duration_ms = duration_ms
+        self.subtitles = subtitles
         self.items: dict[str, str] = dict(items or {"501": "Fake Movie"})
         self.requests: list[RecordedRequest] = []
         self.server_names: list[str | None] = []  # SNI of every TLS handshake, in order
@@ -226,7 +258,14 @@ class FakePlexServer:
         app.router.add_get("/playQueues/{id}", self._play_queue)
         app.router.add_post("/playQueues", self._create_play_queue)
         app.router.add_get("/library/parts/{id}/file", self._part)
-        app.router.add_route("*", "/:/timeline", self._timeline)
+        app.router.add_put("/library/parts/{id}", self._select_streams)
+        app.router.add_get("/library/streams/{id}", self._stream)
+        app.router.add_get("/media/providers", self._providers)
+        app.router.add_get("/video/:/transcode/universal/decision", self._decision)
+        for name in ("ping", "stop"):
+            app.router.add_get(f"/video/:/transcode/universal/{name}", self._empty)
+        for report in ("/:/timeline", "/:/scrobble", "/:/unscrobble", "/:/progress"):
+            app.router.add_route("*", report, self._empty)
         self.proxy.add_routes(app.router)
         if self._tls:
             self._tmp = tempfile.TemporaryDirectory(prefix="fake-plex-")
@@ -362,11 +401,16 @@ class FakePlexServer:
     def _video(self, rating_key: str, extra: str = "") -> str:
         title = self.items[rating_key]
         size = len(self.media)
+        duration, container = self.duration_ms, self._container
+        # A selected sidecar subtitle (it has a key): a real player fetches it from /library/streams.
+        subtitle = (f'<Stream id="9{rating_key}" streamType="3" codec="srt" format="srt" selected="1" '
+                    f'key="/library/streams/9{rating_key}"/>' if self.subtitles is not None else "")
         return (
             f'<Video ratingKey="{rating_key}" key="/library/metadata/{rating_key}" type="movie" '
-            f'title={quoteattr(title)} duration="600000"{extra}>'
-            f'<Media id="{rating_key}" duration="600000" container="mkv">'
-            f'<Part id="{rating_key}" key="/library/parts/{rating_key}/file" size="{size}" container="mkv"/>'
+            f'title={quoteattr(title)} duration="{duration}"{extra}>'
+            f'<Media id="{rating_key}" duration="{duration}" container="{container}">'
+            f'<Part id="{rating_key}" key="/library/parts/{rating_key}/file" size="{size}" '
+            f'container="{container}">{subtitle}</Part>'
             "</Media></Video>"
         )
 
@@ -413,15 +457,40 @@ class FakePlexServer:
     async def _create_play_queue(self, _request: web.Request) -> web.Response:
         return self._queue("1")
 
-    async def _timeline(self, _request: web.Request) -> web.Response:
+    async def _empty(self, _request: web.Request) -> web.Response:
         return web.Response(status=200)
+
+    async def _providers(self, _request: web.Request) -> web.Response:
+        return self._xml(f'<MediaContainer size="1" machineIdentifier="{self.machine_identifier}">'
+                         '<MediaProvider identifier="com.plexapp.plugins.library" title="Library" '
+                         'protocols="stream,download"/></MediaContainer>')
+
+    async def _decision(self, request: web.Request) -> web.Response:
+        rating_key = request.query.get("path", "").rsplit("/", 1)[-1]
+        if rating_key not in self.items:
+            return web.Response(status=404)
+        return self._xml(
+            '<MediaContainer size="1" directPlayDecisionCode="1000" directPlayDecisionText="Direct play OK." '
+            'generalDecisionCode="1000" generalDecisionText="Direct play OK." mdeDecisionCode="1000" '
+            f'mdeDecisionText="Direct play OK.">{self._video(rating_key)}</MediaContainer>')
+
+    async def _select_streams(self, request: web.Request) -> web.Response:
+        if request.match_info["id"] not in self.items:
+            return web.Response(status=404)
+        return web.Response(status=200)
+
+    async def _stream(self, request: web.Request) -> web.Response:
+        stream = request.match_info["id"]
+        if self.subtitles is None or stream[1:] not in self.items or not stream.startswith("9"):
+            return web.Response(status=404)
+        return web.Response(body=self.subtitles, content_type="text/srt")
 
     async def _part(self, request: web.Request) -> web.Response:
         if request.match_info["id"] not in self.items:
             return web.Response(status=404)
         size = len(self.media)
         header = request.headers.get("Range")
-        headers = {"Accept-Ranges": "bytes", "Content-Type": "video/x-matroska"}
+        headers = {"Accept-Ranges": "bytes", "Content-Type": self._media_content_type}
         if not header:
             return web.Response(body=self.media, headers=headers)
         span = _parse_range(header, size)
