@@ -54,9 +54,12 @@ def free_port_block(n: int) -> int:
     raise RuntimeError("no free port block")
 
 
-def bridge_config(tmp_path: Path, extra: str = "", *, timeouts: dict[str, float] | None = None) -> Any:
-    """A config on loopback test ports (never 32412-32414), state in ``tmp_path``."""
-    gdm = free_port_block(3)
+def bridge_config(tmp_path: Path, extra: str = "", *, timeouts: dict[str, float] | None = None,
+                  real_gdm_ports: bool = False) -> Any:
+    """A config on loopback test ports, state in ``tmp_path``. GDM uses free ports, never
+    32412-32414, unless ``real_gdm_ports`` (for a real player such as plex-mpv-shim, whose GDM
+    port is fixed; only inside the suite's private network namespace)."""
+    gdm = 32412 if real_gdm_ports else free_port_block(3)
     faces = free_port_block(8)
     t = {"command": 1.0, "target_expiry": 60.0, **(timeouts or {})}
     timeouts_yaml = ", ".join(f"{k}: {v}" for k, v in t.items())

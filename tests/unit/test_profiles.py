@@ -121,6 +121,8 @@ def test_chromecast_profile_uses_public_dns_and_cast_transport(shipped: P.Profil
     ({"product": "Plex for LG", "platform": "webOS", "platform_version": "5.0.1"}, "lg-webos-5"),
     ({"product": "Plex for LG", "platform": "NetCast 3.0"}, "lg-netcast"),
     ({"product": "Plex Media Player", "platform": "Linux"}, "plex-media-player"),
+    # what plex-mpv-shim 1.11 announces over GDM (gdm.py clientDetails, called from mpv_shim.py)
+    ({"product": "Plex MPV Shim", "version": "1.0", "device_class": "pc"}, "plex-mpv-shim"),
     ({"product": "Plex for Xbox", "platform": "Xbox One"}, "xbox-one"),
     ({"product": "Plex for Xbox 360"}, "xbox-360"),
     ({"product": "Some Unknown Player"}, "default"),
