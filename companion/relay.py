@@ -30,6 +30,7 @@ never the token.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -103,43 +104,104 @@ _RESPONSE_HEADERS = frozenset({
 
 @dataclass(frozen=True)
 class PathRule:
-    """One allowed Plex API area: a path (exact, or a prefix that must have something after it)."""
+    """One allowed Plex API area: a path (exact, or a prefix that must have something after it),
+    the methods it may be used with, and where the need for it was seen."""
 
     path: str
     methods: frozenset[str]
     prefix: bool = True
     needs_token: bool = True
+    shape: str = ""  # a regular expression the whole path must match (then it decides, under ``path``)
+    upstream: str = ""  # the path asked for upstream instead of the requested one
+    source: str = ""  # the evidence (docs/relay-allow-list.md lists every rule with it)
 
     def matches(self, path: str) -> bool:
+        if self.shape:
+            return path.startswith(self.path) and _shape(self.shape).fullmatch(path) is not None
         if self.prefix:
             return path.startswith(self.path) and len(path) > len(self.path)
         return path == self.path
 
 
+_shape = functools.cache(re.compile)
 _READ = frozenset({"GET", "HEAD"})
-_REPORT = frozenset({"GET", "POST", "PUT"})
+_SHIM = "plex-mpv-shim 1.11"
+_PMS_API = "PMS API (developer.plex.tv/pms)"
+_CAST = "Plex Cast receiver, from the LOAD it gets (pychromecast controllers/plex.py)"
+_PHT = "Plex Home Theater PlexMediaServerClient.cpp"
+_UNICORN = "UnicornTranscoder routes/routes.js (a reimplementation of the PMS transcoder)"
 
-# What a player needs to play one fling from one server, and nothing else
-# (research/companion-and-gdm.md section 4.2: metadata, the queue, parts or the universal
-# transcoder, and progress reports). Not here: /library/sections (browsing the whole library),
-# /playQueues without an id (creating queues is the controller's job), /:/prefs, /accounts,
-# /security/token, /myplex, /system, /butler.
+
+def _transcoder(media: str) -> tuple[PathRule, ...]:
+    """The universal transcoder of one media kind: decide, start, segments, subtitles, ping, stop."""
+    base = f"/{media}/:/transcode/universal/"
+    return (
+        PathRule(base + "decision", _READ, prefix=False,
+                 source=f"{_SHIM} media.py get_decision (recorded); {_PMS_API}"),
+        # start (progressive), start.m3u8, start.mpd, start.mkv...: the stream or its playlist
+        PathRule(base + "start", _READ, shape=re.escape(base) + r"start(\.[A-Za-z0-9]{1,8})?",
+                 source=f"{_SHIM} media.py get_playback_url; {_PMS_API}; {_UNICORN}; {_CAST}"),
+        PathRule(base + "session/", _READ, source=f"HLS and DASH playlists and segments: {_UNICORN}"),
+        PathRule(base + "dash/", _READ, source=f"DASH segments of older servers: {_UNICORN}"),
+        PathRule(base + "subtitles", _READ, prefix=False, source=f"{_PMS_API}; {_UNICORN}"),
+        PathRule(base + "ping", _READ, prefix=False, source=f"{_PHT} SendTranscoderPing"),
+        PathRule(base + "stop", _READ, prefix=False,
+                 source=f"{_SHIM} media.py terminate_transcode; {_PHT} StopTranscodeSession"),
+    )
+
+
+# What a player needs to play one fling from one server, and nothing else: what plex-mpv-shim
+# requests (recorded through this relay by tests/functional/test_real_player.py), what a Plex Cast
+# receiver is handed (research/companion-and-gdm.md section 5), and what Plex clients are documented
+# to fetch. docs/relay-allow-list.md is the table with the sources. Not here: /library/sections
+# (browsing the whole library), POST /playQueues (creating queues is the controller's job),
+# /:/prefs, /accounts, /security/token, /myplex, /system, /butler, /status/sessions,
+# /transcode/sessions (another user's sessions), /:/rate, DELETE and PUT on metadata.
 ALLOWED: tuple[PathRule, ...] = (
-    PathRule("/library/metadata/", _READ),  # the item, its children, art and thumbs
-    PathRule("/library/parts/", _READ),  # direct play: media files, with Range
-    PathRule("/library/streams/", _READ),  # sidecar subtitles of the item being played
-    PathRule("/playQueues/", frozenset({"GET", "HEAD", "PUT"})),  # refresh, page, shuffle
-    PathRule("/video/:/transcode/universal/", _READ),  # decision, start.m3u8/.mpd, session/...
-    PathRule("/music/:/transcode/universal/", _READ),
-    PathRule("/photo/:/transcode", _READ, prefix=False),
-    PathRule("/:/timeline", _REPORT, prefix=False),
-    PathRule("/:/scrobble", _REPORT, prefix=False),
-    PathRule("/:/unscrobble", _REPORT, prefix=False),
-    PathRule("/:/progress", _REPORT, prefix=False),
+    # The server root. plex-mpv-shim GETs it for the machineIdentifier in every timeline it sends
+    # (media.py get_machine_identifier; recorded: GET / after each playMedia), and a 403 here made
+    # its playMedia fail (issue 11). With the owner's token PMS lists account facts there
+    # (myPlexUsername, subscription, features) that a player has no use for, and without a token
+    # PMS answers 401. So the relay answers it from /identity, fetched WITHOUT the token (least
+    # privilege): machineIdentifier, version and claimed are what players read from the root.
+    PathRule("/", _READ, prefix=False, needs_token=False, upstream="/identity",
+             source=f"{_SHIM} media.py get_machine_identifier (recorded); {_PHT} GetItemURL; {_PMS_API}"),
     # PMS answers /identity without a token and players use it to check they reached the right
     # server; it is forwarded WITHOUT the token (least privilege), so it reveals nothing new.
-    PathRule("/identity", _READ, prefix=False, needs_token=False),
+    PathRule("/identity", _READ, prefix=False, needs_token=False,
+             source=f"{_PMS_API}; research/companion-and-gdm.md section 2.7"),
+    # The server's providers and their features (library, transcoder, timeline keys).
+    PathRule("/media/providers", _READ, prefix=False, source=f"{_PMS_API}: GET /media/providers"),
+    # The item, its children (allLeaves for a TV show without a queue), art and thumbs.
+    PathRule("/library/metadata/", _READ,
+             source=f"{_SHIM} media.py Media (recorded); {_PMS_API}; {_CAST} (contentId)"),
+    # Direct play: the media file, with Range.
+    PathRule("/library/parts/", _READ, source=f"{_SHIM} via libmpv (recorded, Range); {_PMS_API}"),
+    # Choosing the audio or subtitle stream of the part being played.
+    PathRule("/library/parts/", frozenset({"PUT"}), shape=r"/library/parts/[0-9]+",
+             source=f"{_SHIM} media.py set_streams; {_PHT} SelectStream; {_PMS_API}"),
+    # Sidecar subtitles of the item being played.
+    PathRule("/library/streams/", _READ,
+             source=f"{_SHIM} media.py get_external_sub via libmpv (recorded); {_PMS_API}"),
+    # The flung play queue: read, page, refresh, shuffle (not create: that is POST /playQueues).
+    PathRule("/playQueues/", frozenset({"GET", "HEAD", "PUT"}),
+             source=f"{_SHIM} media.py upd_play_queue (recorded); {_PMS_API}; {_CAST} (containerKey)"),
+    *_transcoder("video"),
+    *_transcoder("music"),
+    *_transcoder("audio"),
+    # Posters and art, scaled by the server (the url/path source is checked by filter_query).
+    PathRule("/photo/:/transcode", _READ, prefix=False, source=f"{_PMS_API}; {_CAST} (artwork)"),
+    # Reports: now playing and resume position (GET with a query, or POST), watched state.
+    PathRule("/:/timeline", frozenset({"GET", "POST"}), prefix=False,
+             source=f"{_SHIM} timeline.py (recorded, GET); {_PHT} SendServerTimeline (GET); {_PMS_API} (POST)"),
+    PathRule("/:/scrobble", frozenset({"GET", "PUT"}), prefix=False,
+             source=f"{_SHIM} media.py set_played (GET); {_PHT} SetItemWatchStatus (GET); {_PMS_API} (PUT)"),
+    PathRule("/:/unscrobble", frozenset({"GET", "PUT"}), prefix=False,
+             source=f"{_SHIM} media.py set_played (GET); {_PHT} SetItemWatchStatus (GET); {_PMS_API} (PUT)"),
+    PathRule("/:/progress", frozenset({"GET"}), prefix=False,
+             source=f"{_SHIM} media.py update_position; python-plexapi base.py updateProgress"),
 )
+REFUSED_PATHS_CAP = 512  # distinct refused paths remembered (and logged once each)
 # Direct-play media bodies go through companion.relay_pump (a reader thread) rather than aiohttp.
 _PUMPED_PREFIX = "/library/parts/"
 # Query parameters the transcoders read as a source; only sources on the same server may pass,
@@ -186,12 +248,21 @@ class RelayCounters:
     upstream_failures: dict[str, int] = field(default_factory=dict)
     verifications: int = 0
     aia_fetches: int = 0
+    refused_paths: dict[str, int] = field(default_factory=dict)  # "GET /path" -> refusals
 
     def deny(self, reason: str) -> None:
         self.denials[reason] = self.denials.get(reason, 0) + 1
 
     def fail(self, reason: str) -> None:
         self.upstream_failures[reason] = self.upstream_failures.get(reason, 0) + 1
+
+    def refuse_path(self, name: str) -> bool:
+        """Count a refused path; True the first time it is seen (log it then, and only then)."""
+        if name not in self.refused_paths and len(self.refused_paths) >= REFUSED_PATHS_CAP:
+            name = "(other paths)"  # bounded: a scanner must not grow this without end
+        first = name not in self.refused_paths
+        self.refused_paths[name] = self.refused_paths.get(name, 0) + 1
+        return first and name != "(other paths)"
 
 
 @dataclass
@@ -314,13 +385,22 @@ def check_path(raw_path: str, method: str) -> tuple[PathRule | None, str]:
         if decoded in (".", "..") or "/" in decoded or "\\" in decoded or "\x00" in decoded:
             return None, f"the path {raw_path[:120]!r} has a dot or encoded-slash segment"
     path = unquote(raw_path)
-    for rule in ALLOWED:
-        if rule.matches(path):
-            if method not in rule.methods:
-                return None, f"{method} is not allowed on {rule.path} through the relay"
+    matching = [rule for rule in ALLOWED if rule.matches(path)]
+    for rule in matching:
+        if method in rule.methods:
             return rule, ""
+    if matching:
+        return None, f"{method} is not allowed on {matching[0].path} through the relay"
     return None, (f"{path[:120]!r} is not a playback path; the relay only passes "
-                  + ", ".join(r.path + ("..." if r.prefix else "") for r in ALLOWED))
+                  + ", ".join(sorted({r.path + ("..." if r.prefix else "") for r in ALLOWED})))
+
+
+def refused_path_name(method: str, raw_path: str) -> str:
+    """How a refused request is named in the log and the counters: numbers become ``{n}``, so one
+    missing rule shows up once, not once per item id (the path carries no query, so no token)."""
+    path = unquote(raw_path)[:120]
+    path = re.sub(r"(?<=/)[0-9]+(?=/|$|\.)", "{n}", path)
+    return f"{method} " + "".join(c if c.isprintable() else "?" for c in path)
 
 
 def filter_query(raw_query: str) -> tuple[str, str]:
@@ -569,6 +649,16 @@ class Relay:
         self._refusals.log(reason, self._clock(), logging.INFO, "relay %s: refused (%s): %s", label, reason, text)
         return web.Response(status=status, text=f"{reason}: {text}\n", content_type="text/plain")
 
+    def _refuse_path(self, method: str, plex_path: str, why_not: str, label: str) -> web.Response:
+        # Once per path, by name, so a player's unmet need shows up in the log without flooding it;
+        # the counters keep how often each was refused.
+        self.counters.deny("path-not-allowed")
+        name = refused_path_name(method, plex_path)
+        if self.counters.refuse_path(name):
+            log.warning("relay %s: refused %s: not on the relay's allow-list (docs/relay-allow-list.md); "
+                        "further refusals of it are only counted", label, name)
+        return web.Response(status=403, text=f"path-not-allowed: {why_not}\n", content_type="text/plain")
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.counters.requests += 1
         host = request.headers.get("Host")
@@ -614,7 +704,7 @@ class Relay:
         plex_path = "/" + rest if slash else "/"
         rule, why_not = check_path(plex_path, method)
         if rule is None:
-            return self._deny(403, "path-not-allowed", why_not, grant.label)
+            return self._refuse_path(method, plex_path, why_not, grant.label)
         if live.scope is not None:
             why_not = live.scope.check(unquote(plex_path), request.rel_url.raw_query_string)
             if why_not:
@@ -632,6 +722,7 @@ class Relay:
     async def _forward(self, request: web.Request, live: _Live, rule: PathRule, path: str, query: str,
                        body: bytes | None) -> web.StreamResponse:
         grant = live.grant
+        path = rule.upstream or path
         url = URL(f"https://{_host_literal(grant.upstream_address)}:{grant.upstream_port}{path}"
                   + (f"?{query}" if query else ""), encoded=True)
         headers = CIMultiDict[str]()
@@ -1031,5 +1122,5 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
 
 __all__ = [
     "ALLOWED", "Grant", "PathRule", "Relay", "RelayCounters", "TokenScrubber", "UpstreamRefused",
-    "check_path", "filter_query", "token_needles",
+    "check_path", "filter_query", "refused_path_name", "token_needles",
 ]

@@ -274,7 +274,8 @@ async def test_a_new_fling_to_the_same_target_and_server_replaces_the_old_grant(
 
 @pytest.mark.parametrize(("path", "why"), [
     ("/library/sections/1/all", b"not a playback path"),
-    ("/", b"not a playback path"),
+    ("/:/prefs", b"not a playback path"),
+    ("/status/sessions", b"not a playback path"),
     ("/security/token?type=delegation", b"not a playback path"),
     ("/library/metadata/..%2F..%2Fsecurity/token", b"encoded-slash"),
     ("/library/parts/%2e%2e/%2e%2e/accounts", b"dot"),
