@@ -8,6 +8,7 @@ user's token; the fake server's request log shows what reached the server.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -287,6 +288,39 @@ async def test_paths_outside_the_playback_allow_list_get_403_with_a_reason(
     async with target() as session:
         status, body, _ = await get(session, URL(base + path, encoded=True))
     assert status == 403 and why in body, body
+    assert plex.requests == []
+
+
+async def test_the_server_root_is_answered_from_identity_without_the_token(
+        relay: Relay, plex: PlexWithExtras) -> None:
+    _, base = fling(relay, plex)
+    seen = Seen([])
+    async with target() as session:
+        status, body, _ = await get(session, f"{base}/", seen)
+    assert status == 200 and f'machineIdentifier="{plex.machine_identifier}"'.encode() in body, body
+    assert [(r.method, r.path, r.token) for r in plex.requests] == [("GET", "/identity", None)], \
+        "the root listing (account facts) is never fetched; /identity goes without the token"
+    assert not seen.holds_token()
+
+
+async def test_each_refused_path_is_logged_once_by_name_and_counted(
+        relay: Relay, plex: PlexWithExtras, caplog: pytest.LogCaptureFixture) -> None:
+    _, base = fling(relay, plex)
+    caplog.set_level(logging.INFO, logger="companion.relay")
+    async with target() as session:
+        for path in ("/library/sections/1/all", "/library/sections/2/all", "/library/sections/1/all",
+                     "/:/prefs"):
+            assert (await get(session, f"{base}{path}?X-Plex-Token=whatever"))[0] == 403
+        assert (await get(session, f"{base}/playQueues/1", method="DELETE"))[0] == 403
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 3, lines
+    assert any("GET /library/sections/{n}/all" in line for line in lines)
+    assert any("GET /:/prefs" in line for line in lines)
+    assert any("DELETE /playQueues/{n}" in line for line in lines)
+    assert all("whatever" not in line and TOKEN not in line for line in lines)
+    assert relay.counters.refused_paths == {"GET /library/sections/{n}/all": 3, "GET /:/prefs": 1,
+                                            "DELETE /playQueues/{n}": 1}
+    assert relay.counters.denials == {"path-not-allowed": 5}
     assert plex.requests == []
 
 
