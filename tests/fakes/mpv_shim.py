@@ -28,8 +28,13 @@ the shim then runs in a private mount namespace (``unshare -m``) where certifi's
 by certifi + that root, and ``mpv.conf`` gets ``tls-verify=yes`` with a CA file of certifi + that
 root. ``hosts`` maps names to addresses through a private ``/etc/hosts`` in the same namespace (how
 the test lets it resolve a plex.direct name). ``prefix`` is put before the command, to run it in
-another network namespace (``["ip", "netns", "exec", NAME]`` or a tests/netlab.py host's prefix);
-``connect_host`` is then the address the test reaches it on.
+another network namespace; ``connect_host`` is then the address the test reaches it on. On a
+tests/netlab.py LAN::
+
+    shim = MpvShim(tmp_path / "shim", prefix=lan["player"].cmd(), connect_host=lan["player"].address)
+
+``stop()`` sends SIGINT and waits; ``killed`` says whether it had to be killed instead (a test of
+clean shutdown asserts it is False), ``returncode`` is its exit status.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class MpvShim:
         self._proc: asyncio.subprocess.Process | None = None
         self.log_path = workdir / "shim.log"
         self.returncode: int | None = None
+        self.killed = False
 
     # -- files --------------------------------------------------------------------------------
 
@@ -231,6 +237,7 @@ class MpvShim:
             try:
                 await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
+                self.killed = True
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()

@@ -14,6 +14,10 @@ real WAV file with null audio and video outputs) and obey pause, seek and stop, 
   ``127-0-0-1.<hash>.plex.direct`` name through a private /etc/hosts and trusts the test root in
   its own mount namespace only (both its Python API leg and libmpv with tls-verify=yes).
 
+Also: the relay again with the shim on its own host of a tests/netlab.py LAN (GDM, the relay's
+peer check and timeline pushes over a real segment), and the evidence behind the shipped profile:
+a shim that lacks the root really refuses a direct-secure fling (its API leg verifies).
+
 Every test checks the requests the shim made (recorded by the FakePlexServer) against what its
 source says it fetches; docs/relay-allow-list.md quotes these lists.
 """
@@ -28,19 +32,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from plexapi.client import PlexClient
 from plexapi.server import PlexServer
 
 from companion.bridge import Bridge, FaceSlot
-from companion.config import Config
+from companion.config import Config, parse_config
 from companion.proto.timeline import TimelineEntry
 from tests.fakes.controller import FakeController, Push
 from tests.fakes.dns import PlexDirectResolver
 from tests.fakes.mpv_shim import MpvShim
-from tests.fakes.plex_server import FakePlexServer, RecordedRequest, wav_bytes
-from tests.helpers import bridge_config, until
+from tests.fakes.plex_server import FakePlexServer, RecordedRequest, make_plex_chain, wav_bytes
+from tests.helpers import bridge_config, free_port_block, until
 from tests.lab import TOKEN, write_test_profiles
+from tests.netlab import Lan
 
 MEDIA_SECONDS = 120  # long enough never to end during a test, short enough to stay small (960 KB)
 SUBTITLES = b"1\r\n00:00:01,000 --> 00:00:04,000\r\nA line the player fetches beside the media.\r\n"
@@ -50,20 +56,23 @@ SHIM_PORT = 32433
 
 
 def plex_server(server: FakePlexServer, tmp_path: Path) -> PlexServer:
-    """python-plexapi's view of the server (trusting the test root for https)."""
+    """python-plexapi's view of the server, by IP (trusting the test root for https)."""
     session = requests.Session()
     session.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would override verify
-    if server.base_url().startswith("https"):
+    scheme = "https" if server.base_url().startswith("https") else "http"
+    if scheme == "https":
         ca = tmp_path / "controller-trusts.pem"
         ca.write_bytes(server.root_pem)
         session.verify = str(ca)
-        return PlexServer(f"https://127.0.0.1:{server.port}", TOKEN, session=session, timeout=10)
-    return PlexServer(f"http://127.0.0.1:{server.port}", TOKEN, session=session, timeout=10)
+    return PlexServer(f"{scheme}://{server.address}:{server.port}", TOKEN, session=session, timeout=10)
 
 
-def make_server(*, tls: bool) -> FakePlexServer:
-    return FakePlexServer(token=TOKEN, tls=tls, media=wav_bytes(MEDIA_SECONDS), media_content_type="audio/wav",
-                          container="wav", duration_ms=MEDIA_SECONDS * 1000, subtitles=SUBTITLES)
+def make_server(*, tls: bool, host: str = "127.0.0.1") -> FakePlexServer:
+    # The leaf also names the IP, for python-plexapi, which connects by address.
+    chain = make_plex_chain(addresses=(host,)) if tls else None
+    return FakePlexServer(token=TOKEN, tls=tls, host=host, chain=chain, media=wav_bytes(MEDIA_SECONDS),
+                          media_content_type="audio/wav", container="wav", duration_ms=MEDIA_SECONDS * 1000,
+                          subtitles=SUBTITLES)
 
 
 def shim_requests(server: FakePlexServer, shim: MpvShim) -> list[RecordedRequest]:
@@ -98,11 +107,33 @@ class Rig:
         return f"http://127.0.0.1:{self.slot.face.port}"
 
 
-@contextlib.asynccontextmanager
-async def rig(tmp_path: Path, server: FakePlexServer, extra_config: str, **shim_options: Any) -> AsyncIterator[Rig]:
-    """Server, shim and bridge up; the bridge has found the shim by GDM and opened its face."""
-    config: Config = bridge_config(tmp_path, extra_config, real_gdm_ports=True,
+def loopback_config(tmp_path: Path, extra: str) -> Config:
+    config: Config = bridge_config(tmp_path, extra, real_gdm_ports=True,
                                    timeouts={"command": 10.0, "target_expiry": 120.0})
+    return config
+
+
+def secure_config(tmp_path: Path, server: FakePlexServer, dns: PlexDirectResolver) -> Config:
+    """A config whose profile for the shim (lab-mpv-shim: the shipped one plus the test root, as the
+    shim is run with ``trust_pem``) passes every check, with ``dns`` as the LAN resolver."""
+    profiles = tmp_path / "profiles"
+    write_test_profiles(profiles, server)
+    (profiles / "devices" / "lab-mpv-shim.yaml").write_text(
+        (Path(__file__).parents[2] / "profiles" / "devices" / "plex-mpv-shim.yaml").read_text()
+        .replace("id: plex-mpv-shim", "id: lab-mpv-shim")
+        .replace("roots: {store: mozilla}", "roots: {store: mozilla, add: [fake-test-root]}"))
+    host, port = dns.address
+    return loopback_config(tmp_path, f"""
+servers:
+  - {{url: "https://127.0.0.1:{server.port}", token: "{TOKEN}"}}
+profiles_dirs: [{profiles}]
+security: {{policy: preferred, relay: true, resolver: "{host}:{port}"}}
+""")
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path, server: FakePlexServer, config: Config, **shim_options: Any) -> AsyncIterator[Rig]:
+    """Server, shim and bridge up; the bridge has found the shim by GDM and opened its face."""
     shim = MpvShim(tmp_path / "shim", name="Shim TV", port=SHIM_PORT, **shim_options)
     bridge = Bridge(config)
     try:
@@ -124,6 +155,7 @@ async def rig(tmp_path: Path, server: FakePlexServer, extra_config: str, **shim_
     finally:
         await bridge.stop()
         await shim.stop()
+    assert not shim.killed and shim.returncode == 0, f"the shim did not stop cleanly:\n{shim.log_tail()}"
 
 
 def video(push: Push) -> TimelineEntry:
@@ -208,11 +240,11 @@ def assert_audited(r: Rig, mode: str, profile: str) -> None:
 
 
 async def test_shim_found_by_gdm_plays_direct_insecure_from_an_http_server(tmp_path: Path) -> None:
-    async with make_server(tls=False) as server, rig(tmp_path, server, f"""
+    async with make_server(tls=False) as server, rig(tmp_path, server, loopback_config(tmp_path, f"""
 servers:
   - {{url: "http://127.0.0.1:{server.port}", token: "{TOKEN}"}}
 security: {{policy: preferred, relay: true}}
-""") as r:
+""")) as r:
         assert r.bridge.flings is not None
         assert r.bridge.flings.profile_for(r.slot.target).id == "plex-mpv-shim", "the shipped profile matches"
         await fling_and_control(r, tmp_path)
@@ -225,11 +257,11 @@ async def test_shim_plays_through_the_relay_when_its_roots_lack_the_servers(tmp_
     async with make_server(tls=True) as server:
         root = tmp_path / "lab-root.pem"
         root.write_bytes(server.root_pem)  # the bridge trusts the test root; certifi does not
-        async with rig(tmp_path, server, f"""
+        async with rig(tmp_path, server, loopback_config(tmp_path, f"""
 servers:
   - {{url: "https://127.0.0.1:{server.port}", token: "{TOKEN}"}}
 security: {{policy: preferred, relay: true, extra_roots: ["{root}"]}}
-""") as r:
+""")) as r:
             relay = r.bridge.relay
             assert relay is not None
             await fling_and_control(r, tmp_path)
@@ -252,21 +284,9 @@ security: {{policy: preferred, relay: true, extra_roots: ["{root}"]}}
 
 async def test_shim_plays_direct_secure_when_it_trusts_the_root_and_resolves_plex_direct(tmp_path: Path) -> None:
     async with make_server(tls=True) as server, PlexDirectResolver("127.0.0.1") as dns:
-        profiles = tmp_path / "profiles"
-        write_test_profiles(profiles, server)
-        # The shim as this test runs it: its certifi bundle plus the test root (see MpvShim).
-        (profiles / "devices" / "lab-mpv-shim.yaml").write_text(
-            (Path(__file__).parents[2] / "profiles" / "devices" / "plex-mpv-shim.yaml").read_text()
-            .replace("id: plex-mpv-shim", "id: lab-mpv-shim")
-            .replace("roots: {store: mozilla}", "roots: {store: mozilla, add: [fake-test-root]}"))
         name = server.plex_direct_name("127.0.0.1")
-        host, port = dns.address
-        async with rig(tmp_path, server, f"""
-servers:
-  - {{url: "https://127.0.0.1:{server.port}", token: "{TOKEN}"}}
-profiles_dirs: [{profiles}]
-security: {{policy: preferred, relay: true, resolver: "{host}:{port}"}}
-""", trust_pem=server.root_pem, hosts={name: "127.0.0.1"}) as r:
+        async with rig(tmp_path, server, secure_config(tmp_path, server, dns),
+                       trust_pem=server.root_pem, hosts={name: "127.0.0.1"}) as r:
             assert r.bridge.flings is not None
             assert r.bridge.flings.profile_for(r.slot.target).id == "lab-mpv-shim"
             await fling_and_control(r, tmp_path)
@@ -278,3 +298,60 @@ security: {{policy: preferred, relay: true, resolver: "{host}:{port}"}}
     assert name in server.server_names
     log = r.shim.log_text()
     assert f"https://{name}:{server.port}/library/parts/501/file" in log
+
+
+async def test_shim_on_another_host_of_the_lan_plays_through_the_relay(tmp_path: Path) -> None:
+    """The shim on its own host of a tests/netlab.py LAN, the bridge and the server on the test
+    process's address there: GDM, the relay's peer check and the timeline pushes cross a real
+    Ethernet segment, not loopback."""
+    async with Lan("player", join_self=True) as lan:
+        assert lan.self_address is not None
+        here, player = lan.self_address, lan["player"]
+        async with make_server(tls=True, host=here) as server:
+            root = tmp_path / "lab-root.pem"
+            root.write_bytes(server.root_pem)
+            config = parse_config(f"""
+name: lan-bridge
+interfaces: [{here}]
+gdm: {{group: 239.0.0.250, player_port: 32412, announce_port: 32413, server_port: 32414, hello_interval: 30,
+       search_interval: 0.5}}
+mdns: {{enabled: false}}
+http: {{bind: 0.0.0.0, admin_port: 0, relay_port: 0, face_port_base: {free_port_block(4)}}}
+timeouts: {{command: 10.0, target_expiry: 120.0}}
+state_dir: {tmp_path / "state"}
+servers:
+  - {{url: "https://{here}:{server.port}", token: "{TOKEN}"}}
+security: {{policy: preferred, relay: true, extra_roots: ["{root}"]}}
+""", "lan-config.yaml")
+            async with rig(tmp_path, server, config, prefix=player.cmd(), connect_host=player.address) as r:
+                assert r.slot.target.address == player.address
+                relay = r.bridge.relay
+                assert relay is not None
+                await fling_and_control(r, tmp_path)
+                assert_audited(r, "relay", "plex-mpv-shim")
+                refused = dict(relay.counters.refused_paths)
+        assert refused == {}, refused
+        assert_shim_fetched_what_its_source_says(r, root="/identity")
+        assert f"http://{here}:{relay.port}/library/metadata/501" in r.shim.log_text()
+
+
+async def test_shim_without_the_root_refuses_a_direct_secure_fling_as_its_profile_says(tmp_path: Path) -> None:
+    """Why the shipped profile sends it to the relay: its API leg really verifies against certifi.
+    Here the bridge is told (by a wrong test profile) that it trusts the test root, but the real
+    shim does not: it refuses the server's certificate, and the controller gets an error."""
+    async with make_server(tls=True) as server, PlexDirectResolver("127.0.0.1") as dns:
+        name = server.plex_direct_name("127.0.0.1")
+        async with rig(tmp_path, server, secure_config(tmp_path, server, dns), hosts={name: "127.0.0.1"}) as r:
+            pms = await asyncio.to_thread(plex_server, server, tmp_path)
+            client = await asyncio.to_thread(PlexClient, baseurl=r.face_url, timeout=20)
+            try:
+                movie = await asyncio.to_thread(pms.fetchItem, 501)
+                with pytest.raises(Exception, match="502"):
+                    await asyncio.to_thread(client.playMedia, movie)
+            finally:
+                pms._session.close()
+                client._session.close()
+            records = r.bridge.audit.recent(5)
+            assert [(rec.mode, rec.outcome.split(":")[0]) for rec in records] == [("direct-secure", "error")]
+    assert "CERTIFICATE_VERIFY_FAILED" in r.shim.log_text()
+    assert shim_requests(server, r.shim) == [], "nothing reached the server past the failed handshake"
