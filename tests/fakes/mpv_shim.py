@@ -58,6 +58,8 @@ import certifi
 STOP_WAIT = 10.0  # SIGINT -> exit: joins of its 1 s / 0.5 s polling threads, then libmpv's stop
 START_WAIT = 30.0  # importing libmpv and binding ports on a loaded 2-core machine
 APP = "plex-mpv-shim"
+_MAIN = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "from plex_mpv_shim.mpv_shim import main; main()")
 
 
 def _certifi_real_path() -> Path:
@@ -150,7 +152,9 @@ class MpvShim:
 
     def command(self) -> list[str]:
         """The full command line (with the namespace wrapper when trust or hosts are set)."""
-        shim = [sys.executable, "-m", "plex_mpv_shim.mpv_shim"]
+        # Its clean shutdown is its KeyboardInterrupt handler; Python installs that only when SIGINT
+        # is not ignored at start, and a shell starting the suite in the background ignores it.
+        shim = [sys.executable, "-c", _MAIN]
         mounts: list[str] = []
         if self._hosts:
             mounts.append(f"mount --bind {shlex.quote(str(self.workdir / 'hosts'))} /etc/hosts")

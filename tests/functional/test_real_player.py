@@ -200,11 +200,13 @@ async def fling_and_control(r: Rig, tmp_path: Path) -> None:
         await seen("advance while playing", lambda e: e.state == "playing" and e.time >= playing.time + 500)
         await command(client.pause)
         await seen("paused", lambda e: e.state == "paused")
+        # The seek is checked once playing resumes: the shim pushes nothing while paused, and its
+        # push right after a seek may be computed before libmpv has finished seeking.
         await command(client.seekTo, SEEK_MS)
-        sought = await seen("paused at the seek offset", lambda e: e.state == "paused" and e.time >= SEEK_MS - 1000)
-        assert sought.time < SEEK_MS + 2000, sought
         await command(client.play)  # plex-mpv-shim toggles on play and on pause alike
-        await seen("playing again after the seek", lambda e: e.state == "playing" and e.time > SEEK_MS)
+        resumed = await seen("playing again from the seek offset",
+                             lambda e: e.state == "playing" and e.time >= SEEK_MS - 1000)
+        assert resumed.time < SEEK_MS + 15_000, resumed
         await command(client.stop)
         await seen("stopped", lambda e: e.state == "stopped")
         # The shim reports the stop to the server too (through the relay, where there is one).
