@@ -127,6 +127,7 @@ EXPECTED = {
     "apple-tv": ("needs", "needs"), "chromecast": ("needs", "needs"), "ios": ("needs", "needs"),
     "lg-netcast": ("no", "no"), "lg-webos-4": ("no", "no"), "lg-webos-5": ("needs", "no"),
     "playstation-4": ("needs", "no"), "plex-home-theater": ("needs", "no"), "plex-media-player": ("needs", "needs"),
+    "plex-mpv-shim": ("needs", "needs"),
     "plex-web": ("ok", "ok"), "roku": ("needs", "no"), "samsung-tizen-2016": ("no", "no"), "sonos": ("needs", "no"),
     "tivo-series-6": ("needs", "no"), "windows": ("ok", "ok"), "xbox-one": ("needs", "needs"),
     "default": ("needs", "no"),
