@@ -155,7 +155,8 @@ class Bridge:
         self.claims = Claims("", lapse=claim_lapse(config.timeouts.target_expiry, config.gdm.search_interval))
         self._claims_changed = asyncio.Event()
         self._refused: set[str] = set()  # configured targets that turned out to be faces
-        self._quiet_until = 0.0
+        self._lan_heard = asyncio.Event()  # set once the first search's answers had time to arrive
+        self._lan_timer: asyncio.TimerHandle | None = None
         self.metrics = Metrics()
         self.metrics.track_targets(lambda: [(slot.target.kind.value, slot.adapter.available)
                                             for slot in self.faces.values()])
@@ -258,12 +259,16 @@ class Bridge:
         if cfg.gdm.enabled:
             self._responder = GdmResponder(self.gdm_settings, self._adverts)
             await self._responder.start()
-            self._quiet_until = time.monotonic() + min(_FIRST_LISTEN, cfg.gdm.search_interval)
             # No is_own filter by Resource-Identifier: another bridge's face for a target has the same
             # one as ours, and it is exactly what the election must hear. Face marks route both.
             self._scanner = GdmScanner(self.gdm_settings, self._sighted, self._bye)
             await self._scanner.start()
             self._spawn(self._claims_loop(), "face-claims")
+            # A timer, not synchronisation: the answers to the first search have no end marker.
+            self._lan_timer = asyncio.get_running_loop().call_later(
+                min(_FIRST_LISTEN, cfg.gdm.search_interval), self._lan_heard.set)
+        else:
+            self._lan_heard.set()
         self._spawn(self._expiry_loop(), "registry-expiry")
         await self._settle_faces()
         if cfg.http.admin_port != 0:
@@ -278,6 +283,9 @@ class Bridge:
     async def stop(self) -> None:
         """Stop in order: GDM BYE, faces closed (long-polls released), adapters, tasks, session."""
         self._started = False
+        if self._lan_timer is not None:
+            self._lan_timer.cancel()
+            self._lan_timer = None
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
@@ -416,7 +424,8 @@ class Bridge:
             return
         del self.faces[slot.target.id]
         log.info("face for %s: yielding it, %s", slot.target.name, why)
-        self._spawn(self._close_slot(slot, bye=slot.announced), f"face-close:{slot.target.id}")
+        # A stream already relayed to the target plays on: only the face moves to the other bridge.
+        self._spawn(self._close_slot(slot, bye=slot.announced, keep_streams=True), f"face-close:{slot.target.id}")
 
     def _reconsider(self, target_id: str, why: str) -> None:
         """A claim on ``target_id`` went: take the face over if we see the target and now rank first."""
@@ -569,8 +578,7 @@ class Bridge:
     async def _announce(self, slot: FaceSlot) -> None:
         """Put a new face on GDM once this bridge has heard the LAN's other faces (first search)
         and, for a configured player, once it has checked that the player is not a face itself."""
-        # Timers, not synchronisation: the first answers have no end marker to wait for.
-        await asyncio.sleep(max(0.0, self._quiet_until - time.monotonic()))
+        await self._lan_heard.wait()
         if isinstance(slot.adapter, CompanionPlayerTarget):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.timeouts.command):
@@ -627,10 +635,10 @@ class Bridge:
             return face, port
         raise StateError(f"no free face port for {target.name} near {port}: {last_error}")
 
-    async def _close_slot(self, slot: FaceSlot, *, bye: bool = False) -> None:
+    async def _close_slot(self, slot: FaceSlot, *, bye: bool = False, keep_streams: bool = False) -> None:
         if bye and self._responder is not None:
             await self._responder.bye(slot.advert)
-        if self.relay is not None:
+        if self.relay is not None and not keep_streams:
             self.relay.revoke_target(slot.target.address)
         if self.proxy is not None:
             await self.proxy.remove_face(slot.target.id)

@@ -236,3 +236,23 @@ async def test_a_configured_target_pointing_at_its_own_face_is_refused(
         await until(lambda: bridge.faces == {}, timeout=2, message="the refused face is closed")
     finally:
         await bridge.stop()
+
+
+async def test_a_face_from_this_bridges_earlier_run_is_neither_bridged_nor_a_rival(
+        short: Config, player: FakeCompanionPlayer, player_gdm_short: FakeGdmPeer) -> None:
+    # The same identity as ours (same state dir): an advert of our previous run still on the LAN.
+    ours = str(uuid.uuid4())
+    target_id = stable_id("companion", player.ident)
+    async with FakeGdmPeer("player", headers={
+        "Resource-Identifier": face_identifier(target_id), "Name": "Living Room TV (bridge)", "Port": "9",
+        "Product": "companion-bridge", "Bridge-Identifier": ours, "Bridged-Target": target_id,
+    }, bind=("0.0.0.0", short.gdm.player_port), group=GROUP, interface="127.0.0.1"):
+        bridge = Bridge(_with_id(short, ours))
+        await bridge.start()
+        try:
+            await until(lambda: _announced(bridge) == [target_id], timeout=3,
+                        message="our face opens despite the old advert of the same bridge")
+            assert [t.id for t in bridge.registry.targets()] == [target_id]
+            assert len(bridge.claims) == 0
+        finally:
+            await bridge.stop()
