@@ -38,6 +38,12 @@ def _with_id(config: Config, bridge_id: str) -> Config:
     return config
 
 
+def _ranked(target_id: str) -> tuple[str, str]:
+    """Two fresh bridge ids, the one that ranks first for ``target_id`` first."""
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    return (a, b) if outranks(a, b, target_id) else (b, a)
+
+
 def _announced(bridge: Bridge) -> list[str]:
     return [tid for tid, slot in bridge.faces.items() if slot.announced]
 
@@ -71,8 +77,7 @@ async def test_two_bridges_one_player_one_face_kept_by_the_first_ranked_then_tak
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="companion.bridge")
     target_id = stable_id("companion", player.ident)
-    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
-    first, second = ids if outranks(ids[0], ids[1], target_id) else ids[::-1]
+    first, second = _ranked(target_id)
     one = Bridge(_with_id(short, first))
     two = Bridge(_with_id(_twin(short, tmp_path, "two"), second))
     await asyncio.gather(one.start(), two.start())  # the start-up race: both search at once
@@ -108,8 +113,7 @@ async def test_a_better_ranked_rival_face_keeps_this_bridge_out_until_it_falls_s
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="companion.bridge")
     target_id = stable_id("companion", player.ident)
-    ours = str(uuid.uuid4())
-    rival = next(r for r in (str(uuid.uuid4()) for _ in range(64)) if outranks(r, ours, target_id))
+    rival, ours = _ranked(target_id)
     rival_face = FakeGdmPeer("player", headers={
         "Resource-Identifier": face_identifier(target_id), "Name": "Living Room TV (bridge)", "Port": "9",
         "Product": "companion-bridge", "Bridge-Identifier": rival, "Bridged-Target": target_id,
@@ -141,8 +145,7 @@ async def test_a_better_ranked_rival_face_keeps_this_bridge_out_until_it_falls_s
 async def test_an_outranked_rival_face_is_answered_with_a_hello_and_ours_stays(
         short: Config, player: FakeCompanionPlayer, player_gdm_short: FakeGdmPeer) -> None:
     target_id = stable_id("companion", player.ident)
-    ours = str(uuid.uuid4())
-    loser = next(r for r in (str(uuid.uuid4()) for _ in range(64)) if outranks(ours, r, target_id))
+    ours, loser = _ranked(target_id)
     bridge = Bridge(_with_id(short, ours))
     await bridge.start()
     try:
