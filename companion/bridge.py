@@ -15,7 +15,6 @@ import os
 import socket
 import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from companion.config import Config
 from companion.connections import ConnectionLimits
 from companion.discovery.gdm import GdmResponder, GdmScanner, GdmSettings
 from companion.discovery.mdns import MdnsDiscovery, MdnsSettings
+from companion.election import Claims, outranks
 from companion.errors import (
     CompanionError,
     ConfigError,
@@ -46,12 +46,22 @@ from companion.faces.app import Face, FaceLimits
 from companion.flinging import Fling, FlingService, Prepared
 from companion.limits import connection_budget, nofile_limit
 from companion.metrics import Metrics
-from companion.model import Command, Controller, MediaRequest, Server, Sighting, Target, TargetKind, stable_id
+from companion.model import (
+    Command,
+    Controller,
+    FaceMarks,
+    MediaRequest,
+    Server,
+    Sighting,
+    Target,
+    TargetKind,
+    stable_id,
+)
 from companion.outcomes import OutcomeWatch
 from companion.playqueue import create_play_queue
 from companion.proto import plexdirect
 from companion.proto.companion import FaceIdentity
-from companion.proto.gdm import Advert
+from companion.proto.gdm import Advert, face_identifier, is_mark
 from companion.proto.timeline import PlayerState
 from companion.proxy import ProxyService, ProxySettings, server_context
 from companion.registry import Registry, config_server_id
@@ -68,10 +78,13 @@ from companion.visibility import Channel, Provider, default_providers
 
 log = logging.getLogger("companion.bridge")
 
-_FACE_NAMESPACE = uuid.UUID("6b0f9a4e-5d1c-4c59-9a55-0c6d1f3d2b71")
 _PORT_TRIES = 50
 MOVE_CHECK_INTERVAL = 60.0
 MOVE_CHECKS_AT_ONCE = 8
+# How long a freshly started bridge listens before announcing any face: the answers to its first
+# search (other bridges' faces among them) arrive well within it on a LAN, so it does not announce
+# a face that a better-ranked bridge already holds.
+_FIRST_LISTEN = 1.0
 
 
 def local_address_towards(address: str) -> str:
@@ -97,9 +110,14 @@ def load_extra_roots(paths: tuple[str, ...]) -> list[x509.Certificate]:
     return roots
 
 
-def face_identifier(target_id: str) -> str:
-    """The face's Resource-Identifier: stable, derived from the target id, never the target's own."""
-    return str(uuid.uuid5(_FACE_NAMESPACE, target_id))
+def claim_lapse(target_expiry: float, search_interval: float) -> float:
+    """How long another bridge's face may stay silent before its claim lapses and this bridge
+    takes over. A live face answers every search, so its last answer came at most one search
+    interval before it went: lapsing one interval early keeps the takeover within
+    ``target_expiry`` of its going, while still leaving room for two missed answers."""
+    if target_expiry >= 3 * search_interval:
+        return target_expiry - search_interval
+    return target_expiry
 
 
 @dataclass
@@ -115,6 +133,7 @@ class FaceSlot:
     last_error: str = ""
     extra: dict[str, object] = field(default_factory=dict)
     watches: list[OutcomeWatch] = field(default_factory=list)  # flings whose outcome is being watched
+    announced: bool = False  # in GDM answers and HELLOs (a face is quiet until then)
 
 
 class Bridge:
@@ -132,6 +151,12 @@ class Bridge:
             per_source=config.limits.connections_per_source))
         self.faces: dict[str, FaceSlot] = {}
         self.bridge_id = ""
+        # Faces of other bridges on the LAN (their claims on targets); rebuilt with our id at start.
+        self.claims = Claims("", lapse=claim_lapse(config.timeouts.target_expiry, config.gdm.search_interval))
+        self._claims_changed = asyncio.Event()
+        self._refused: set[str] = set()  # configured targets that turned out to be faces
+        self._lan_heard = asyncio.Event()  # set once the first search's answers had time to arrive
+        self._lan_timer: asyncio.TimerHandle | None = None
         self.metrics = Metrics()
         self.metrics.track_targets(lambda: [(slot.target.kind.value, slot.adapter.available)
                                             for slot in self.faces.values()])
@@ -184,6 +209,11 @@ class Bridge:
         cfg = self.config
         self.state.ensure()
         self.bridge_id = self.state.bridge_id()
+        if not is_mark(self.bridge_id):
+            raise StateError(f"{self.state.path / StateDir.IDENTITY} holds {self.bridge_id[:40]!r}, not an id "
+                             "of letters, digits, '.', '_' and '-' (GDM adverts carry it); delete the file to get "
+                             "a new one")
+        self.claims = Claims(self.bridge_id, lapse=self.claims.lapse)
         configured = {stable_id(t.kind, f"config:{t.name}") for t in cfg.targets}
         dropped = self.state.prune_face_ports(configured, cfg.limits.discovered_targets)
         if dropped:
@@ -229,8 +259,16 @@ class Bridge:
         if cfg.gdm.enabled:
             self._responder = GdmResponder(self.gdm_settings, self._adverts)
             await self._responder.start()
-            self._scanner = GdmScanner(self.gdm_settings, self._sighted, self._bye, is_own=self._is_own_face)
+            # No is_own filter by Resource-Identifier: another bridge's face for a target has the same
+            # one as ours, and it is exactly what the election must hear. Face marks route both.
+            self._scanner = GdmScanner(self.gdm_settings, self._sighted, self._bye)
             await self._scanner.start()
+            self._spawn(self._claims_loop(), "face-claims")
+            # A timer, not synchronisation: the answers to the first search have no end marker.
+            self._lan_timer = asyncio.get_running_loop().call_later(
+                min(_FIRST_LISTEN, cfg.gdm.search_interval), self._lan_heard.set)
+        else:
+            self._lan_heard.set()
         self._spawn(self._expiry_loop(), "registry-expiry")
         await self._settle_faces()
         if cfg.http.admin_port != 0:
@@ -245,6 +283,9 @@ class Bridge:
     async def stop(self) -> None:
         """Stop in order: GDM BYE, faces closed (long-polls released), adapters, tasks, session."""
         self._started = False
+        if self._lan_timer is not None:
+            self._lan_timer.cancel()
+            self._lan_timer = None
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
@@ -301,10 +342,19 @@ class Bridge:
         return profiles
 
     def _sighted(self, sighting: Sighting) -> None:
+        if sighting.face is not None:
+            self._face_heard(sighting, sighting.face)  # a bridge's face is never bridged again
+            return
         self.metrics.sightings.labels(source=sighting.source, kind=sighting.kind).inc()
         self.registry.observe(sighting, time.monotonic())
 
     def _bye(self, sighting: Sighting) -> None:
+        if sighting.face is not None:
+            claim = self.claims.withdrawn(sighting.face)
+            if claim is not None:
+                self._claims_changed.set()
+                self._reconsider(claim.target_id, f"bridge {claim.bridge_id} said BYE for its face")
+            return
         self.registry.forget(sighting)
 
     def _server_move_claimed(self, server: Server, sighting: Sighting) -> None:
@@ -350,8 +400,53 @@ class Bridge:
         self.probe.invalidate(server.id)
         self.registry.move_server(server.id, sighting.address, sighting.port)
 
-    def _is_own_face(self, ident: str) -> bool:
-        return any(slot.advert.resource_identifier == ident for slot in self.faces.values())
+    # -- one face per target across bridges (companion.election) -----------------------------
+
+    def _face_heard(self, sighting: Sighting, marks: FaceMarks) -> None:
+        """Another bridge's face: remember its claim; yield ours if it outranks us."""
+        new = self.claims.heard(marks, address=sighting.address, port=sighting.port, name=sighting.name,
+                                now=time.monotonic())
+        if new is not None:
+            self._claims_changed.set()  # the lapse timer may need to run sooner
+        slot = self.faces.get(marks.target_id) if marks.is_claim and marks.bridge_id != self.bridge_id else None
+        if slot is None:
+            return
+        if outranks(marks.bridge_id, self.bridge_id, marks.target_id):
+            self._yield(slot, f"bridge {marks.bridge_id} holds one at {sighting.address}:{sighting.port} "
+                              "and ranks first for it")
+        elif new is not None and slot.announced and self._responder is not None:
+            # A rival that just opened a face (a start-up race): our HELLO makes it back off now
+            # rather than at its next search.
+            self._spawn(self._responder.hello(slot.advert), f"face-hello:{slot.target.id}")
+
+    def _yield(self, slot: FaceSlot, why: str) -> None:
+        if self.faces.get(slot.target.id) is not slot:
+            return
+        del self.faces[slot.target.id]
+        log.info("face for %s: yielding it, %s", slot.target.name, why)
+        # A stream already relayed to the target plays on: only the face moves to the other bridge.
+        self._spawn(self._close_slot(slot, bye=slot.announced, keep_streams=True), f"face-close:{slot.target.id}")
+
+    def _reconsider(self, target_id: str, why: str) -> None:
+        """A claim on ``target_id`` went: take the face over if we see the target and now rank first."""
+        target = self.registry.target(target_id)
+        if (target is None or target_id in self.faces or target_id in self._refused or not self._started
+                or not self._wants_face(target) or self.claims.beaten_by(target_id) is not None):
+            return
+        log.info("face for %s: taking it over, %s", target.name, why)
+        self._spawn(self._open_face(target), f"face-open:{target.id}")
+
+    async def _claims_loop(self) -> None:
+        """Lapse the claims of bridges gone silent, each at its own deadline."""
+        while True:
+            self._claims_changed.clear()
+            for claim in self.claims.lapsed(time.monotonic()):
+                self._reconsider(claim.target_id, f"bridge {claim.bridge_id} has not been heard for "
+                                                  f"{self.claims.lapse:g} s")
+            due = self.claims.next_lapse()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if due is None else max(0.0, due - time.monotonic())):
+                    await self._claims_changed.wait()
 
     async def _expiry_loop(self) -> None:
         period = max(0.5, min(30.0, self.config.timeouts.target_expiry / 4))
@@ -377,7 +472,7 @@ class Bridge:
         return self._responder
 
     def _adverts(self) -> list[Advert]:
-        return [slot.advert for slot in self.faces.values()]
+        return [slot.advert for slot in self.faces.values() if slot.announced]
 
     # -- faces --------------------------------------------------------------------------------
 
@@ -391,6 +486,11 @@ class Bridge:
 
     def _target_added(self, target: Target) -> None:
         if self._started and self._wants_face(target):
+            holder = self.claims.beaten_by(target.id)
+            if holder is not None:
+                log.info("face for %s: leaving it to bridge %s, which holds one at %s:%d and ranks first "
+                         "for it", target.name, holder.bridge_id, holder.address, holder.port)
+                return
             self._spawn(self._open_face(target), f"face-open:{target.id}")
 
     def _target_removed(self, target: Target) -> None:
@@ -399,7 +499,7 @@ class Bridge:
         slot = self.faces.pop(target.id, None)
         if slot is not None:
             log.info("target %s went away; closing its face", target.name)
-            self._spawn(self._close_slot(slot, bye=True), f"face-close:{target.id}")
+            self._spawn(self._close_slot(slot, bye=slot.announced), f"face-close:{target.id}")
 
     def _target_changed(self, target: Target) -> None:
         slot = self.faces.get(target.id)
@@ -414,20 +514,22 @@ class Bridge:
             await asyncio.gather(*pending, return_exceptions=True)
 
     def _make_adapter(self, target: Target, on_state: Callable[[PlayerState], None],
-                      on_available: Callable[[bool], None]) -> TargetAdapter:
+                      on_available: Callable[[bool], None],
+                      on_face: Callable[[FaceMarks], None] | None = None) -> TargetAdapter:
         assert self._session is not None
         if target.kind is TargetKind.COMPANION:
             return CompanionPlayerTarget(
                 target, session=self._session, bridge_id=self.bridge_id, bridge_name=self.config.name,
                 listener=self._listener, on_state=on_state, on_available=on_available,
-                command_timeout=self.config.timeouts.command)
+                command_timeout=self.config.timeouts.command, on_face=on_face)
         return ChromecastTarget(
             target, zeroconf=self.mdns.zeroconf if self.mdns is not None else None, on_state=on_state,
             on_available=on_available, command_timeout=self.config.timeouts.command)
 
     async def _open_face(self, target: Target) -> None:
         async with self._face_lock:
-            if target.id in self.faces or not self._started:
+            if (target.id in self.faces or not self._started or target.id in self._refused
+                    or self.claims.beaten_by(target.id) is not None):
                 return
             assert self._session is not None
             face_box: list[Face] = []
@@ -443,8 +545,11 @@ class Bridge:
                 if face_box:
                     face_box[0].set_available(available)
 
+            def on_face(marks: FaceMarks) -> None:
+                self._refuse_face_target(target, marks)
+
             try:
-                adapter = self._make_adapter(target, on_state, on_available)
+                adapter = self._make_adapter(target, on_state, on_available, on_face)
             except CompanionError as exc:
                 log.warning("no face for %s: %s", target.name, exc)
                 return
@@ -454,22 +559,54 @@ class Bridge:
                 product="companion-bridge", version=__version__,
                 platform=target.product or target.kind.value, platform_version=target.version,
                 device_class=target.device_class or "stb", capabilities=adapter.capabilities,
+                bridge_id=self.bridge_id, target_id=target.id,
             )
             face, port = await self._bind_face(target, identity)
             face_box.append(face)
             advert = Advert(resource_identifier=identity.machine_identifier, name=identity.name, port=port,
                             product=identity.product, version=identity.version,
                             capabilities=identity.capabilities, device_class=identity.device_class,
-                            platform=identity.platform, platform_version=identity.platform_version)
+                            platform=identity.platform, platform_version=identity.platform_version,
+                            marks=FaceMarks(bridge_id=self.bridge_id, target_id=target.id))
             slot = FaceSlot(target=target, adapter=adapter, face=face, advert=advert)
             self.faces[target.id] = slot
             await adapter.start()
             log.info("face %r for %s (%s:%d) listening on port %d", identity.name, target.name,
                      target.address, target.port, port)
-            if self._responder is not None:
-                await self._responder.hello(advert)
-            if self.proxy is not None:
-                self.proxy.add_face(slot)
+            self._spawn(self._announce(slot), f"face-announce:{target.id}")
+
+    async def _announce(self, slot: FaceSlot) -> None:
+        """Put a new face on GDM once this bridge has heard the LAN's other faces (first search)
+        and, for a configured player, once it has checked that the player is not a face itself."""
+        await self._lan_heard.wait()
+        if isinstance(slot.adapter, CompanionPlayerTarget):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.timeouts.command):
+                    await slot.adapter.identity_checked.wait()
+        if self.faces.get(slot.target.id) is not slot:
+            return  # yielded or refused meanwhile
+        holder = self.claims.beaten_by(slot.target.id)
+        if holder is not None:
+            self._yield(slot, f"bridge {holder.bridge_id} holds one at {holder.address}:{holder.port} and ranks "
+                              "first for it")
+            return
+        slot.announced = True
+        if self._responder is not None:
+            await self._responder.hello(slot.advert)
+        if self.proxy is not None:
+            self.proxy.add_face(slot)
+
+    def _refuse_face_target(self, target: Target, marks: FaceMarks) -> None:
+        """A configured target that answers /resources as a bridge's face: never bridged."""
+        if target.id in self._refused:
+            return
+        self._refused.add(target.id)
+        whose = "this bridge" if marks.bridge_id == self.bridge_id else f"bridge {marks.bridge_id or '(unknown)'}"
+        log.error("configured target %s (%s:%d) is a face of %s, not a player: refused; point targets: at the "
+                  "real player instead", target.name, target.address, target.port, whose)
+        slot = self.faces.pop(target.id, None)
+        if slot is not None:
+            self._spawn(self._close_slot(slot, bye=slot.announced), f"face-close:{target.id}")
 
     async def _bind_face(self, target: Target, identity: FaceIdentity) -> tuple[Face, int]:
         """Start the face on its stored port; if that is taken, move it to the next free one."""
@@ -498,10 +635,10 @@ class Bridge:
             return face, port
         raise StateError(f"no free face port for {target.name} near {port}: {last_error}")
 
-    async def _close_slot(self, slot: FaceSlot, *, bye: bool = False) -> None:
+    async def _close_slot(self, slot: FaceSlot, *, bye: bool = False, keep_streams: bool = False) -> None:
         if bye and self._responder is not None:
             await self._responder.bye(slot.advert)
-        if self.relay is not None:
+        if self.relay is not None and not keep_streams:
             self.relay.revoke_target(slot.target.address)
         if self.proxy is not None:
             await self.proxy.remove_face(slot.target.id)
@@ -726,6 +863,7 @@ class Bridge:
                                           limits=self.config.limits)  # the caps are sized at start
         self.profiles = profiles
         self.registry.expiry = self.config.timeouts.target_expiry
+        self.claims.lapse = claim_lapse(self.config.timeouts.target_expiry, self.config.gdm.search_interval)
         if self.flings is not None:
             self.flings.config = self.config
             self.flings.profiles = profiles

@@ -198,7 +198,7 @@ async def _scan(config: Config, timeout: float, as_json: bool) -> int:
     profiles = _profile_set(config)
 
     def profile_of(s: Sighting) -> str:
-        if s.kind == "server":
+        if s.kind == "server" or s.face is not None:
             return ""
         fields = Target(id="", kind=TargetKind(s.kind), name=s.name, address=s.address, port=s.port,
                         source=s.source, ident=s.ident, product=s.product, version=s.version,
@@ -208,9 +208,12 @@ async def _scan(config: Config, timeout: float, as_json: bool) -> int:
         return f"{profile.id} ({profile.confidence})"
 
     rows = [{
-        "kind": s.kind, "name": s.name, "address": s.address, "port": s.port, "product": s.product or s.model,
+        # Another bridge's face (or ours) is listed as what it is, never as a player.
+        "kind": "face" if s.face is not None else s.kind, "name": s.name, "address": s.address, "port": s.port,
+        "product": s.product or s.model,
         "version": s.version, "id": s.ident, "source": s.source, "capabilities": list(s.capabilities),
         "profile": profile_of(s), **({"host": s.host} if s.host else {}),
+        **({"bridge": s.face.bridge_id} if s.face is not None and s.face.bridge_id else {}),
     } for s in sorted(found.values(), key=lambda s: (s.kind, s.name))]
     if as_json:
         _print_json(rows)

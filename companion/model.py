@@ -27,6 +27,21 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
+class FaceMarks:
+    """What makes an advert a bridge's face rather than a player: the bridge that serves it and
+    the target it stands for. Empty fields: a face all the same (never bridged), but no usable
+    claim on a target (unmarked, malformed, or not the identity every bridge derives)."""
+
+    bridge_id: str = ""
+    target_id: str = ""
+
+    @property
+    def is_claim(self) -> bool:
+        """True when it says which bridge holds the face of which target."""
+        return bool(self.bridge_id and self.target_id)
+
+
+@dataclass(frozen=True)
 class Sighting:
     """One observation of a player or server on the LAN (a GDM reply, an mDNS record, a config entry)."""
 
@@ -46,6 +61,7 @@ class Sighting:
     host: str = ""  # servers: "<hash>.plex.direct" from GDM Host
     profile: str | None = None  # config override of the profile id
     interface: str = ""  # interface name or address it was seen on
+    face: FaceMarks | None = None  # set when the advert is a bridge's face, not a player
 
 
 def stable_id(kind: str, ident: str) -> str:

@@ -307,6 +307,9 @@ class FaceIdentity:
     platform_version: str
     device_class: str
     capabilities: tuple[str, ...]
+    # The face marks (as in its GDM advert): which bridge serves it, which target it stands for.
+    bridge_id: str = ""
+    target_id: str = ""
 
     def push_headers(self) -> dict[str, str]:
         """The X-Plex-* headers a player sends with its own requests (timeline pushes)."""
@@ -336,5 +339,7 @@ def resources_xml(identity: FaceIdentity) -> bytes:
         ("protocolVersion", "1"),
         ("protocolCapabilities", ",".join(identity.capabilities)),
         ("deviceClass", identity.device_class),
+        *((("bridgeIdentifier", identity.bridge_id), ("bridgedTarget", identity.target_id))
+          if identity.bridge_id else ()),
     ]))
     return xml_document(root)

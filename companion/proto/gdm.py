@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
 from companion.errors import ProtocolError
-from companion.model import Sighting
+from companion.model import FaceMarks, Sighting
 
 MAX_DATAGRAM = 4096
 
@@ -36,6 +37,19 @@ _START_LINES: tuple[tuple[re.Pattern[str], MessageKind], ...] = (
     (re.compile(r"BYE \* HTTP/1\.\d"), "bye"),
 )
 _ALLOWED_CONTROLS = frozenset("\r\n\t")
+
+# A face's advert says whose face it is and for which target, so that every bridge can tell a face
+# from a player (and never bridge one) and see which bridge holds which target. Values are ids made
+# of letters, digits, '.', '_' and '-' only: no ':' (python-plexapi splits header lines on every
+# colon) and nothing sanitise_value would rewrite, so a bridge recognises its own id on the wire.
+BRIDGE_HEADER = "Bridge-Identifier"
+TARGET_HEADER = "Bridged-Target"
+FACE_PRODUCT = "companion-bridge"
+_MARK_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The face ids live in a namespace of their own: uuid5(_FACE_NAMESPACE, target id). Every bridge
+# derives the same id for the same target, so a phone that remembered a face finds the same
+# identity when another bridge takes the face over.
+_FACE_NAMESPACE = uuid.UUID("6b0f9a4e-5d1c-4c59-9a55-0c6d1f3d2b71")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 _SHOWN_START_LINE = 60
 
@@ -120,6 +134,34 @@ class Advert:
     content_type: str = PLAYER_CONTENT_TYPE
     platform: str = ""
     platform_version: str = ""
+    marks: FaceMarks | None = None  # every face of a bridge carries them
+
+
+def is_mark(value: str) -> bool:
+    """True for a value a face mark can carry unchanged (letters, digits, '.', '_', '-')."""
+    return _MARK_RE.fullmatch(value) is not None
+
+
+def face_identifier(target_id: str) -> str:
+    """The face's Resource-Identifier: derived from the target id alone, never the target's own."""
+    return str(uuid.uuid5(_FACE_NAMESPACE, target_id))
+
+
+def face_marks(msg: GdmMessage) -> FaceMarks | None:
+    """The face marks of an advert, or None when it is a real player or server.
+
+    An advert with either mark, or announcing our product (a bridge too old to mark its faces),
+    is a face. Its marks make a claim only when both are well-formed ids and the
+    Resource-Identifier is the one derived from the target id.
+    """
+    bridge = msg.get(BRIDGE_HEADER).strip()
+    target = msg.get(TARGET_HEADER).strip()
+    if not bridge and not target and msg.get("Product").strip().lower() != FACE_PRODUCT:
+        return None
+    if not (is_mark(bridge) and is_mark(target)
+            and msg.get("Resource-Identifier").strip() == face_identifier(target)):
+        return FaceMarks()
+    return FaceMarks(bridge_id=bridge, target_id=target)
 
 
 _COLON_RE = re.compile(r"\s*:\s*")
@@ -166,6 +208,12 @@ def _header_block(advert: Advert) -> list[tuple[str, str]]:
         headers.append(("Platform", platform))
     if platform_version := sanitise_value(advert.platform_version):
         headers.append(("Platform-Version", platform_version))
+    if advert.marks is not None:
+        for name, value in ((BRIDGE_HEADER, advert.marks.bridge_id), (TARGET_HEADER, advert.marks.target_id)):
+            if not is_mark(value):
+                raise ProtocolError(f"cannot advertise {advert.name!r}: {name} {_shorten(value)!r} is not an id "
+                                    "of letters, digits, '.', '_' and '-'")
+            headers.append((name, value))
     return headers
 
 
@@ -237,4 +285,5 @@ def sighting_from_message(msg: GdmMessage, address: str, *, interface: str = "")
         capabilities=capabilities,
         host=msg.get("Host") if kind == "server" else "",
         interface=interface,
+        face=face_marks(msg) if kind == "companion" else None,
     )

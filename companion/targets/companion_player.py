@@ -30,7 +30,8 @@ from companion.errors import (
     TargetUnavailable,
 )
 from companion.limits import ThrottledLog
-from companion.model import Command, MediaRequest, Target, clean_params
+from companion.model import Command, FaceMarks, MediaRequest, Target, clean_params
+from companion.proto.gdm import FACE_PRODUCT
 from companion.proto.timeline import parse_player_timeline
 from companion.targets.base import PLAYBACK_COMMANDS, AvailabilityCallback, StateCallback
 
@@ -50,18 +51,31 @@ _NAVIGATION = frozenset({
 RESUBSCRIBE_EVERY = 60.0  # players expire subscribers 90 s after the last subscribe
 
 
-def player_identifier(body: bytes) -> str | None:
-    """The machineIdentifier in a player's /resources answer (no DTDs, no entities), or None."""
+def _players(body: bytes) -> list[ElementTree.Element]:
     if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        return None
+        return []
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
-        return None
-    for element in root.iter("Player"):
+        return []
+    return list(root.iter("Player"))
+
+
+def player_identifier(body: bytes) -> str | None:
+    """The machineIdentifier in a player's /resources answer (no DTDs, no entities), or None."""
+    for element in _players(body):
         ident = element.get("machineIdentifier", "").strip()
         if ident:
             return ident
+    return None
+
+
+def face_marks_in(body: bytes) -> FaceMarks | None:
+    """The face marks in a /resources answer (a bridge's face, not a player), or None."""
+    for element in _players(body):
+        bridge = element.get("bridgeIdentifier", "").strip()
+        if bridge or element.get("product", "").strip().lower() == FACE_PRODUCT:
+            return FaceMarks(bridge_id=bridge, target_id=element.get("bridgedTarget", "").strip())
     return None
 
 
@@ -137,7 +151,7 @@ class CompanionPlayerTarget:
     def __init__(self, target: Target, *, session: aiohttp.ClientSession, bridge_id: str,
                  bridge_name: str, listener: TimelineListener | None, on_state: StateCallback,
                  on_available: AvailabilityCallback, command_timeout: float = 5.0,
-                 poll_hold: float = 30.0) -> None:
+                 poll_hold: float = 30.0, on_face: Callable[[FaceMarks], None] | None = None) -> None:
         self.target = target
         self._session = session
         self._bridge_id = bridge_id
@@ -156,6 +170,11 @@ class CompanionPlayerTarget:
         self._player_ident = target.ident
         self._ident_known = not target.ident.startswith("config:")
         self._bad_timelines = ThrottledLog(log)  # one line a minute, with counts
+        # A configured address may be another bridge's face (or ours): found out through /resources.
+        self._on_face = on_face
+        self.identity_checked = asyncio.Event()  # set after the first /resources attempt
+        if self._ident_known:
+            self.identity_checked.set()
 
     # -- TargetAdapter ------------------------------------------------------------------------
 
@@ -307,7 +326,17 @@ class CompanionPlayerTarget:
                 async with self._session.get(url, headers={"X-Plex-Client-Identifier": self._bridge_id}) as resp:
                     body = await resp.content.read(64 * 1024)
         except (TimeoutError, aiohttp.ClientError):
+            self.identity_checked.set()
             return  # not reachable yet; the follow loop tries again
+        marks = face_marks_in(body)
+        if marks is not None:
+            self._ident_known = True
+            self.identity_checked.set()
+            self._stopping = True  # never command or follow a face; the bridge closes this one
+            if self._on_face is not None:
+                self._on_face(marks)
+            return
+        self.identity_checked.set()
         ident = player_identifier(body)
         if ident is None:
             log.warning("%s answered /resources without a machineIdentifier", self.target.name)

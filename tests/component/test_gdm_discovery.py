@@ -18,8 +18,8 @@ import pytest
 
 from companion.discovery.gdm import GdmResponder, GdmScanner, GdmSettings, scan
 from companion.errors import ConfigError
-from companion.model import Sighting
-from companion.proto.gdm import Advert
+from companion.model import FaceMarks, Sighting, stable_id
+from companion.proto.gdm import Advert, face_identifier
 from tests.fakes.gdm_peer import GARBAGE, FakeGdmPeer, Received, UseCase
 
 GROUP = "239.0.0.250"
@@ -261,7 +261,7 @@ async def test_scan_returns_each_player_and_server_once(settings):
 
 
 async def test_python_plexapi_client_scan_lists_every_face_despite_a_colon_in_a_name(settings, monkeypatch):
-    """plexapi's real GDM parser (split on every colon) reads our replies.
+    """plexapi's real GDM parser (split on every colon) reads our replies, face marks included.
 
     plexapi sends to the fixed broadcast 255.255.255.255:32412 and waits 1 s for silence; its
     socket module is swapped for one whose sockets send to our test port and wait 0.2 s instead,
@@ -280,7 +280,10 @@ async def test_python_plexapi_client_scan_lists_every_face_despite_a_colon_in_a_
     redirected.socket = RedirectedSocket
     monkeypatch.setattr(plexapi.gdm, "socket", redirected)
 
-    responder = GdmResponder(settings, lambda: [face(1, "Kitchen: TV"), face(2, "Den")])
+    target = stable_id("companion", "kitchen-tv")
+    marked = dataclasses.replace(face(1, "Kitchen: TV"), resource_identifier=face_identifier(target),
+                                 marks=FaceMarks("0b8f3c1e-2a47-4d36-9c1e-5f0a7d2e9b64", target))
+    responder = GdmResponder(settings, lambda: [marked, face(2, "Den")])
     await responder.start()
     try:
         gdm = plexapi.gdm.GDM()
@@ -288,9 +291,12 @@ async def test_python_plexapi_client_scan_lists_every_face_despite_a_colon_in_a_
     finally:
         await responder.stop()
     by_id = {entry["data"]["Resource-Identifier"]: entry["data"] for entry in gdm.entries}
-    assert set(by_id) == {"cb-face-1", "cb-face-2"}
-    assert by_id["cb-face-1"]["Name"] == "Kitchen - TV"
-    assert by_id["cb-face-1"]["Port"] == "32501"
+    assert set(by_id) == {face_identifier(target), "cb-face-2"}
+    kitchen = by_id[face_identifier(target)]
+    assert kitchen["Name"] == "Kitchen - TV"
+    assert kitchen["Port"] == "32501"
+    assert kitchen["Bridge-Identifier"] == "0b8f3c1e-2a47-4d36-9c1e-5f0a7d2e9b64"
+    assert kitchen["Bridged-Target"] == target
     assert by_id["cb-face-2"]["Content-Type"] == "plex/media-player"
 
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from companion import __version__
+from companion.model import stable_id
+from companion.proto.gdm import face_identifier
 from tests.fakes.gdm_peer import FakeGdmPeer
 from tests.helpers import free_port_block
 from tests.lab import companion
@@ -19,15 +21,20 @@ def _gdm_config(tmp_path: Path) -> tuple[Path, int]:
     return path, base
 
 
-async def test_scan_json_lists_a_gdm_player_with_its_companion_port_and_a_server(tmp_path: Path) -> None:
+async def test_scan_json_lists_a_gdm_player_with_its_companion_port_a_server_and_a_face(tmp_path: Path) -> None:
     config, base = _gdm_config(tmp_path)
+    target = stable_id("companion", "tv-1")
+    face = FakeGdmPeer("player", headers={"Resource-Identifier": face_identifier(target), "Name": "Den TV (bridge)",
+                                          "Port": "32500", "Product": "companion-bridge",
+                                          "Bridge-Identifier": "bridge-7", "Bridged-Target": target},
+                       bind=("0.0.0.0", base), group="239.0.0.250", interface="127.0.0.1")
     player = FakeGdmPeer("player", headers={"Resource-Identifier": "tv-1", "Name": "Den TV", "Port": "32555",
                                             "Product": "Plex for Roku"},
                          bind=("0.0.0.0", base), group="239.0.0.250", interface="127.0.0.1")
     server = FakeGdmPeer("server", headers={"Resource-Identifier": "srv-1", "Name": "NAS", "Port": "32400",
                                             "Host": "0123456789abcdef0123456789abcdef.plex.direct"},
                          bind=("0.0.0.0", base + 2), group="239.0.0.250", interface="127.0.0.1")
-    async with player, server:
+    async with player, server, face:
         code, out, err = await companion("--config", str(config), "scan", "--timeout", "1", "--json")
     assert code == 0, err
     found = {row["id"]: row for row in json.loads(out)}
@@ -38,6 +45,8 @@ async def test_scan_json_lists_a_gdm_player_with_its_companion_port_and_a_server
     assert found["tv-1"]["profile"] == "roku (assumed)", "the profile each matched"
     assert found["srv-1"]["kind"] == "server"
     assert found["srv-1"]["host"] == "0123456789abcdef0123456789abcdef.plex.direct"
+    listed = found[face_identifier(target)]
+    assert (listed["kind"], listed["bridge"], listed["profile"]) == ("face", "bridge-7", ""), "a face, not a player"
 
 
 async def test_scan_table_for_people(tmp_path: Path) -> None:
