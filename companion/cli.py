@@ -361,6 +361,15 @@ def _explain_profile(config: Config, profiles: Any, target: str | None, profile_
 
 def _running_target_profile(config: Config, target: str) -> str | None:
     """The profile id the running daemon on this host matched for a target it discovered, if any."""
+    row = _running_target(config, target)
+    profile = row.get("profile") if row else None
+    if isinstance(profile, dict) and isinstance(profile.get("id"), str) and profile["id"]:
+        return str(profile["id"])
+    return None
+
+
+def _running_target(config: Config, target: str) -> dict[str, Any] | None:
+    """The running daemon's row (``/api/targets``) for a target it bridges, by id or name, if any."""
     import urllib.error
     import urllib.request
 
@@ -377,9 +386,7 @@ def _running_target_profile(config: Config, target: str) -> str | None:
     wanted = target.lower()
     for row in rows if isinstance(rows, list) else []:
         if isinstance(row, dict) and wanted in (str(row.get("id", "")).lower(), str(row.get("name", "")).lower()):
-            profile = row.get("profile")
-            if isinstance(profile, dict) and isinstance(profile.get("id"), str) and profile["id"]:
-                return str(profile["id"])
+            return row
     return None
 
 
@@ -484,6 +491,79 @@ def _outlook_json(o: Any) -> dict[str, object]:
             "evidence": [{"claim": e.claim, "confidence": e.confidence, "source": e.source} for e in o.evidence]}
 
 
+# -- profiles capture ---------------------------------------------------------------------------
+
+
+def cmd_profiles_capture(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    return asyncio.run(_capture(config, args))
+
+
+def _capture_target(config: Config, target: str) -> Any:
+    """TARGET as ``IP:PORT``, a configured target, or one the running daemon bridges (its admin API)."""
+    import ipaddress
+
+    from companion.lab.capture import CaptureTarget
+    from companion.model import stable_id
+
+    host, _, port = target.rpartition(":")
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host.strip("[]"))
+        if port.isdigit() and 0 < int(port) < 65536:
+            return CaptureTarget(name=target, address=host.strip("[]"), port=int(port))
+    for t in config.targets:
+        if target in (t.name, stable_id(t.kind, f"config:{t.name}")):
+            return CaptureTarget(name=t.name, address=t.address, port=t.port, kind=t.kind,
+                                 base_profile=config.profiles.get(t.name) or t.profile or "default")
+    row = _running_target(config, target)
+    if row is not None:
+        profile = row.get("profile")
+        base = str(profile.get("id") or "default") if isinstance(profile, dict) else "default"
+        return CaptureTarget(name=str(row.get("name", target)), address=str(row.get("address", "")),
+                             port=int(row.get("port", 0)), kind=str(row.get("kind", "companion")),
+                             base_profile=base)
+    raise CompanionError(f"unknown target {target!r}: give IP:PORT of a Companion player, a configured target, "
+                         "or one the running daemon bridges (see http://localhost:32480/api/targets)")
+
+
+async def _capture(config: Config, args: argparse.Namespace) -> int:
+    import re
+
+    from companion.bridge import local_address_towards
+    from companion.lab.capture import Capture
+    from companion.lab.draft import build_draft
+    from companion.security.profiles import lint
+
+    target = _capture_target(config, args.target)
+    profiles = _profile_set(config)
+    base = profiles.get(args.base or target.base_profile)
+    out = Path(args.out) if args.out else None
+    if out is None:
+        player_slug = re.sub(r"[^a-z0-9]+", "-", target.name.lower()).strip("-")[:50] or "device"
+        out = Path(f"{player_slug}-measured.yaml")
+    profile_id = out.stem
+    if not re.match(r"^[a-z0-9][a-z0-9-]{0,63}$", profile_id):
+        raise CompanionError(f"--out {out}: the file name is the profile id; use lowercase letters, digits and "
+                             "dashes, e.g. my-tv.yaml")
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    capture = Capture(target, bridge_address=local_address_towards(target.address), lab_bind=config.http.bind,
+                      lab_port=args.port if args.port is not None else config.lab.port,
+                      listener_bind=config.http.bind, host=args.host, step_timeout=args.step_timeout,
+                      command_timeout=config.timeouts.command, progress=progress)
+    result = await capture.run()
+    out.write_text(build_draft(result, base, profile_id), encoding="utf-8")
+    errors = lint([out])
+    if args.json:
+        _print_json({**result.to_json(), "draft": str(out), "lint_errors": [str(e) for e in errors]})
+    progress(f"captured in {result.seconds:.1f} s; draft written to {out}")
+    for error in errors:
+        print(error, file=sys.stderr)
+    return EXIT_FAIL if errors else EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------------------------
 
 
@@ -521,6 +601,21 @@ def build_parser() -> argparse.ArgumentParser:
     pev.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
     pev.add_argument("--json", action="store_true", help="machine-readable output")
     pev.set_defaults(func=cmd_profiles_evidence)
+    pcap = psub.add_parser("capture", help="measure a player's TLS through the lab and write a profile draft")
+    pcap.add_argument("target", metavar="TARGET", help="IP:PORT of a Companion player, a configured target, or "
+                      "a target the running daemon bridges (name or id)")
+    pcap.add_argument("--out", metavar="FILE", help="draft to write (default: <target>-measured.yaml); its "
+                      "name is the profile id")
+    pcap.add_argument("--base", metavar="PROFILE", help="profile whose unmeasurable claims (roots, key sizes, "
+                      "DNS) the draft keeps (default: the target's current profile)")
+    pcap.add_argument("--host", default="plex-direct", metavar="MODE", help="what the player is told to connect "
+                      "to: plex-direct (<dashed-ip>.<lab-hash>.plex.direct, the default), ip, or a DNS name")
+    pcap.add_argument("--port", type=int, metavar="N", help="lab port (default: lab.port, 32482)")
+    pcap.add_argument("--step-timeout", type=float, default=30.0, metavar="S",
+                      help="seconds each lab endpoint waits for the player (default 30)")
+    pcap.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
+    pcap.add_argument("--json", action="store_true", help="also print everything seen, as JSON")
+    pcap.set_defaults(func=cmd_profiles_capture)
 
     flings = sub.add_parser("flings", help="the audit log of flings, newest first")
     flings.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")

@@ -100,6 +100,13 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class LabConfig:
+    # The port `companion profiles capture` listens on for the devices it measures; nothing
+    # listens there otherwise (the daemon never opens it). 0: any free port.
+    port: int = 32482
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     url: str
     token: str | None = field(default=None, repr=False)
@@ -141,6 +148,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    lab: LabConfig = field(default_factory=LabConfig)
     servers: tuple[ServerConfig, ...] = ()
     targets: tuple[TargetConfig, ...] = ()
     faces: str = "all"
@@ -456,6 +464,7 @@ _SPEC: dict[str, Callable[[_Ctx, yaml.Node, str], Any]] = {
         "gdm_search_rate_total": _rate(0.01, 10000), "connections_per_listener": _int(4, 1_000_000),
         "connections_per_source": _int(1, 1_000_000), "subscribers_per_source": _int(1, 1024),
     }),
+    "lab": _section(LabConfig, {"port": _port_or_zero}),
     "servers": _list(_server),
     "targets": _list(_target),
     "faces": _choice(FACES_MODES),

@@ -38,9 +38,10 @@ from companion.errors import ProfileError, ProfileErrors, did_you_mean
 _T = TypeVar("_T")
 _F = TypeVar("_F")
 
-Confidence = Literal["documented", "observed", "inferred", "assumed"]
-# Lower is weaker: a profile is as confident as its weakest claim.
-CONFIDENCE_ORDER: tuple[Confidence, ...] = ("assumed", "inferred", "observed", "documented")
+Confidence = Literal["documented", "measured", "observed", "inferred", "assumed"]
+# Lower is weaker: a profile is as confident as its weakest claim. ``measured``: seen through the
+# capture lab (`companion profiles capture`), with the time and the bridge version that saw it.
+CONFIDENCE_ORDER: tuple[Confidence, ...] = ("assumed", "inferred", "observed", "measured", "documented")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class Evidence:
     # The profile keys the claim backs (``tls.roots``, ``dns.resolver``, ``roots.isrg-root-yr``, ...):
     # how a failed fling finds the claims it contradicts.
     about: tuple[str, ...] = ()
+    when: str | None = None  # ISO 8601; required for ``measured``
+    bridge_version: str | None = None  # the companion-bridge that measured it; required for ``measured``
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null")}
 
 _PROFILE_KEYS = ("id", "name", "match", "transport", "media", "tls", "dns", "evidence", "notes")
-_EVIDENCE_KEYS = ("claim", "source", "confidence", "about")
+_EVIDENCE_KEYS = ("claim", "source", "confidence", "about", "when", "bridge_version")
 # What an evidence entry may be ``about`` (besides ``roots.<root name>``).
 ABOUT_FACETS: tuple[str, ...] = (
     "match", "transport", "media.https", "media.http", "tls.versions", "tls.ciphers", "tls.sni",
@@ -499,9 +502,32 @@ def _parse_evidence(r: _Reader, ev_y: _Y, where: str, about_refs: list[tuple[str
                 r.note(r.fail(line, key, f"unknown profile key {facet!r}{did_you_mean(facet, ABOUT_FACETS)} "
                                          f"(use one of {', '.join(ABOUT_FACETS)}, or roots.<root name>)"))
             about.append(facet)
+    when, bridge_version = _measured_fields(r, ev, ev_y, where, confidence)
     if len(r.problems) > before:
         return None
-    return Evidence(claim=claim, confidence=cast(Confidence, confidence), source=source, about=tuple(about))
+    return Evidence(claim=claim, confidence=cast(Confidence, confidence), source=source, about=tuple(about),
+                    when=when, bridge_version=bridge_version)
+
+
+def _measured_fields(r: _Reader, ev: dict[str, _Y], ev_y: _Y, where: str,
+                     confidence: str) -> tuple[str | None, str | None]:
+    """``when`` (an ISO 8601 time) and ``bridge_version``; a ``measured`` claim needs both. Each
+    problem is recorded on ``r``."""
+    when = r.attempt(lambda: r.string(ev["when"], f"{where}.when"), None) if "when" in ev else None
+    if when is not None:
+        try:
+            datetime.fromisoformat(when)
+        except ValueError:
+            r.note(r.fail(ev["when"].line, f"{where}.when",
+                          f"expected an ISO 8601 time such as \"2026-12-03T09:30:00+00:00\", got {when!r}"))
+    version = (r.attempt(lambda: r.string(ev["bridge_version"], f"{where}.bridge_version"), None)
+               if "bridge_version" in ev else None)
+    if confidence == "measured":
+        for key in ("when", "bridge_version"):
+            if key not in ev:
+                r.note(r.fail(ev_y.line, f"{where}.{key}", "a 'measured' claim says when it was measured and "
+                                                           "with which bridge version (when, bridge_version)"))
+    return when, version
 
 
 def _parse_tls(r: _Reader, tls_y: _Y | None, id_line: int) -> tuple[TlsCaps, RootsSpec, _RootRefs]:
