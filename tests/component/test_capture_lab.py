@@ -1,0 +1,268 @@
+"""The capture lab endpoint against TLS clients whose behaviour we set: Python ssl clients (versions,
+cipher lists, trust, an AIA fetcher of our own), ``openssl s_client`` and curl. What the lab records
+must be what each client was set to do."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import subprocess
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
+
+from companion.lab.capture import lab_app
+from companion.lab.media import make_tone
+from companion.lab.pki import LabPki
+from companion.lab.server import ENDPOINTS, Handshake, LabServer
+from companion.proto import plexdirect
+from tests.helpers import until
+
+LOOPBACK = "127.0.0.1"
+EP = {e.name: e for e in ENDPOINTS}
+
+
+@dataclass
+class Lab:
+    server: LabServer
+    pki: LabPki
+    name: str
+
+    def serve(self, endpoint: str) -> None:
+        self.server.serve(EP[endpoint], self.name, (self.name, LOOPBACK))
+
+    async def run(self, client: Callable[[], str]) -> list[Handshake]:
+        """Run one client (a blocking callable, in a thread); return the handshakes it made, all ended."""
+        first = self.server.handshakes[-1].id if self.server.handshakes else 0
+        self.verdict = await asyncio.to_thread(client)
+        await until(lambda: all(h.done for h in self.server.handshakes if h.id > first), 10,
+                    message="every handshake of the client ended")
+        return [h for h in self.server.handshakes if h.id > first]
+
+
+@pytest.fixture
+async def lab() -> AsyncIterator[Lab]:
+    pki = LabPki()
+    server = LabServer(pki, lab_app("lab-test", {"100": "tone"}, make_tone(0.5), 500), bind=LOOPBACK, port=0)
+    await server.start()
+    try:
+        yield Lab(server, pki, plexdirect.build_name(LOOPBACK, pki.hash))
+    finally:
+        await server.stop()
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+def python_client(port: int, name: str, *, min_version: ssl.TLSVersion | None = None,
+                  max_version: ssl.TLSVersion | None = None, ciphers: str | None = None,
+                  trust: bytes | None = None, alpn: list[str] | None = None, agent: str = "py-test") -> str:
+    """A blocking Python ssl client (what urllib does); returns 'ok' or the error's reason."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if min_version:
+        ctx.minimum_version = min_version
+    if max_version:
+        ctx.maximum_version = max_version
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    if trust:
+        ctx.load_verify_locations(cadata=trust.decode())
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=10) as sock, \
+                ctx.wrap_socket(sock, server_hostname=name) as tls:
+            tls.sendall(f"GET /identity HTTP/1.1\r\nHost: {name}\r\nUser-Agent: {agent}\r\n"
+                        "Connection: close\r\n\r\n".encode())
+            reply = b""
+            while chunk := tls.recv(65536):
+                reply += chunk
+            return "ok" if reply.startswith(b"HTTP/1.1 200") else "bad reply"
+    except ssl.SSLError as exc:
+        return exc.reason or str(exc)
+
+
+def aia_following_client(port: int, name: str, trust: bytes) -> str:
+    """A Python client that, when the chain cannot be verified, fetches the missing issuer from the
+    leaf's AIA "CA Issuers" URL and tries again with it (what Windows and Android do)."""
+    first = python_client(port, name, trust=trust, agent="py-aia")
+    if first != "CERTIFICATE_VERIFY_FAILED":
+        return first
+    look = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    look.check_hostname = False
+    look.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock, \
+            look.wrap_socket(sock, server_hostname=name) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    leaf = x509.load_der_x509_certificate(der)
+    aia = leaf.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_INFORMATION_ACCESS).value
+    url = next(d.access_location.value for d in aia if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS)
+    parts = urllib.parse.urlsplit(url)
+    # The name resolves to the lab (as the device's resolver would answer for plex.direct).
+    with socket.create_connection((LOOPBACK, parts.port or 80), timeout=10) as sock:
+        sock.sendall(f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: py-aia\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    issuer = x509.load_der_x509_certificate(reply.split(b"\r\n\r\n", 1)[1])
+    return python_client(port, name, trust=trust + issuer.public_bytes(serialization.Encoding.PEM), agent="py-aia")
+
+
+def run(cmd: list[str]) -> str:
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)
+    return f"exit {done.returncode}"
+
+
+def only(shakes: list[Handshake]) -> Handshake:
+    assert len(shakes) == 1, [s.to_json() for s in shakes]
+    assert shakes[0].hello is not None, shakes[0].hello_error
+    return shakes[0]
+
+
+# --- Python ssl ------------------------------------------------------------------------------
+
+
+async def test_python_tls12_client_with_two_ciphers_is_recorded_as_set_and_rejects_the_chain(lab: Lab) -> None:
+    lab.serve("rsa")
+    shake = only(await lab.run(lambda: python_client(
+        lab.server.port, lab.name, max_version=ssl.TLSVersion.TLSv1_2,
+        ciphers="ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384", alpn=["http/1.1"])))
+    assert lab.verdict == "CERTIFICATE_VERIFY_FAILED"
+    assert shake.hello.versions == ("1.2",)
+    assert shake.hello.openssl_ciphers == ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384")
+    assert (shake.hello.sni, shake.hello.alpn) == (lab.name, ("http/1.1",))
+    assert (shake.outcome, shake.alert) == ("alert", "unknown_ca")
+
+
+async def test_python_tls12_client_meets_a_tls13_only_endpoint_and_is_refused(lab: Lab) -> None:
+    lab.serve("tls13")
+    shake = only(await lab.run(lambda: python_client(lab.server.port, lab.name,
+                                                     max_version=ssl.TLSVersion.TLSv1_2)))
+    assert shake.outcome == "refused", shake.to_json()
+    assert shake.server_reason == "UNSUPPORTED_PROTOCOL"
+
+
+async def test_python_tls13_client_that_trusts_the_lab_completes_and_its_request_is_seen(lab: Lab) -> None:
+    trust = lab.pki.roots_pem
+    for endpoint, version in (("rsa", "TLSv1.3"), ("ecdsa", "TLSv1.3"), ("tls13", "TLSv1.3")):
+        lab.serve(endpoint)
+        shake = only(await lab.run(lambda: python_client(lab.server.port, lab.name, trust=trust,
+                                                         min_version=ssl.TLSVersion.TLSv1_3, agent="py13")))
+        assert lab.verdict == "ok"
+        assert shake.hello.versions == ("1.3",)
+        assert (shake.outcome, shake.version, shake.user_agent, shake.paths) == (
+            "completed", version, "py13", ["/identity"]), endpoint
+    lab.serve("tls12")
+    shake = only(await lab.run(lambda: python_client(lab.server.port, lab.name, trust=trust,
+                                                     min_version=ssl.TLSVersion.TLSv1_3)))
+    assert shake.outcome == "refused"
+
+
+async def test_a_client_that_follows_aia_is_recorded_fetching_the_intermediate(lab: Lab) -> None:
+    lab.serve("aia")
+    shakes = await lab.run(lambda: aia_following_client(lab.server.port, lab.name, lab.pki.root_pem("rsa")))
+    assert lab.verdict == "ok"
+    assert [s.outcome for s in shakes] == ["alert", "completed", "completed"]
+    assert shakes[0].alert == "unknown_ca"
+    assert [(f.path, f.user_agent) for f in lab.server.fetches] == [(lab.server.aia_path("rsa"), "py-aia")]
+    assert shakes[-1].paths == ["/identity"]
+
+
+async def test_a_client_that_does_not_follow_aia_is_recorded_without_a_fetch(lab: Lab) -> None:
+    lab.serve("aia")
+    shake = only(await lab.run(lambda: python_client(lab.server.port, lab.name, trust=lab.pki.root_pem("rsa"))))
+    assert (shake.outcome, shake.alert) == ("alert", "unknown_ca")
+    assert not lab.server.fetches
+
+
+# --- openssl s_client and curl ---------------------------------------------------------------
+
+
+async def test_openssl_s_client_is_recorded_as_configured(lab: Lab) -> None:
+    lab.serve("rsa")
+    shake = only(await lab.run(lambda: run([
+        "openssl", "s_client", "-connect", f"{LOOPBACK}:{lab.server.port}", "-servername", lab.name, "-tls1_2",
+        "-cipher", "ECDHE-RSA-AES256-GCM-SHA384", "-alpn", "http/1.1", "-verify_return_error"])))
+    assert lab.verdict != "exit 0"
+    assert shake.hello.versions == ("1.2",)
+    assert shake.hello.openssl_ciphers == ("ECDHE-RSA-AES256-GCM-SHA384",)
+    assert (shake.hello.sni, shake.hello.alpn) == (lab.name, ("http/1.1",))
+    assert (shake.outcome, shake.alert) == ("alert", "unknown_ca")
+
+
+async def test_openssl_s_client_without_sni_and_ecdsa_only_suites(lab: Lab) -> None:
+    lab.serve("ecdsa")
+    shake = only(await lab.run(lambda: run([
+        "openssl", "s_client", "-connect", f"{LOOPBACK}:{lab.server.port}", "-noservername", "-tls1_2",
+        "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256", "-verify_return_error"])))
+    assert shake.hello.sni is None
+    assert shake.hello.openssl_ciphers == ("ECDHE-ECDSA-AES128-GCM-SHA256",)
+    assert (shake.outcome, shake.alert) == ("alert", "unknown_ca")  # it got as far as our ECDSA chain
+
+
+async def test_curl_tls13_with_one_suite_rejects_the_chain_with_an_encrypted_alert(lab: Lab) -> None:
+    lab.serve("rsa")
+    url = f"https://{lab.name}:{lab.server.port}/identity"
+    resolve = f"{lab.name}:{lab.server.port}:{LOOPBACK}"
+    shake = only(await lab.run(lambda: run([
+        "curl", "-sS", "-o", "/dev/null", "--http1.1", "--tlsv1.3", "--tls13-ciphers", "TLS_AES_128_GCM_SHA256",
+        "--resolve", resolve, url])))
+    assert lab.verdict == "exit 60"  # curl: peer certificate cannot be authenticated
+    assert shake.hello.versions == ("1.3",)
+    assert [c for c in shake.hello.cipher_names if c.startswith("TLS_AES") or "CHACHA" in c] == \
+        ["TLS_AES_128_GCM_SHA256"]
+    assert shake.hello.alpn == ("http/1.1",)
+    # TLS 1.3: the alert is encrypted; OpenSSL decrypts it and names it.
+    assert (shake.outcome, shake.alert) == ("alert", "unknown_ca")
+
+
+async def test_curl_that_trusts_the_lab_completes_and_does_not_follow_aia(lab: Lab, tmp_path) -> None:
+    ca = tmp_path / "lab-root.pem"
+    ca.write_bytes(lab.pki.root_pem("rsa"))
+    resolve = f"{lab.name}:{lab.server.port}:{LOOPBACK}"
+    url = f"https://{lab.name}:{lab.server.port}/identity"
+    lab.serve("tls12")
+    shake = only(await lab.run(lambda: run(["curl", "-sS", "-o", "/dev/null", "--cacert", str(ca), "--resolve",
+                                            resolve, url])))
+    assert lab.verdict == "exit 0"
+    assert (shake.outcome, shake.version, shake.paths) == ("completed", "TLSv1.2", ["/identity"])
+    assert shake.user_agent.startswith("curl/")
+    lab.serve("aia")
+    shake = only(await lab.run(lambda: run(["curl", "-sS", "-o", "/dev/null", "--cacert", str(ca), "--resolve",
+                                            resolve, url])))
+    assert (shake.outcome, shake.alert) == ("alert", "unknown_ca")
+    assert not lab.server.fetches
+
+
+# --- the endpoint itself ---------------------------------------------------------------------
+
+
+async def test_garbage_and_silence_are_ended_without_harm(lab: Lab) -> None:
+    lab.serve("rsa")
+    reader, writer = await asyncio.open_connection(LOOPBACK, lab.server.port)
+    writer.write(b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00")  # a handshake record that is no ClientHello
+    await writer.drain()
+    await until(lambda: bool(lab.server.handshakes) and lab.server.handshakes[-1].done, 10,
+                message="the bogus handshake ended")
+    shake = lab.server.handshakes[-1]
+    assert shake.hello is None and "not a ClientHello" in shake.hello_error
+    assert shake.outcome in ("refused", "closed")
+    assert len(await reader.read()) < 100  # at most our alert, then the lab closes its side
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    # Plain HTTP that is not an AIA path gets an answer from the app, and is recorded.
+    reader, writer = await asyncio.open_connection(LOOPBACK, lab.server.port)
+    writer.write(b"GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert [f.path for f in lab.server.fetches] == ["/nothing"]
