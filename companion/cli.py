@@ -523,7 +523,8 @@ def _capture_target(config: Config, target: str) -> Any:
                              port=int(row.get("port", 0)), kind=str(row.get("kind", "companion")),
                              base_profile=base)
     raise CompanionError(f"unknown target {target!r}: give IP:PORT of a Companion player, a configured target, "
-                         "or one the running daemon bridges (see http://localhost:32480/api/targets)")
+                         f"or one the running daemon bridges (see http://localhost:{config.http.admin_port}"
+                         "/api/targets)")
 
 
 async def _capture(config: Config, args: argparse.Namespace) -> int:

@@ -65,7 +65,9 @@ class StepResult:
 
     @property
     def played(self) -> bool:
-        return "playing" in self.states
+        """The timeline said playing and the stream was really fetched over a completed handshake (a
+        player may report playing before it has fetched anything, or fail after)."""
+        return "playing" in self.states and stream_fetched(self.handshakes)
 
     @property
     def aia_fetched(self) -> bool:
@@ -100,6 +102,12 @@ class CaptureResult:
                 "bridge_version": self.bridge_version, "lab_hash": self.lab_hash,
                 "seconds": round(self.seconds, 2), "steps": [s.to_json() for s in self.steps],
                 "notes": list(self.notes)}
+
+
+def stream_fetched(handshakes: list[Handshake]) -> bool:
+    """Did a client ask for the test stream over a completed handshake?"""
+    return any(h.outcome == "completed" and any(p.startswith("/library/parts/") for p in h.paths)
+               for h in handshakes)
 
 
 def player_facts(body: bytes) -> dict[str, str]:
@@ -316,12 +324,12 @@ class Capture:
         self._last_change = time.monotonic()
         while True:
             now = time.monotonic()
-            if "playing" in self._states:
+            shakes = [h for h in lab.handshakes if h.id > first_shake]
+            if "playing" in self._states and stream_fetched(shakes):
                 return
             remaining = self.step_timeout - (now - began)
             if remaining <= 0:
                 return
-            shakes = [h for h in lab.handshakes if h.id > first_shake]
             settled = bool(shakes) and all(h.done for h in shakes) and (
                 not any(h.outcome == "completed" for h in shakes) or self._states[-1:] == ["stopped"])
             if settled and now - self._last_change >= self.quiet:
