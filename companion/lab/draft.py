@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ class Client:
     hello: ClientHelloFacts
     agents: list[str] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)
+    requested: int = 0  # completed handshakes that carried a request: the chain was accepted
+    silent: int = 0  # completed handshakes closed without a request
 
     @property
     def label(self) -> str:
@@ -53,6 +56,11 @@ def clients(steps: Iterable[StepResult]) -> list[Client]:
             if shake.user_agent and shake.user_agent not in client.agents:
                 client.agents.append(shake.user_agent)
             client.outcomes.append(_ending(shake))
+            if shake.outcome == "completed":
+                if shake.paths:
+                    client.requested += 1
+                else:
+                    client.silent += 1
     return list(found.values())
 
 
@@ -113,7 +121,9 @@ def build_draft(result: CaptureResult, base: Profile, profile_id: str) -> str:
                      f"{', '.join(c.hello.groups) or 'none'}; signature algorithms "
                      f"{', '.join(c.hello.signature_algorithms) or 'none'}; ALPN {', '.join(c.hello.alpn) or 'none'}; "
                      f"extensions {', '.join(c.hello.extensions) or 'none'} (fingerprint {c.hello.fingerprint})")
-            measured(f"{c.label}: handshakes with the lab's private chains ended: {', '.join(c.outcomes)}")
+            counts = Counter(c.outcomes)
+            measured(f"{c.label}: handshakes with the lab's private chains ended: "
+                     + ", ".join(f"{ending} x{n}" for ending, n in counts.items()))
         if TLS_VERSIONS.index(hi) <= TLS_VERSIONS.index("1.2"):
             common = [name for name in found[0].hello.openssl_ciphers if not _TLS13_SUITES.match(name)]
             for c in found[1:]:
@@ -154,16 +164,14 @@ def build_draft(result: CaptureResult, base: Profile, profile_id: str) -> str:
                 measured(f"a TLS {version}-only server " + ("gets as far as certificate verification" if got
                                                             else "is refused"))
     # A request after the handshake means the chain was accepted. A client may also finish the
-    # handshake and judge the certificate afterwards (ffmpeg's GnuTLS backend does), then hang up.
-    accepted = [h for s in result.steps for h in s.handshakes if h.outcome == "completed" and h.paths]
-    if accepted:
-        who = sorted({h.user_agent or "a client" for h in accepted})
-        measured(f"requests sent over the lab's private chains, which no device trusts: {', '.join(who)} "
-                 "does not verify the server's certificate (or was made to trust the lab root)")
-    silent = [h for s in result.steps for h in s.handshakes if h.outcome == "completed" and not h.paths]
-    if silent and not accepted:
-        measured(f"{len(silent)} handshake(s) completed and then closed without a request: the client "
-                 "judges the certificate after the handshake")
+    # handshake and judge the certificate afterwards (FFmpeg's GnuTLS backend does), then hang up.
+    for c in found:
+        if c.requested:
+            measured(f"{c.label} sent requests over the lab's private chains, which no device trusts: it does "
+                     "not verify the server's certificate (or was made to trust the lab root)")
+        elif c.silent:
+            measured(f"{c.label} completed {c.silent} handshake(s) and closed without a request: it judges the "
+                     "certificate after the handshake, so only its silence shows a refusal")
     if any(s.played for s in result.steps):
         https = True
         measured("plays the https test stream: " + ", ".join(s.endpoint.name for s in result.steps if s.played))

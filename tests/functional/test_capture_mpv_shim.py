@@ -183,9 +183,10 @@ async def test_capture_through_a_shim_that_trusts_the_lab_sees_both_tls_stacks_a
     assert any("libmpv" in e["claim"] and "does not verify" in e["claim"] for e in draft["evidence"])
 
 
-async def test_libmpv_set_to_verify_is_recorded_refusing_the_lab_chain(tmp_path: Path) -> None:
-    """mpv with tls-verify=yes and a CA file without the lab root: the lab records libmpv's hello
-    and its refusal of the chain (the API leg trusts the lab, so the media leg is reached)."""
+async def test_libmpv_set_to_verify_is_recorded_completing_the_handshake_but_never_asking(tmp_path: Path) -> None:
+    """mpv with tls-verify=yes and a CA file without the lab root (the API leg trusts the lab, so
+    the media leg is reached): FFmpeg's GnuTLS backend checks the certificate after the handshake,
+    so the lab sees libmpv's hello and a completed handshake that is closed without a request."""
     pki = LabPki()
     name = plexdirect.build_name(LOOPBACK, pki.hash)
     ca = tmp_path / "mpv-ca.pem"
@@ -201,5 +202,7 @@ async def test_libmpv_set_to_verify_is_recorded_refusing_the_lab_chain(tmp_path:
     mpv = [h for h in step.handshakes if h.hello is not None and h.hello.fingerprint not in
            {x.hello.fingerprint for x in step.handshakes if x.user_agent.startswith("Python-urllib")}]
     assert mpv, [h.to_json() for h in step.handshakes]
-    assert all(h.paths == [] for h in mpv)  # it never asked for the stream over a chain it refused
-    assert {h.outcome for h in mpv} <= {"alert", "closed", "completed"}
+    assert {(h.outcome, tuple(h.paths)) for h in mpv} == {("completed", ())}  # never asked for the stream
+    assert mpv[0].hello is not None and mpv[0].hello.versions == ("1.3", "1.2", "1.1", "1.0")
+    draft = build_draft(result, load_profiles().get("default"), "verifying-mpv")
+    assert "closed without a request: it judges the certificate after the handshake" in draft
