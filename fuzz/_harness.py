@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
 
 with atheris.instrument_imports(include=["companion"]):
     import companion.config
+    import companion.lab.hello
     import companion.proto.companion
     import companion.proto.gdm
     import companion.proto.timeline

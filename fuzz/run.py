@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "tests" / "data"
 
-HARNESSES = ("gdm", "companion", "timeline", "config", "profile")
+HARNESSES = ("gdm", "companion", "timeline", "config", "profile", "clienthello")
 
 # Seed inputs beyond tests/data: each is one corpus file.
 _INLINE_SEEDS: dict[str, list[bytes]] = {
@@ -37,7 +37,33 @@ _INLINE_SEEDS: dict[str, list[bytes]] = {
         b"timeouts: {command: 2.5, target_expiry: 60}\nprofiles: {tv: roku}\naudit_retention_days: 30\n",
     ],
     "companion": [b"\x00" * 64, bytes(range(256))],
+    "clienthello": [],  # filled below with real ClientHellos from this machine's OpenSSL
 }
+
+
+def _client_hellos() -> list[bytes]:
+    """What OpenSSL clients send first, for a few settings (TLS 1.2 only, 1.3 only, defaults with ALPN)."""
+    import ssl
+
+    seeds = []
+    for low, high, alpn in ((None, ssl.TLSVersion.TLSv1_2, None), (ssl.TLSVersion.TLSv1_3, None, None),
+                            (None, None, ["http/1.1", "h2"])):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if low:
+            ctx.minimum_version = low
+        if high:
+            ctx.maximum_version = high
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        try:
+            ctx.wrap_bio(incoming, outgoing, server_hostname="10-0-0-2.abc.plex.direct").do_handshake()
+        except ssl.SSLWantReadError:
+            seeds.append(outgoing.read())
+    return seeds
+
+
+_INLINE_SEEDS["clienthello"] = _client_hellos()
 
 _DICTS: dict[str, list[str]] = {
     "gdm": ["M-SEARCH * HTTP/1.1", "M-SEARCH * HTTP/1.0", "HTTP/1.0 200 OK", "HELLO * HTTP/1.0",

@@ -225,7 +225,12 @@ class Capture:
         listener = TimelineListener(bind=self._listener_bind)
         adapter: CompanionPlayerTarget | None = None
         try:
-            await lab.start()
+            try:
+                await lab.start()
+            except OSError as exc:
+                raise CompanionError(f"cannot listen on the lab port {self._lab_port} ({exc.strerror or exc}); "
+                                     "is another capture running? (lab.port, or --port 0 for any free port)"
+                                     ) from exc
             await listener.start()
             result.player = await self._resources(session)
             if result.player.get("title") and self.target.name == f"{self.target.address}:{self.target.port}":
@@ -372,5 +377,7 @@ def summarize(step: StepResult) -> str:
         parts.append("no TLS connection")
     if step.aia_fetched:
         parts.append("fetched the intermediate from the AIA URL")
+    if step.states:
+        parts.append("timeline " + " > ".join(step.states))
     parts.append("played" if step.played else "did not play")
     return "; ".join(parts)

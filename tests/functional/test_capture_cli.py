@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 from pathlib import Path
 
 import yaml
@@ -65,3 +66,16 @@ async def test_capture_of_an_unknown_target_says_what_to_give(tmp_path: Path) ->
     code, _, err = await companion("--config", str(cli_config), "profiles", "capture", "127.0.0.1:1",
                                    "--out", str(tmp_path / "Bad Name.yaml"))
     assert code == 1 and "the file name is the profile id" in err
+
+
+async def test_a_lab_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    cli_config = tmp_path / "cli.yaml"
+    cli_config.write_text(f"http: {{bind: 127.0.0.1, admin_port: 0}}\nstate_dir: {tmp_path / 'state'}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = await companion("--config", str(cli_config), "profiles", "capture", "127.0.0.1:9",
+                                       "--port", str(port), "--out", str(tmp_path / "x.yaml"))
+    assert code == 1
+    assert f"cannot listen on the lab port {port}" in err and "Traceback" not in err

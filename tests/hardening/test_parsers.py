@@ -23,7 +23,7 @@ def test_every_parser_survives_two_seconds_of_coverage_guided_fuzzing(tmp_path: 
          "--ignore-known", "--artifacts", str(tmp_path / "artifacts")],
         capture_output=True, text=True, timeout=60, check=False)
     results = json.loads(proc.stdout)
-    assert {r["parser"] for r in results} == {"gdm", "companion", "timeline", "config", "profile"}
+    assert {r["parser"] for r in results} == {"gdm", "companion", "timeline", "config", "profile", "clienthello"}
     crashes = {r["parser"]: r["detail"] for r in results if r["crashed"]}
     assert crashes == {}, "\n\n".join(f"{k}:\n{v}" for k, v in crashes.items())
     assert all(r["executions"] > 100 for r in results), results
