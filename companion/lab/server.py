@@ -270,6 +270,11 @@ class LabServer:
                     await self._plain(first, reader, writer, peer)
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             log.debug("lab connection from %s ended: %s", peer, exc)
+        except asyncio.CancelledError:
+            # stop() ends connections this way. The task is the top of its connection, and
+            # asyncio's start_server callback (3.11) calls task.exception(), which raises for a
+            # cancelled task and gets logged as an error: so end it normally.
+            pass
         finally:
             self._connections.discard(task)
             writer.close()
@@ -369,10 +374,12 @@ class LabServer:
                 tls.write(data)
                 await _flush(outgoing, writer)
 
-        await _first_of(upstream(), downstream())
-        app_writer.close()
-        with contextlib.suppress(OSError):
-            await app_writer.wait_closed()
+        try:
+            await _first_of(upstream(), downstream())
+        finally:  # also when the lab stops (cancelled) in the middle of a relay
+            app_writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await app_writer.wait_closed()
 
     def _note(self, shake: Handshake, plain: bytes) -> None:
         lines, agent = _request_facts(plain)
@@ -414,10 +421,12 @@ class LabServer:
                 writer.write(data)
                 await writer.drain()
 
-        await _first_of(upstream(), downstream())
-        app_writer.close()
-        with contextlib.suppress(OSError):
-            await app_writer.wait_closed()
+        try:
+            await _first_of(upstream(), downstream())
+        finally:  # also when the lab stops (cancelled) in the middle of a relay
+            app_writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await app_writer.wait_closed()
 
 
 async def _flush(outgoing: ssl.MemoryBIO, writer: asyncio.StreamWriter) -> None:

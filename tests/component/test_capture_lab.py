@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import ssl
 import subprocess
 import urllib.parse
+import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -266,3 +269,23 @@ async def test_garbage_and_silence_are_ended_without_harm(lab: Lab) -> None:
     assert (await reader.read()).startswith(b"HTTP/1.1 200")
     writer.close()
     assert [f.path for f in lab.server.fetches] == ["/nothing"]
+
+
+async def test_stopping_the_lab_mid_relay_closes_every_connection(tmp_path: Path) -> None:
+    pki = LabPki()
+    server = LabServer(pki, lab_app("lab-test", {"100": "tone"}, make_tone(0.5), 500), bind=LOOPBACK, port=0)
+    await server.start()
+    server.serve(EP["rsa"], "lab.test", ("lab.test", LOOPBACK))
+    ctx = ssl.create_default_context(cadata=pki.roots_pem.decode())
+    reader, writer = await asyncio.open_connection(LOOPBACK, server.port, ssl=ctx, server_hostname="lab.test")
+    writer.write(b"GET /identity HTTP/1.1\r\nHost: lab.test\r\n\r\n")  # keep-alive: the relay stays open
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await server.stop()
+        assert (await reader.read()).endswith(b"/>")  # the rest of the answer, then the lab hung up
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
