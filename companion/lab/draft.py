@@ -97,9 +97,9 @@ def build_draft(result: CaptureResult, base: Profile, profile_id: str) -> str:
     when = result.started.isoformat(timespec="seconds")
     claims: list[str] = []
 
-    def measured(claim: str) -> None:
+    def measured(claim: str, *about: str) -> None:
         claims.append(f"  - {{claim: {_q(claim)}, source: {_q(SOURCE)}, confidence: measured, "
-                      f"when: {_q(when)}, bridge_version: {_q(result.bridge_version)}}}")
+                      f"when: {_q(when)}, bridge_version: {_q(result.bridge_version)}{_about(about)}}}")
 
     found = clients(result.steps)
     tls = base.tls
@@ -120,7 +120,8 @@ def build_draft(result: CaptureResult, base: Profile, profile_id: str) -> str:
             measured(f"{c.label} offers TLS {offered}; {len(c.hello.cipher_suites)} cipher suites; groups "
                      f"{', '.join(c.hello.groups) or 'none'}; signature algorithms "
                      f"{', '.join(c.hello.signature_algorithms) or 'none'}; ALPN {', '.join(c.hello.alpn) or 'none'}; "
-                     f"extensions {', '.join(c.hello.extensions) or 'none'} (fingerprint {c.hello.fingerprint})")
+                     f"extensions {', '.join(c.hello.extensions) or 'none'} (fingerprint {c.hello.fingerprint})",
+                     "tls.versions", "tls.ciphers")
             counts = Counter(c.outcomes)
             measured(f"{c.label}: handshakes with the lab's private chains ended: "
                      + ", ".join(f"{ending} x{n}" for ending, n in counts.items()))
@@ -136,7 +137,7 @@ def build_draft(result: CaptureResult, base: Profile, profile_id: str) -> str:
         hellos = [h.hello for s in named for h in s.handshakes if h.hello is not None]
         if hellos:
             sni = all(h.hello.sni == s.host for s in named for h in s.handshakes if h.hello is not None)
-            measured(f"SNI {'sent' if sni else 'not sent'} for the name {named[0].host}")
+            measured(f"SNI {'sent' if sni else 'not sent'} for the name {named[0].host}", "tls.sni")
         else:
             kept.append("tls.sni")
     else:
@@ -148,21 +149,22 @@ def build_draft(result: CaptureResult, base: Profile, profile_id: str) -> str:
     else:
         ecdsa = reached
         measured("an ECDSA chain " + ("gets as far as certificate verification" if reached else
-                                      "ends the handshake before certificate verification"))
+                                      "ends the handshake before certificate verification"), "tls.ecdsa")
     aia_step = _step(result, "aia")
     if aia_step is None or not aia_step.handshakes:
         kept.append("tls.follows_aia")
     else:
         follows_aia = aia_step.aia_fetched
         measured("the missing intermediate " + ("is fetched from the leaf's AIA CA Issuers URL" if follows_aia
-                                                 else "is not fetched from the leaf's AIA CA Issuers URL"))
+                                                 else "is not fetched from the leaf's AIA CA Issuers URL"),
+                 "tls.follows_aia")
     for name, version in (("tls12", "1.2"), ("tls13", "1.3")):
         step = _step(result, name)
         if step is not None:
             got = _reached_certificate(step.handshakes)
             if got is not None:
                 measured(f"a TLS {version}-only server " + ("gets as far as certificate verification" if got
-                                                            else "is refused"))
+                                                            else "is refused"), "tls.versions")
     # A request after the handshake means the chain was accepted. A client may also finish the
     # handshake and judge the certificate afterwards (FFmpeg's GnuTLS backend does), then hang up.
     for c in found:
@@ -174,7 +176,8 @@ def build_draft(result: CaptureResult, base: Profile, profile_id: str) -> str:
                      "certificate after the handshake, so only its silence shows a refusal")
     if any(s.played for s in result.steps):
         https = True
-        measured("plays the https test stream: " + ", ".join(s.endpoint.name for s in result.steps if s.played))
+        measured("plays the https test stream: " + ", ".join(s.endpoint.name for s in result.steps if s.played),
+                 "media.https")
     else:
         kept.append("media.https")
     confidence = base.confidence
@@ -183,7 +186,15 @@ def build_draft(result: CaptureResult, base: Profile, profile_id: str) -> str:
                   f"{', '.join(kept)} are kept from the base profile {base.id}")
     claims.append(f"  - {{claim: {_q(kept_claim)}, "
                   + (f"source: {_q(source)}, " if confidence != "assumed" else "")
-                  + f"confidence: {confidence}}}")
+                  + f"confidence: {confidence}{_about(kept)}}}")
+    # The base's own evidence for what is kept (its root claims above all) comes along unchanged.
+    for e in base.evidence:
+        if any(f in kept or f.startswith("roots.") for f in e.about):
+            claims.append(f"  - {{claim: {_q(e.claim)}, " + (f"source: {_q(e.source)}, " if e.source else "")
+                          + f"confidence: {e.confidence}"
+                          + (f", when: {_q(e.when)}" if e.when else "")
+                          + (f", bridge_version: {_q(e.bridge_version)}" if e.bridge_version else "")
+                          + f"{_about(e.about)}}}")
     player = result.player
     product = player.get("product", "")
     match = (f"  - {{product: {_q(product)}"
@@ -224,6 +235,11 @@ def build_draft(result: CaptureResult, base: Profile, profile_id: str) -> str:
              "the device trusts.", *result.notes]
     lines += [f"  {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _about(facets: Iterable[str]) -> str:
+    listed = list(facets)
+    return f", about: [{', '.join(listed)}]" if listed else ""
 
 
 def _b(value: bool) -> str:

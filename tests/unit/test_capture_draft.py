@@ -82,7 +82,15 @@ def test_a_tls12_device_that_rejects_ecdsa_and_follows_aia_gets_those_claims_mea
     assert "an ECDSA chain ends the handshake before certificate verification" in claims
     assert "the missing intermediate is fetched from the leaf's AIA CA Issuers URL" in claims
     kept = next(e for e in draft["evidence"] if "cannot show which public roots" in e["claim"])
-    assert "tls.roots" in kept["claim"] and kept["confidence"] == base.confidence
+    assert "tls.roots" in kept["claim"] and kept["confidence"] == base.confidence and "tls.roots" in kept["about"]
+    # The base's root claims come along as they are, with their sources.
+    base_roots = [e for e in base.evidence if any(f.startswith("roots.") for f in e.about)]
+    assert base_roots
+    for e in base_roots:
+        copied = next(d for d in draft["evidence"] if d["claim"] == e.claim)
+        assert (copied["confidence"], copied.get("source"), copied["about"]) == (e.confidence, e.source, list(e.about))
+    aia = next(e for e in draft["evidence"] if e["claim"].startswith("the missing intermediate"))
+    assert aia["about"] == ["tls.follows_aia"]
     for e in draft["evidence"]:
         if e["confidence"] == "measured":
             assert (e["when"], e["bridge_version"], e["source"]) == (
