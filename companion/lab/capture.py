@@ -351,7 +351,9 @@ class Capture:
                                              address="127.0.0.1"))
         with contextlib.suppress(CompanionError):
             await adapter.send(stop)
-        deadline = time.monotonic() + self.command_timeout
+        # A player may take a while to wind down (end its stream, report stopped); the next fling
+        # must not land in the middle of that.
+        deadline = time.monotonic() + max(self.command_timeout, 15.0)
         while self._states[-1:] != ["stopped"] and time.monotonic() < deadline:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -156,12 +156,12 @@ async def test_capture_through_a_shim_that_trusts_the_lab_sees_both_tls_stacks_a
         lines: list[str] = []
         capture = Capture(CaptureTarget(f"{LOOPBACK}:{shim.port}", LOOPBACK, shim.port),
                           bridge_address=LOOPBACK, lab_bind=LOOPBACK, listener_bind=LOOPBACK, pki=pki,
-                          step_timeout=30, progress=lines.append)
+                          step_timeout=60, progress=lines.append)  # bounds; a step ends when it played
         result = await capture.run()
     steps = {s.endpoint.name: s for s in result.steps}
     assert all(s.host == name for s in result.steps)
     for played in ("rsa", "ecdsa", "tls12", "tls13"):
-        assert steps[played].played, (played, lines, shim.log())
+        assert steps[played].played, f"{played} did not play:\n" + "\n".join(lines) + "\n--- shim log:\n" + shim.log()
     stacks = {c.label: c for c in clients(result.steps)}
     assert set(stacks) == {"Python-urllib/3.11", "libmpv"}, list(stacks)
     urllib_hello, mpv_hello = stacks["Python-urllib/3.11"].hello, stacks["libmpv"].hello
@@ -195,7 +195,7 @@ async def test_libmpv_set_to_verify_is_recorded_completing_the_handshake_but_nev
                     mpv={"tls-verify": "yes", "tls-ca-file": str(ca)}) as shim:
         capture = Capture(CaptureTarget(f"{LOOPBACK}:{shim.port}", LOOPBACK, shim.port),
                           bridge_address=LOOPBACK, lab_bind=LOOPBACK, listener_bind=LOOPBACK, pki=pki,
-                          endpoints=ENDPOINTS[:1], step_timeout=30)
+                          endpoints=ENDPOINTS[:1], step_timeout=60)
         result = await capture.run()
     (step,) = result.steps
     assert not step.played
