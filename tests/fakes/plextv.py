@@ -139,6 +139,15 @@ class FakePlexTv:
         self._claim_pin(pin)
         return pin
 
+    def issue_account_token(self, client_id: str = "linked-bridge") -> str:
+        """A token as a finished ``companion link`` would hold (a PIN of ``client_id``, claimed)."""
+        pin = FakePin(self._next_id(), "LINK", client_id, {"X-Plex-Product": "companion-bridge",
+                                                           "X-Plex-Device-Name": "test-bridge"}, time.time(), 900)
+        self.pins[pin.id] = pin
+        self._claim_pin(pin)
+        assert pin.auth_token is not None
+        return pin.auth_token
+
     def tokens(self) -> set[str]:
         return {t for d in self.devices.values() for t in d.tokens}
 

@@ -1,0 +1,171 @@
+"""The whole daemon with an account linked, against FakePlexTv: python-plexapi's MyPlexAccount sees
+every face as a player resource with its LAN connection, and the PlexClient built from that resource
+plays on the player through the face; the page shows the account name only; the account token never
+reaches a target, a server, a fling or the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+from plexapi.myplex import MyPlexAccount, MyPlexResource
+
+from companion.admin import api as admin_api
+from companion.admin.page import render_page
+from companion.bridge import Bridge, face_identifier
+from companion.config import Config
+from companion.errors import PolicyRefusal
+from companion.plextv.store import AccountToken, PlexTvStore
+from tests.fakes.companion_player import FakeCompanionPlayer
+from tests.fakes.plex_server import FakePlexServer
+from tests.fakes.plextv import FakePlexTv
+from tests.helpers import bridge_config, until
+from tests.lab import TOKEN, plex_server, write_test_profiles
+
+NAMES = ("Lab Living Room", "Lab Kitchen")
+
+
+@pytest.fixture
+async def plextv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakePlexTv]:
+    async with FakePlexTv() as fake:
+        # The daemon trusts the system store; OpenSSL's SSL_CERT_FILE makes that the fake's CA here.
+        monkeypatch.setenv("SSL_CERT_FILE", fake.write_ca(tmp_path / "plextv-ca.pem"))
+        yield fake
+
+
+@pytest.fixture
+async def players() -> AsyncIterator[list[FakeCompanionPlayer]]:
+    made = [FakeCompanionPlayer(name=n, product="Lab TV") for n in NAMES]
+    for p in made:
+        await p.start()
+    yield made
+    for p in made:
+        await p.stop()
+
+
+@pytest.fixture
+def plexapi_at_fake(plextv: FakePlexTv, monkeypatch: pytest.MonkeyPatch,
+                    tmp_path: Path) -> Iterator[requests.Session]:
+    """python-plexapi keeps plex.tv's URLs as class attributes (MyPlexAccount.key, MyPlexResource.key)."""
+    monkeypatch.setattr(MyPlexAccount, "key", f"{plextv.url}/api/v2/user")
+    monkeypatch.setattr(MyPlexResource, "key", f"{plextv.url}/api/v2/resources?includeHttps=1&includeRelay=1")
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = plextv.write_ca(tmp_path / "plexapi-ca.pem")
+    yield session
+    session.close()
+
+
+def linked_config(tmp_path: Path, plextv: FakePlexTv, server: FakePlexServer,
+                  players: list[FakeCompanionPlayer]) -> Config:
+    write_test_profiles(tmp_path / "profiles", server)
+    targets = "\n".join(f"  - {{name: {p.name}, address: 127.0.0.1, port: {p.port}, profile: lab-secure-tv}}"
+                        for p in players)
+    return bridge_config(tmp_path, f"""
+plextv: {{enabled: true, url: "{plextv.url}", refresh_interval: 60}}
+servers:
+  - {{url: "https://127.0.0.1:{server.port}", token: "{TOKEN}"}}
+targets:
+{targets}
+profiles_dirs: [{tmp_path / "profiles"}]
+security: {{policy: preferred, relay: true}}
+""")
+
+
+async def test_plexapi_lists_every_face_as_a_player_resource_and_plays_through_it(
+        tmp_path: Path, plextv: FakePlexTv, server: FakePlexServer, players: list[FakeCompanionPlayer],
+        plexapi_at_fake: requests.Session, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    config = linked_config(tmp_path, plextv, server, players)
+    account_token = plextv.issue_account_token()
+    PlexTvStore(config.state_path).save(AccountToken(account_token))
+    bridge = Bridge(config)
+    await bridge.start()
+    pages: list[str] = []
+    try:
+        await until(lambda: len([d for d in plextv.players() if d.connections]) == 2, timeout=15,
+                    message="both faces registered on plex.tv with their connection")
+        account = await asyncio.to_thread(MyPlexAccount, token=account_token, session=plexapi_at_fake, timeout=5)
+        assert account.title == "Alice Example"
+        resources = await asyncio.to_thread(account.resources)
+        faces = {s.target.name: s for s in bridge.faces.values()}
+        by_id = {r.clientIdentifier: r for r in resources}
+        for name, slot in faces.items():
+            resource = by_id[face_identifier(slot.target.id)]
+            assert resource.name == f"{name} (bridge)"
+            assert set(resource.provides.split(",")) >= {"client", "player", "pubsub-player"}
+            assert resource.presence and resource.owned
+            assert [c.uri for c in resource.connections] == [f"http://127.0.0.1:{slot.face.port}"]
+
+        living = by_id[face_identifier(faces["Lab Living Room"].target.id)]
+        client = await asyncio.to_thread(living.connect, timeout=5)
+        assert client.title == "Lab Living Room (bridge)"
+        pms = await asyncio.to_thread(plex_server, server, tmp_path)
+        movie = await asyncio.to_thread(pms.fetchItem, 501)
+        await asyncio.to_thread(client.playMedia, movie, offset=2000)
+        await until(lambda: bool(players[0].received("playMedia")), timeout=5, message="the player got playMedia")
+        got = players[0].received("playMedia")[0].params
+        assert got["key"] == "/library/metadata/501" and got["protocol"] == "https"
+        client._session.close()
+        pms._session.close()
+
+        now = datetime.now(UTC)
+        rows = [admin_api.target_json(v) for v in admin_api.target_views(bridge, now)]
+        assert {r["name"]: r["plextv"]["connection"] for r in rows} == {
+            name: f"http://127.0.0.1:{slot.face.port}" for name, slot in faces.items()}
+        assert all(r["plextv"]["registered"] and r["plextv"]["account"] == "Alice Example" and
+                   r["plextv"]["last_refresh"] for r in rows), rows
+        health = admin_api.health_json(bridge, uptime=1.0, findings=(), findings_at=None)
+        page = render_page(name="test", version="0", health=health, targets=admin_api.target_views(bridge, now),
+                           servers=[], flings=(), findings=(), findings_at=None, now=now)
+        pages.append(page + json.dumps(rows) + json.dumps(health))
+        assert "plex.tv account: <strong>Alice Example</strong>" in page
+        assert page.count('data-plextv="registered"') == 2
+    finally:
+        await bridge.stop()
+    secrets = plextv.tokens() | {account_token}
+    assert account_token in secrets
+    for p in players:
+        for received in p.state.commands:
+            blob = repr(received)
+            assert not any(t in blob for t in secrets), "no plex.tv token reaches a target"
+    for request in server.requests:
+        assert not any(t in repr(request) for t in secrets), "no plex.tv token reaches a Plex server"
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    assert not any(t in logs for t in secrets), "no plex.tv token is logged"
+    assert not any(t in "".join(pages) for t in secrets), "the page and the API show the account name only"
+
+
+async def test_with_an_account_linked_the_relay_still_refuses_a_fling_without_a_server_token(
+        tmp_path: Path, plextv: FakePlexTv, server: FakePlexServer, players: list[FakeCompanionPlayer]) -> None:
+    write_test_profiles(tmp_path / "profiles", server)
+    config = bridge_config(tmp_path, f"""
+plextv: {{enabled: true, url: "{plextv.url}"}}
+servers:
+  - {{url: "https://127.0.0.1:{server.port}"}}
+targets:
+  - {{name: {players[0].name}, address: 127.0.0.1, port: {players[0].port}, profile: lab-old-tv}}
+profiles_dirs: [{tmp_path / "profiles"}]
+security: {{policy: preferred, relay: true}}
+""")
+    account_token = plextv.issue_account_token()
+    PlexTvStore(config.state_path).save(AccountToken(account_token))
+    bridge = Bridge(config)
+    await bridge.start()
+    try:
+        await until(lambda: len(plextv.players()) == 1 and bool(plextv.players()[0].connections), timeout=15,
+                    message="the face is registered, so the account token is in use")
+        (slot,) = bridge.faces.values()
+        (known,) = bridge.registry.servers()
+        with pytest.raises(PolicyRefusal, match="the relay needs the server's token"):
+            await bridge.fling_api(target_id=slot.target.id, server_id=known.id, key="/library/metadata/501")
+    finally:
+        await bridge.stop()
+    assert players[0].received("playMedia") == []
+    assert not any(account_token in repr(r) for r in server.requests), "the account token never reached the server"
