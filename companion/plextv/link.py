@@ -58,7 +58,7 @@ class _Progress:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.tty = out.isatty()
-        self._last = 0.0
+        self._last = -PROGRESS_EVERY  # the first line at once, then one every PROGRESS_EVERY
 
     def show(self, waited: float, left: float) -> None:
         if self.tty:
@@ -66,7 +66,7 @@ class _Progress:
             self.out.flush()
         elif waited - self._last >= PROGRESS_EVERY:
             self._last = waited
-            self.out.write(f"still waiting for the code to be entered ({waited:.0f} s, {left:.0f} s left)\n")
+            self.out.write(f"waiting for the code to be entered ({waited:.0f} s, {left:.0f} s left)\n")
             self.out.flush()
 
     def done(self) -> None:
