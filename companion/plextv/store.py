@@ -126,13 +126,17 @@ class PlexTvStore:
         return True
 
     def devices(self) -> dict[str, DeviceRecord]:
-        """Face identifier -> the device the bridge registered for it. A damaged file counts as empty."""
+        """Face identifier -> the device the bridge registered for it (a damaged file is moved aside)."""
         try:
             raw = json.loads(self.devices_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
-            raise StateError(f"cannot read {self.devices_file}: {exc}") from exc
+        except ValueError:
+            # Kept aside, not lost: its device tokens are secrets the owner may want to revoke.
+            os.replace(self.devices_file, self.devices_file.with_name(DEVICES_FILE + ".damaged"))
+            return {}
+        except OSError as exc:
+            raise StateError(f"cannot read {self.devices_file}: {exc.strerror or exc}") from exc
         out: dict[str, DeviceRecord] = {}
         if isinstance(raw, dict):
             for ident, row in raw.items():
