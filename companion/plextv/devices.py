@@ -191,6 +191,9 @@ class PlexTvRegistrar:
                 await self._round()
             except (CompanionError, OSError) as exc:
                 log.warning("plex.tv registration round failed: %s", exc)
+            except Exception:
+                # This loop must outlive any surprise from plex.tv or a library: the faces do not depend on it.
+                log.exception("plex.tv registration round failed unexpectedly; retrying later")
             delay = self._next_wake() - time.monotonic()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -279,7 +282,7 @@ class PlexTvRegistrar:
     async def _refresh(self, face: _Face, token: AccountToken, records: dict[str, DeviceRecord]) -> bool:
         now = time.monotonic()
         uri = face.uri()
-        if now < face.next_at and uri == face.published:
+        if not uri or (now < face.next_at and uri == face.published):
             return False
         changed = False
         try:

@@ -18,6 +18,15 @@ PLAYER_PROVIDES = "client,player,pubsub-player"
 _MAX_DOCUMENT = 4 * 1024 * 1024  # the devices list of a big account is well under this
 
 
+_HEADER_MAX = 200
+
+
+def header_value(text: str) -> str:
+    """A name fit for an HTTP header: a face name comes from the LAN, where anything may be announced."""
+    cleaned = "".join(c if c.isprintable() else " " for c in text).strip()
+    return cleaned[:_HEADER_MAX]
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who is calling plex.tv: the X-Plex-* headers every request carries (no token)."""
@@ -34,13 +43,13 @@ class Identity:
     def headers(self) -> dict[str, str]:
         """The identity headers; ``provides`` only when this identity is a player."""
         out = {
-            "X-Plex-Client-Identifier": self.client_id,
-            "X-Plex-Product": self.product,
-            "X-Plex-Version": self.version,
-            "X-Plex-Platform": self.platform,
-            "X-Plex-Platform-Version": self.platform_version,
-            "X-Plex-Device": self.device,
-            "X-Plex-Device-Name": self.name,
+            "X-Plex-Client-Identifier": header_value(self.client_id),
+            "X-Plex-Product": header_value(self.product),
+            "X-Plex-Version": header_value(self.version),
+            "X-Plex-Platform": header_value(self.platform),
+            "X-Plex-Platform-Version": header_value(self.platform_version),
+            "X-Plex-Device": header_value(self.device),
+            "X-Plex-Device-Name": header_value(self.name),
             "X-Plex-Model": "bridge",
         }
         if self.provides:

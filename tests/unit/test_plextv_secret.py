@@ -44,3 +44,13 @@ def test_no_config_section_can_hold_the_account_token() -> None:
     assert {f.name for f in fields(PlexTvConfig)} == {"enabled", "url", "refresh_interval"}
     assert "plextv_token" not in {f.name for f in fields(Config)}
     assert {f.name for f in fields(ServerConfig)} == {"url", "token", "line"}  # a server's own token only
+
+
+def test_a_face_name_from_the_lan_cannot_break_or_extend_the_identity_headers() -> None:
+    from companion.proto.plextv import Identity
+
+    headers = Identity("id-1", "TV\r\nX-Plex-Token: stolen" + "x" * 500, "companion-bridge", "1").headers()
+    name = headers["X-Plex-Device-Name"]
+    assert "\r" not in name and "\n" not in name and len(name) <= 200
+    assert set(headers) == {"X-Plex-Client-Identifier", "X-Plex-Product", "X-Plex-Version", "X-Plex-Platform",
+                            "X-Plex-Platform-Version", "X-Plex-Device", "X-Plex-Device-Name", "X-Plex-Model"}
