@@ -107,12 +107,12 @@ class PlexTvRegistrar:
     """Keeps one plex.tv device per face while an account is linked."""
 
     def __init__(self, *, api: PlexTvApi, store: PlexTvStore, identity: Identity, refresh_interval: float,
-                 address_check: float = ADDRESS_CHECK, pin_wait: float = PIN_WAIT) -> None:
+                 address_check: float | None = None, pin_wait: float = PIN_WAIT) -> None:
         self.api = api
         self.store = store
         self.identity = identity  # the bridge's own: used for the account's calls
         self.refresh_interval = refresh_interval
-        self.address_check = address_check
+        self.address_check = address_check if address_check is not None else ADDRESS_CHECK
         self.pin_wait = pin_wait
         self._faces: dict[str, _Face] = {}
         self._gone: dict[str, _Gone] = {}

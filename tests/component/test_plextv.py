@@ -200,3 +200,21 @@ async def test_unlink_deletes_every_device_the_bridge_registered_then_the_token(
     assert plextv.players() == []
     assert store.load() is None and result.token_removed
     assert store.devices() == {}
+
+
+async def test_each_device_is_refreshed_every_refresh_interval(plextv: FakePlexTv, tmp_path: Path) -> None:
+    store = PlexTvStore(tmp_path / "state", credentials_dir="")
+    await linked(plextv, store)
+    reg = registrar(plextv, store, refresh=0.3, check=60)
+    await reg.start()
+    try:
+        reg.add_face("face-a", face_identity(Config(), "face-a", "TV (bridge)"), lambda: "http://10.0.0.2:32500")
+
+        def puts() -> int:
+            return sum(1 for s in plextv.seen if s.method == "PUT" and s.path.startswith("/devices/"))
+
+        await until(lambda: puts() >= 3, timeout=5, message="three publications, one per refresh interval")
+        face_pins = [p for p in plextv.pins.values() if p.client_id == "face-a"]
+        assert len(face_pins) == 1, "registered once, then only refreshed"
+    finally:
+        await reg.stop()

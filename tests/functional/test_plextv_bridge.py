@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -169,3 +170,26 @@ security: {{policy: preferred, relay: true}}
         await bridge.stop()
     assert players[0].received("playMedia") == []
     assert not any(account_token in repr(r) for r in server.requests), "the account token never reached the server"
+
+
+@pytest.fixture
+def config(tmp_path: Path, plextv: FakePlexTv, monkeypatch: pytest.MonkeyPatch) -> Config:
+    """The conftest's GDM test config, plus plex.tv at the fake (looked at every 0.2 s instead of 30 s)."""
+    monkeypatch.setattr("companion.plextv.devices.ADDRESS_CHECK", 0.2)
+    return bridge_config(tmp_path, f'plextv: {{url: "{plextv.url}"}}')
+
+
+async def test_a_link_made_while_running_registers_the_face_and_its_bye_deletes_the_device(
+        config: Config, plextv: FakePlexTv, bridge: Bridge, player: FakeCompanionPlayer, player_gdm: Any) -> None:
+    await until(lambda: len(bridge.faces) == 1, timeout=5, message="a face for the GDM player")
+    (slot,) = bridge.faces.values()
+    ident = slot.advert.resource_identifier
+    assert bridge.plextv is not None and bridge.plextv.status(ident).fix.startswith("run `companion link`")
+    PlexTvStore(config.state_path).save(AccountToken(plextv.issue_account_token()))  # `companion link`, meanwhile
+    await until(lambda: (d := plextv.device_by_client(ident)) is not None and bool(d.connections), timeout=10,
+                message="registered without a restart")
+    assert plextv.device_by_client(ident).connections == [f"http://127.0.0.1:{slot.face.port}"]  # type: ignore[union-attr]
+    await player_gdm.send_bye((config.gdm.group, config.gdm.announce_port))
+    await until(lambda: not bridge.faces, timeout=5, message="the face closed on the player's BYE")
+    await until(lambda: plextv.device_by_client(ident) is None, timeout=10, message="its plex.tv device deleted")
+    assert PlexTvStore(config.state_path).devices() == {}
