@@ -77,7 +77,7 @@ class FakePlexTv:
     ACCOUNT_ID = 4242
     ACCOUNT_UUID = "a1b2c3d4e5f60718"
 
-    def __init__(self, *, username: str = "alice", title: str = "Alice Example") -> None:
+    def __init__(self, *, username: str = "alice", title: str = "Alice Example", port: int = 0) -> None:
         self.username = username
         self.title = title
         self.ca = trustme.CA()
@@ -86,7 +86,7 @@ class FakePlexTv:
         self.pins: dict[int, FakePin] = {}
         self.devices: dict[int, FakeDevice] = {}
         self.seen: list[Seen] = []
-        self.port = 0
+        self.port = port
         self._ids = 1000
         self._runner: web.AppRunner | None = None
 
@@ -118,7 +118,7 @@ class FakePlexTv:
         await self._runner.setup()
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1", "plex.tv").configure_cert(ctx)
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ctx)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ctx)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

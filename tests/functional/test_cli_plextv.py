@@ -91,3 +91,32 @@ async def test_link_failures_exit_1_with_the_reason(tmp_path: Path, plextv: Fake
     code, _out, err = await run(tmp_path, None, "--config", str(bad), "link")
     assert code == 78 and "plextv.url: expected https://host[:port]" in err
     assert not (tmp_path / "state" / "plextv-token").exists()
+
+
+async def test_link_with_the_real_default_url_reaches_the_fake_through_a_private_hosts_file(tmp_path: Path) -> None:
+    # The default plextv.url (https://plex.tv) itself, with no config: a private mount namespace
+    # gets an /etc/hosts that names 127.0.0.1 plex.tv, and only that process trusts the fake's CA.
+    async with FakePlexTv(port=443) as fake:
+        hosts = tmp_path / "hosts"
+        hosts.write_text("127.0.0.1 localhost\n127.0.0.1 plex.tv\n")
+        state = tmp_path / "state"
+        env = {**{k: v for k, v in os.environ.items() if k != "COMPANION_CONFIG"}, "CREDENTIALS_DIRECTORY": "",
+               "STATE_DIRECTORY": str(state), "SSL_CERT_FILE": fake.write_ca(tmp_path / "ca.pem")}
+        script = f'mount --bind "{hosts}" /etc/hosts && exec "{sys.executable}" -m companion link --timeout 20'
+        proc = await asyncio.create_subprocess_exec(
+            "unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        assert proc.stderr is not None and proc.stdout is not None
+        err = ""
+        async with asyncio.timeout(30):
+            while line := (await proc.stderr.readline()).decode():
+                err += line
+                if "enter this code: " in line:
+                    fake.enter_code(line.split("enter this code: ")[1][:4])
+            out = (await proc.stdout.read()).decode()
+            code = await proc.wait()
+    assert code == 0, err
+    assert "Go to https://plex.tv/link and enter this code: " in err
+    assert "linked to the Plex account 'Alice Example'" in out
+    assert (state / "plextv-token").read_text().strip() in fake.tokens()
+    assert "127.0.0.1 plex.tv" not in Path("/etc/hosts").read_text(), "the real hosts file was not touched"
