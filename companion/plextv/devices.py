@@ -171,9 +171,11 @@ class PlexTvRegistrar:
         if self._token is None:
             return FacePlexTv(True, False, "", False, name, "", None, self.account_error, FIX_LINK)
         if self.account is None:
-            error = self.account_error or "checking the account"
-            fix = FIX_RELINK if "401" in error else "the bridge retries by itself; check that this host reaches plex.tv"
-            return FacePlexTv(True, True, "", False, name, "", None, error, fix if self.account_error else "")
+            if not self.account_error:
+                return FacePlexTv(True, True, "", False, name, "", None, "", "the linked account is being checked")
+            fix = (FIX_RELINK if "401" in self.account_error
+                   else "the bridge retries by itself; check that this host reaches plex.tv")
+            return FacePlexTv(True, True, "", False, name, "", None, self.account_error, fix)
         if face is None:
             return FacePlexTv(True, True, account, False, "", "", None, "", "")
         if face.registered:
@@ -242,7 +244,8 @@ class PlexTvRegistrar:
             self.account_error = ""
             log.info("plex.tv: linked to the account %r", self.account.name)
         records = await asyncio.to_thread(self.store.devices)
-        changed = await self._delete_gone(token, records)
+        await self._delete_gone(token, records)
+        changed = False
         for face in list(self._faces.values()):
             changed |= await self._refresh(face, token, records)
         if changed:
@@ -255,8 +258,7 @@ class PlexTvRegistrar:
         for face in self._faces.values():
             face.registered, face.published, face.next_at, face.failures = False, "", 0.0, 0
 
-    async def _delete_gone(self, token: AccountToken, records: dict[str, DeviceRecord]) -> bool:
-        changed = False
+    async def _delete_gone(self, token: AccountToken, records: dict[str, DeviceRecord]) -> None:
         now = time.monotonic()
         for gone in list(self._gone.values()):
             record = records.get(gone.client_id)
@@ -276,8 +278,7 @@ class PlexTvRegistrar:
             log.info("plex.tv: deleted the device of %r (its face went away)", record.name)
             del records[gone.client_id]
             del self._gone[gone.client_id]
-            changed = True
-        return changed
+            await asyncio.to_thread(self.store.save_devices, records)  # at once, like a registration
 
     async def _refresh(self, face: _Face, token: AccountToken, records: dict[str, DeviceRecord]) -> bool:
         now = time.monotonic()

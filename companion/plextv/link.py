@@ -28,7 +28,7 @@ from companion.errors import (
     PlexTvUnreachable,
 )
 from companion.plextv.api import PlexTvApi
-from companion.plextv.store import AccountToken, PlexTvStore
+from companion.plextv.store import AccountToken, PlexTvStore, give_to_directory_owner
 from companion.proto.plextv import Account, Identity, Pin
 
 POLL_INTERVAL = 1.0  # python-plexapi's MyPlexPinLogin polls once a second too
@@ -200,7 +200,9 @@ def _store_and_ids(args: argparse.Namespace) -> tuple[Config, PlexTvStore, str, 
     token_file = Path(args.token_file) if getattr(args, "token_file", None) else None
     store = PlexTvStore(config.state_path, token_file=token_file)
     face_ids = {face_identifier(target_id) for target_id in state.face_ports()}
-    return config, store, state.bridge_id(), face_ids
+    bridge_id = state.bridge_id()  # created here if the daemon never ran: the daemon must be able to read it
+    give_to_directory_owner(state.path / StateDir.IDENTITY)
+    return config, store, bridge_id, face_ids
 
 
 def cmd_link(args: argparse.Namespace) -> int:

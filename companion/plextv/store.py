@@ -30,6 +30,19 @@ def _valid_token(value: str) -> bool:
     return 0 < len(value) <= _MAX_TOKEN and value.isascii() and value.isprintable() and " " not in value
 
 
+def give_to_directory_owner(path: Path) -> None:
+    """Run as root (``sudo companion link``) into the service's state directory, hand the file to the
+    directory's owner: the daemon's DynamicUser could not read a root-owned 0600 file."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = path.parent.stat()
+        if owner.st_uid != 0:
+            os.chown(path, owner.st_uid, owner.st_gid)
+    except OSError as exc:
+        raise StateError(f"cannot give {path} to the owner of its directory: {exc.strerror or exc}") from exc
+
+
 class AccountToken:
     """The account token: shown to nothing; ``reveal()`` is called only to build a plex.tv request."""
 
@@ -113,6 +126,7 @@ class PlexTvStore:
         """Write the token file (mode 0600, atomically); returns where it went."""
         self.token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.token_file, token.reveal() + "\n", mode=0o600)
+        give_to_directory_owner(self.token_file)
         return self.token_file
 
     def remove(self) -> bool:
@@ -149,3 +163,4 @@ class PlexTvStore:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = {k: {"device_id": r.device_id, "name": r.name, "token": r.token} for k, r in sorted(records.items())}
         write_atomic(self.devices_file, json.dumps(data, indent=1), mode=0o600)
+        give_to_directory_owner(self.devices_file)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import ssl
 import stat
 from collections.abc import AsyncIterator
@@ -33,7 +34,7 @@ async def plextv() -> AsyncIterator[FakePlexTv]:
 
 def api_for(fake: FakePlexTv, *, trusted: bool = True) -> PlexTvApi:
     ctx = ssl.create_default_context(cadata=fake.ca_pem.decode()) if trusted else ssl.create_default_context()
-    return PlexTvApi(fake.url, timeout=3.0, ssl_ctx=ctx)
+    return PlexTvApi(fake.url, timeout=10.0, ssl_ctx=ctx)
 
 
 async def enter_code_when_shown(fake: FakePlexTv, out: io.StringIO) -> str:
@@ -126,7 +127,8 @@ async def test_each_face_becomes_a_player_device_with_its_lan_connection_and_goe
         assert a is not None
         assert (a.name, a.provides, a.connections) == ("Living Room TV (bridge)", "client,player,pubsub-player",
                                                         ["http://10.0.0.2:32500"])
-        assert reg.status("face-a").registered and reg.status("face-a").account == "Alice Example"
+        await until(lambda: reg.status("face-a").registered, message="the registrar saw its publication succeed")
+        assert reg.status("face-a").account == "Alice Example"
         device_tokens = store.devices()["face-a"].token
         assert device_tokens in a.tokens and not account.same_as(AccountToken(device_tokens)), \
             "each face has its own device token"
@@ -141,7 +143,7 @@ async def test_each_face_becomes_a_player_device_with_its_lan_connection_and_goe
 
         reg.remove_face("face-b")
         await until(lambda: plextv.device_by_client("face-b") is None, timeout=5, message="face-b's device deleted")
-        assert "face-b" not in store.devices()
+        await until(lambda: "face-b" not in store.devices(), timeout=5, message="and its record dropped")
         assert stat.S_IMODE(store.devices_file.stat().st_mode) == 0o600
     finally:
         await reg.stop()
@@ -218,3 +220,19 @@ async def test_each_device_is_refreshed_every_refresh_interval(plextv: FakePlexT
         assert len(face_pins) == 1, "registered once, then only refreshed"
     finally:
         await reg.stop()
+
+
+def test_files_written_as_root_into_the_services_state_directory_go_to_its_owner(tmp_path: Path) -> None:
+    # `sudo STATE_DIRECTORY=/var/lib/companion-bridge companion link`: the directory belongs to the
+    # service's DynamicUser, which could not read a root-owned 0600 token file.
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 61234, 61234)
+    store = PlexTvStore(state, credentials_dir="")
+    path = store.save(AccountToken("tok-for-the-service"))
+    store.save_devices({})
+    for written in (path, store.devices_file):
+        info = written.stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (61234, 61234, 0o600)
+    own = PlexTvStore(tmp_path / "root-owned", credentials_dir="").save(AccountToken("tok"))
+    assert own.stat().st_uid == os.geteuid()

@@ -54,7 +54,9 @@ targets:
     try:
         await until(lambda: bool(plextv.players()) and bool(plextv.players()[0].connections), timeout=15,
                     message="the face is registered")
-        await until(lambda: bridge.plextv is not None and bridge.plextv.account is not None, message="account")
+        await until(lambda: bridge.plextv is not None and all(
+            bridge.plextv.status(s.advert.resource_identifier).registered for s in bridge.faces.values()),
+            message="the bridge saw the publication succeed")
         running = await check_plextv(config, bridge)
         port = next(iter(bridge.faces.values())).face.port
     finally:

@@ -92,6 +92,9 @@ async def test_plexapi_lists_every_face_as_a_player_resource_and_plays_through_i
     try:
         await until(lambda: len([d for d in plextv.players() if d.connections]) == 2, timeout=15,
                     message="both faces registered on plex.tv with their connection")
+        await until(lambda: bridge.plextv is not None and all(
+            bridge.plextv.status(s.advert.resource_identifier).registered for s in bridge.faces.values()),
+            message="the bridge saw both publications succeed")
         account = await asyncio.to_thread(MyPlexAccount, token=account_token, session=plexapi_at_fake, timeout=5)
         assert account.title == "Alice Example"
         resources = await asyncio.to_thread(account.resources)
