@@ -63,7 +63,7 @@ class PlexTvApi:
                  ssl_ctx: ssl.SSLContext | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._ssl = ssl_ctx or ssl_context()
+        self._ssl = ssl_ctx  # the system store is loaded at the first call, not for every bridge that never links
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -88,7 +88,7 @@ class PlexTvApi:
             # trust_env=False: no proxy or netrc from the environment gets to see a token.
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=8), trust_env=False)
+                connector=aiohttp.TCPConnector(ssl=self._ssl or ssl_context(), limit=8), trust_env=False)
         return self._session
 
     async def _call(self, method: str, path: str, *, identity: Identity, token: AccountToken | str | None = None,
