@@ -321,6 +321,9 @@ class PlexTvRegistrar:
 
     async def _register(self, face: _Face, token: AccountToken) -> DeviceRecord:
         """A PIN created as the face, claimed by the account, polled as the face: the device's own token."""
+        if not token.same_as(await asyncio.to_thread(self.store.load)):
+            # `companion unlink` (or a new link) ran since this round began: make no device it would miss.
+            raise PlexTvError("the account was unlinked or changed meanwhile; not registering")
         pin = await self.api.create_pin(face.identity)
         await self.api.claim_pin(self.identity, token, pin.code)
         deadline = time.monotonic() + self.pin_wait
