@@ -195,4 +195,4 @@ async def test_a_link_made_while_running_registers_the_face_and_its_bye_deletes_
     await player_gdm.send_bye((config.gdm.group, config.gdm.announce_port))
     await until(lambda: not bridge.faces, timeout=5, message="the face closed on the player's BYE")
     await until(lambda: plextv.device_by_client(ident) is None, timeout=10, message="its plex.tv device deleted")
-    assert PlexTvStore(config.state_path).devices() == {}
+    await until(lambda: PlexTvStore(config.state_path).devices() == {}, message="and its record dropped")
