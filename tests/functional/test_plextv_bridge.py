@@ -121,16 +121,19 @@ async def test_plexapi_lists_every_face_as_a_player_resource_and_plays_through_i
 
         now = datetime.now(UTC)
         rows = [admin_api.target_json(v) for v in admin_api.target_views(bridge, now)]
-        assert {r["name"]: r["plextv"]["connection"] for r in rows} == {
-            name: f"http://127.0.0.1:{slot.face.port}" for name, slot in faces.items()}
-        assert all(r["plextv"]["registered"] and r["plextv"]["account"] == "Alice Example" and
-                   r["plextv"]["last_refresh"] for r in rows), rows
+        channels = {r["name"]: next(c for c in r["visible"] if c["channel"] == "plextv") for r in rows}
+        for name, slot in faces.items():
+            channel = channels[name]
+            assert (channel["state"], channel["visible"], channel["fix"]) == ("visible", True, ""), channel
+            assert channel["detail"] == (f"a player of the plex.tv account 'Alice Example', named "
+                                         f"'{name} (bridge)', at http://127.0.0.1:{slot.face.port}")
+            assert channel["last_checked"] is not None, "the last publication is the channel's confirmation"
         health = admin_api.health_json(bridge, uptime=1.0, findings=(), findings_at=None)
         page = render_page(name="test", version="0", health=health, targets=admin_api.target_views(bridge, now),
                            servers=[], flings=(), findings=(), findings_at=None, now=now)
         pages.append(page + json.dumps(rows) + json.dumps(health))
         assert "plex.tv account: <strong>Alice Example</strong>" in page
-        assert page.count('data-plextv="registered"') == 2
+        assert page.count('data-channel="plextv" data-visible-state="visible"') == 2
     finally:
         await bridge.stop()
     secrets = plextv.tokens() | {account_token}
@@ -146,7 +149,7 @@ async def test_plexapi_lists_every_face_as_a_player_resource_and_plays_through_i
     assert not any(t in "".join(pages) for t in secrets), "the page and the API show the account name only"
 
 
-async def test_with_an_account_linked_the_relay_still_refuses_a_fling_without_a_server_token(
+async def test_with_an_account_linked_the_relay_still_refuses_a_fling_that_carries_no_token(
         tmp_path: Path, plextv: FakePlexTv, server: FakePlexServer, players: list[FakeCompanionPlayer]) -> None:
     write_test_profiles(tmp_path / "profiles", server)
     config = bridge_config(tmp_path, f"""
@@ -167,7 +170,9 @@ security: {{policy: preferred, relay: true}}
                     message="the face is registered, so the account token is in use")
         (slot,) = bridge.faces.values()
         (known,) = bridge.registry.servers()
-        with pytest.raises(PolicyRefusal, match="the relay needs the server's token"):
+        # The relay takes the controller's token only; the linked account's token is never a fallback.
+        with pytest.raises(PolicyRefusal, match="the relay fetches the stream with the token the controller sends "
+                                                "with its fling, and this fling carried none"):
             await bridge.fling_api(target_id=slot.target.id, server_id=known.id, key="/library/metadata/501")
     finally:
         await bridge.stop()
