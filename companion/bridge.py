@@ -443,6 +443,9 @@ class Bridge:
             return
         del self.faces[slot.target.id]
         log.info("face for %s: yielding it, %s", slot.target.name, why)
+        if self.plextv is not None:
+            # The bridge taking the face over registers the same identity: that device is not ours to delete.
+            self.plextv.forget_face(slot.advert.resource_identifier)
         # A stream already relayed to the target plays on: only the face moves to the other bridge.
         self._spawn(self._close_slot(slot, bye=slot.announced, keep_streams=True), f"face-close:{slot.target.id}")
 

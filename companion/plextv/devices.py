@@ -116,6 +116,7 @@ class PlexTvRegistrar:
         self.pin_wait = pin_wait
         self._faces: dict[str, _Face] = {}
         self._gone: dict[str, _Gone] = {}
+        self._forgotten: set[str] = set()
         self._token: AccountToken | None = None
         self.account: Account | None = None
         self.account_error = ""
@@ -142,6 +143,7 @@ class PlexTvRegistrar:
     def add_face(self, client_id: str, identity: Identity, uri: Callable[[], str]) -> None:
         """A face opened: register it (its connection URI is asked for at each publication)."""
         self._gone.pop(client_id, None)
+        self._forgotten.discard(client_id)
         self._faces[client_id] = _Face(client_id, identity, uri)
         self._wake.set()
 
@@ -149,6 +151,12 @@ class PlexTvRegistrar:
         """A face went away for good: delete its plex.tv device."""
         if self._faces.pop(client_id, None) is not None:
             self._gone[client_id] = _Gone(client_id)
+            self._wake.set()
+
+    def forget_face(self, client_id: str) -> None:
+        """A face moved to another bridge: stop publishing it and drop its record, deleting nothing."""
+        if self._faces.pop(client_id, None) is not None:
+            self._forgotten.add(client_id)
             self._wake.set()
 
     def poke(self) -> None:
@@ -245,6 +253,11 @@ class PlexTvRegistrar:
             log.info("plex.tv: linked to the account %r", self.account.name)
         records = await asyncio.to_thread(self.store.devices)
         await self._delete_gone(token, records)
+        if self._forgotten & set(records):
+            for client_id in self._forgotten & set(records):
+                del records[client_id]
+            await asyncio.to_thread(self.store.save_devices, records)
+        self._forgotten.clear()
         changed = False
         for face in list(self._faces.values()):
             changed |= await self._refresh(face, token, records)

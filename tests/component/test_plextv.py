@@ -236,3 +236,20 @@ def test_files_written_as_root_into_the_services_state_directory_go_to_its_owner
         assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (61234, 61234, 0o600)
     own = PlexTvStore(tmp_path / "root-owned", credentials_dir="").save(AccountToken("tok"))
     assert own.stat().st_uid == os.geteuid()
+
+
+async def test_a_face_moved_to_another_bridge_is_forgotten_not_deleted(plextv: FakePlexTv, tmp_path: Path) -> None:
+    # Two bridges give a target the same face identity; the one taking it over registers that identity.
+    store = PlexTvStore(tmp_path / "state", credentials_dir="")
+    await linked(plextv, store)
+    reg = registrar(plextv, store)
+    await reg.start()
+    try:
+        reg.add_face("face-a", face_identity(Config(), "face-a", "TV (bridge)"), lambda: "http://10.0.0.2:32500")
+        await until(lambda: reg.status("face-a").registered, timeout=10, message="registered")
+        reg.forget_face("face-a")
+        await until(lambda: store.devices() == {}, timeout=5, message="its record dropped")
+    finally:
+        await reg.stop()
+    assert plextv.device_by_client("face-a") is not None, "the device stays for the bridge that took the face"
+    assert not any(s.method == "DELETE" for s in plextv.seen)

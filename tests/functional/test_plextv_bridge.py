@@ -19,10 +19,11 @@ from plexapi.myplex import MyPlexAccount, MyPlexResource
 
 from companion.admin import api as admin_api
 from companion.admin.page import render_page
-from companion.bridge import Bridge, face_identifier
+from companion.bridge import Bridge
 from companion.config import Config
 from companion.errors import PolicyRefusal
 from companion.plextv.store import AccountToken, PlexTvStore
+from companion.proto.gdm import face_identifier
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.plex_server import FakePlexServer
 from tests.fakes.plextv import FakePlexTv
