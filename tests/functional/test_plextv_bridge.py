@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 from plexapi.myplex import MyPlexAccount, MyPlexResource
+from plexapi.server import PlexServer
 
 from companion.admin import api as admin_api
 from companion.admin.page import render_page
@@ -25,7 +26,8 @@ from companion.errors import PolicyRefusal
 from companion.plextv.store import AccountToken, PlexTvStore
 from companion.proto.gdm import face_identifier
 from tests.fakes.companion_player import FakeCompanionPlayer
-from tests.fakes.plex_server import FakePlexServer
+from tests.fakes.mpv_shim import MpvShim
+from tests.fakes.plex_server import FakePlexServer, wav_bytes
 from tests.fakes.plextv import FakePlexTv
 from tests.helpers import bridge_config, until
 from tests.lab import TOKEN, plex_server, write_test_profiles
@@ -202,3 +204,65 @@ async def test_a_link_made_while_running_registers_the_face_and_its_bye_deletes_
     await until(lambda: not bridge.faces, timeout=5, message="the face closed on the player's BYE")
     await until(lambda: plextv.device_by_client(ident) is None, timeout=10, message="its plex.tv device deleted")
     await until(lambda: PlexTvStore(config.state_path).devices() == {}, message="and its record dropped")
+
+
+async def test_plexapi_plays_on_plex_mpv_shim_through_its_plextv_resource(
+        tmp_path: Path, plextv: FakePlexTv, plexapi_at_fake: requests.Session) -> None:
+    # The real player: plex-mpv-shim 1.11 (libmpv, null outputs), found by GDM on its real port in
+    # the suite's private namespace; the controller finds the face only through plex.tv.
+    server = FakePlexServer(token=TOKEN, tls=False, host="127.0.0.1", media=wav_bytes(120),
+                            media_content_type="audio/wav", container="wav", duration_ms=120_000,
+                            subtitles=b"1\r\n00:00:01,000 --> 00:00:04,000\r\nA line.\r\n")
+    shim = MpvShim(tmp_path / "shim", name="Shim TV", port=32433)
+    async with server:
+        config = bridge_config(tmp_path, f"""
+plextv: {{url: "{plextv.url}"}}
+servers:
+  - {{url: "http://127.0.0.1:{server.port}", token: "{TOKEN}"}}
+security: {{policy: preferred, relay: true}}
+""", real_gdm_ports=True, timeouts={"command": 10.0, "target_expiry": 120.0})
+        account_token = plextv.issue_account_token()
+        PlexTvStore(config.state_path).save(AccountToken(account_token))
+        bridge = Bridge(config)
+        sessions: list[requests.Session] = []
+        try:
+            await shim.start()
+            await bridge.start()
+
+            def shim_slot() -> Any:
+                return next((s for s in bridge.faces.values() if s.target.product == "Plex MPV Shim"), None)
+
+            await until(lambda: shim_slot() is not None, 30, message="the bridge found the shim by GDM")
+            ident = shim_slot().advert.resource_identifier
+            await until(lambda: (d := plextv.device_by_client(ident)) is not None and bool(d.connections), 30,
+                        message="the shim's face registered on plex.tv")
+            account = await asyncio.to_thread(MyPlexAccount, token=account_token, session=plexapi_at_fake, timeout=10)
+            resource = next(r for r in await asyncio.to_thread(account.resources) if r.clientIdentifier == ident)
+            assert resource.name == "Shim TV (bridge)" and "player" in resource.provides.split(",")
+            client = await asyncio.to_thread(resource.connect, timeout=20)
+            sessions.append(client._session)
+            pms_session = requests.Session()
+            pms_session.trust_env = False
+            sessions.append(pms_session)
+            pms = await asyncio.to_thread(PlexServer, f"http://127.0.0.1:{server.port}", TOKEN, session=pms_session,
+                                          timeout=10)
+            movie = await asyncio.to_thread(pms.fetchItem, 501)
+            await asyncio.to_thread(client.playMedia, movie)
+
+            def shim_fetched_media() -> bool:
+                return any(r.path.startswith("/library/parts/")
+                           and r.query.get("X-Plex-Client-Identifier") == shim.ident for r in server.requests)
+
+            await until(shim_fetched_media, 30, message="plex-mpv-shim fetched the media it was flung")
+            await asyncio.to_thread(client.stop)
+        except BaseException:
+            print(f"plex-mpv-shim log (tail):\n{shim.log_tail(80)}")
+            raise
+        finally:
+            for session in sessions:
+                session.close()
+            await bridge.stop()
+            await shim.stop()
+    secrets = plextv.tokens() | {account_token}
+    assert not any(t in repr(r) for r in server.requests for t in secrets), "no plex.tv token reached the server"
+    assert not any(t in shim.log_text() for t in secrets), "nor the player"
