@@ -59,6 +59,10 @@ from companion.model import (
 )
 from companion.outcomes import OutcomeWatch
 from companion.playqueue import create_play_queue
+from companion.plextv.api import PlexTvApi
+from companion.plextv.devices import PlexTvRegistrar, plextv_off
+from companion.plextv.link import bridge_identity, face_identity
+from companion.plextv.store import PlexTvStore
 from companion.proto import plexdirect
 from companion.proto.companion import FaceIdentity
 from companion.proto.gdm import Advert, face_identifier, is_mark
@@ -176,6 +180,9 @@ class Bridge:
         self.proxy_settings = ProxySettings()
         # Where each face is visible, per channel; the owner of a channel may put its own provider here.
         self.visibility: dict[Channel, Provider] = default_providers()
+        # The plex.tv registrar alone holds the account token (through its store): nothing on the
+        # fling, relay or target path has a reference to it.
+        self.plextv: PlexTvRegistrar | None = None
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._face_lock = asyncio.Lock()
@@ -222,6 +229,15 @@ class Bridge:
         budget = self.connections.budget
         log.info("accepting at most %d TCP connections in all (half of the file limit %d), %d per listener, "
                  "%d per listener and address", budget.total, budget.nofile, budget.per_listener, budget.per_source)
+        if cfg.plextv.enabled:
+            self.plextv = PlexTvRegistrar(
+                api=PlexTvApi(cfg.plextv.url, timeout=max(cfg.timeouts.command, 10.0)),
+                store=PlexTvStore(self.state.path), identity=bridge_identity(cfg, self.bridge_id),
+                refresh_interval=cfg.plextv.refresh_interval)
+            await self.plextv.start()
+            self.visibility["plextv"] = self.plextv.view
+        else:
+            self.visibility["plextv"] = plextv_off
         self.profiles = await asyncio.to_thread(self._load_profiles_for, cfg)
         await asyncio.to_thread(self.audit.open)
         if cfg.security.relay:
@@ -295,6 +311,9 @@ class Bridge:
         if self._responder is not None:
             await self._responder.stop()  # sends BYE for every face
             self._responder = None
+        if self.plextv is not None:
+            await self.plextv.stop()  # the devices stay registered: only a face going away deletes one
+            self.plextv = None
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -424,6 +443,9 @@ class Bridge:
             return
         del self.faces[slot.target.id]
         log.info("face for %s: yielding it, %s", slot.target.name, why)
+        if self.plextv is not None:
+            # The bridge taking the face over registers the same identity: that device is not ours to delete.
+            self.plextv.forget_face(slot.advert.resource_identifier)
         # A stream already relayed to the target plays on: only the face moves to the other bridge.
         self._spawn(self._close_slot(slot, bye=slot.announced, keep_streams=True), f"face-close:{slot.target.id}")
 
@@ -499,6 +521,8 @@ class Bridge:
         slot = self.faces.pop(target.id, None)
         if slot is not None:
             log.info("target %s went away; closing its face", target.name)
+            if self.plextv is not None:
+                self.plextv.remove_face(slot.advert.resource_identifier)
             self._spawn(self._close_slot(slot, bye=slot.announced), f"face-close:{target.id}")
 
     def _target_changed(self, target: Target) -> None:
@@ -506,6 +530,8 @@ class Bridge:
         if slot is not None:
             slot.target = target
             slot.adapter.target = target  # a player that moved to another address is followed there
+            if self.plextv is not None:
+                self.plextv.poke()  # the bridge's address on the target's LAN may have changed with it
 
     async def _settle_faces(self) -> None:
         """Wait for the faces of targets known at start (configured ones) to be open."""
@@ -595,6 +621,19 @@ class Bridge:
             await self._responder.hello(slot.advert)
         if self.proxy is not None:
             self.proxy.add_face(slot)
+        if self.plextv is not None:
+            # Registered once this bridge owns the face, like its GDM announcement.
+            target_id = slot.target.id
+            self.plextv.add_face(slot.advert.resource_identifier,
+                                 face_identity(self.config, slot.advert.resource_identifier, slot.advert.name),
+                                 lambda: self.face_uri(target_id))
+
+    def face_uri(self, target_id: str) -> str:
+        """Where a target's LAN reaches its face: ``http://<our address towards the target>:<face port>``."""
+        slot = self.faces.get(target_id)
+        if slot is None:
+            return ""
+        return f"http://{local_address_towards(slot.target.address)}:{slot.face.port}"
 
     def _refuse_face_target(self, target: Target, marks: FaceMarks) -> None:
         """A configured target that answers /resources as a bridge's face: never bridged."""
@@ -606,6 +645,8 @@ class Bridge:
                   "real player instead", target.name, target.address, target.port, whose)
         slot = self.faces.pop(target.id, None)
         if slot is not None:
+            if self.plextv is not None:
+                self.plextv.remove_face(slot.advert.resource_identifier)  # not a player: off plex.tv too
             self._spawn(self._close_slot(slot, bye=slot.announced), f"face-close:{target.id}")
 
     async def _bind_face(self, target: Target, identity: FaceIdentity) -> tuple[Face, int]:
@@ -860,7 +901,8 @@ class Bridge:
         profiles = await asyncio.to_thread(self._load_profiles_for, config)
         self.config = dataclasses.replace(config, gdm=self.config.gdm, http=self.config.http,
                                           state_dir=self.config.state_dir, interfaces=self.config.interfaces,
-                                          limits=self.config.limits)  # the caps are sized at start
+                                          limits=self.config.limits,  # the caps are sized at start
+                                          plextv=self.config.plextv)  # so is the plex.tv registrar
         self.profiles = profiles
         self.registry.expiry = self.config.timeouts.target_expiry
         self.claims.lapse = claim_lapse(self.config.timeouts.target_expiry, self.config.gdm.search_interval)

@@ -642,7 +642,29 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.set_defaults(func=_cmd_doctor)
+
+    link = sub.add_parser("link", help="link the bridge to a Plex account (PIN flow at plex.tv/link) so its faces "
+                          "are registered on plex.tv (exit 0 linked, 1 expired/denied/refused/unreachable)")
+    link.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                      help="seconds to wait for the code to be entered (default 300)")
+    link.add_argument("--token-file", metavar="PATH", help="write the account token there (mode 0600) instead of "
+                      "<state_dir>/plextv-token, e.g. the file a systemd LoadCredential= names")
+    link.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
+    link.set_defaults(func=_cmd_plextv("cmd_link"))
+    unlink = sub.add_parser("unlink", help="delete every plex.tv device the bridge registered, then the token")
+    unlink.add_argument("--token-file", metavar="PATH", help="the token file `companion link --token-file` wrote")
+    unlink.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
+    unlink.set_defaults(func=_cmd_plextv("cmd_unlink"))
     return parser
+
+
+def _cmd_plextv(name: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from companion.plextv import link
+
+        return int(getattr(link, name)(args))
+
+    return run
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

@@ -107,6 +107,13 @@ class LabConfig:
 
 
 @dataclass(frozen=True)
+class PlexTvConfig:
+    enabled: bool = True
+    url: str = "https://plex.tv"
+    refresh_interval: float = 300.0
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     url: str
     token: str | None = field(default=None, repr=False)
@@ -149,6 +156,7 @@ class Config:
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     lab: LabConfig = field(default_factory=LabConfig)
+    plextv: PlexTvConfig = field(default_factory=PlexTvConfig)
     servers: tuple[ServerConfig, ...] = ()
     targets: tuple[TargetConfig, ...] = ()
     faces: str = "all"
@@ -427,6 +435,20 @@ def _server(ctx: _Ctx, node: yaml.Node, key: str) -> ServerConfig:
     return server
 
 
+def _plextv_url(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    value = _nonempty_str(ctx, node, key)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ctx.error(node, key, f"is not a valid URL: {value[:80]!r}") from None
+    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password or parts.query \
+            or parts.fragment:
+        # The account token travels to this URL: never in clear, never with extra parts that could hide a host.
+        raise ctx.error(node, key, f"expected https://host[:port] (the default is https://plex.tv), got {value!r}")
+    return value.rstrip("/")
+
+
 def _target(ctx: _Ctx, node: yaml.Node, key: str) -> TargetConfig:
     return _section(TargetConfig, {
         "name": _nonempty_str, "kind": _choice(TARGET_KINDS), "address": _ip, "port": _port,
@@ -465,6 +487,9 @@ _SPEC: dict[str, Callable[[_Ctx, yaml.Node, str], Any]] = {
         "connections_per_source": _int(1, 1_000_000), "subscribers_per_source": _int(1, 1024),
     }),
     "lab": _section(LabConfig, {"port": _port_or_zero}),
+    "plextv": _section(PlexTvConfig, {
+        "enabled": _bool, "url": _plextv_url, "refresh_interval": _number(1, 86400),
+    }),
     "servers": _list(_server),
     "targets": _list(_target),
     "faces": _choice(FACES_MODES),

@@ -588,6 +588,69 @@ def visibility_from_daemon(config: Config, *, timeout: float = 2.0) -> list[Find
                                                   "see `companion scan` for the players it can find")]
 
 
+
+
+# -- plex.tv ------------------------------------------------------------------------------------
+
+
+async def check_plextv(config: Config) -> list[Finding]:
+    """What plex.tv itself lists: is the account linked, and is every face a player with its LAN connection?
+
+    The doctor asks plex.tv with the account token (plex.tv calls only): the account, then the
+    resources list the Plex apps read, looking for every face this bridge ever had. (The running
+    daemon's own view of each face's plex.tv channel is in the ``visible`` findings.)
+    """
+    from companion.errors import PlexTvError, PlexTvUnauthorized
+    from companion.plextv.api import PlexTvApi
+    from companion.plextv.devices import FIX_LINK, FIX_RELINK
+    from companion.plextv.link import bridge_identity
+    from companion.plextv.store import PlexTvStore
+    from companion.state import StateDir
+
+    if not config.plextv.enabled:
+        return []
+    not_linked = Finding("plextv", "WARN", "no Plex account is linked: the faces are not plex.tv devices, so Plex "
+                         "apps that list only plex.tv players (Plexamp, recent mobile apps) do not show them",
+                         FIX_LINK)
+    store = PlexTvStore(config.state_path)
+    try:
+        token = store.load()
+    except CompanionError as exc:
+        return [Finding("plextv", "FAIL", str(exc), FIX_RELINK)]
+    if token is None:
+        return [not_linked]
+    state = StateDir(config.state_path)
+    identity = bridge_identity(config, state.bridge_id())
+    records = store.devices()
+    from companion.proto.gdm import face_identifier
+
+    wanted = {face_identifier(t): "" for t in state.face_ports()} | {k: r.name for k, r in records.items()}
+    async with PlexTvApi(config.plextv.url, timeout=HTTP_TIMEOUT * 2) as api:
+        try:
+            account = await api.user(identity, token)
+            resources = await api.resources(identity, token)
+        except PlexTvUnauthorized as exc:
+            return [Finding("plextv", "FAIL", f"plex.tv rejects the account token: {exc}", FIX_RELINK)]
+        except PlexTvError as exc:
+            return [Finding("plextv", "WARN", f"cannot ask plex.tv: {exc}",
+                            f"check that this host reaches {config.plextv.url}")]
+    findings = [Finding("plextv", "PASS", f"linked to the Plex account {account.name!r}", "")]
+    listed = {r.client_identifier: r for r in resources}
+    for ident, name in sorted(wanted.items(), key=lambda kv: kv[1] or kv[0]):
+        resource = listed.get(ident)
+        label = f"plextv ({name or (resource.name if resource else ident)})"
+        if resource is not None and "player" in resource.provides and resource.connections:
+            findings.append(Finding(label, "PASS", f"the Plex apps see it as a player at "
+                                    f"{', '.join(resource.connections)}", ""))
+        else:
+            why = "not in the account's resources" if resource is None else "listed, but not as a player with a " \
+                                                                            "connection"
+            findings.append(Finding(label, "WARN", f"{why}: the Plex apps that read plex.tv do not list it",
+                                    "start the daemon (it registers every face); if it runs, its log says what "
+                                    "plex.tv answered (lines starting with companion.plextv)"))
+    return findings
+
+
 # -- the whole run ------------------------------------------------------------------------------
 
 
@@ -629,6 +692,8 @@ async def run_doctor(config: Config, *, server_url: str | None = None, bridge: B
     for server, facts, error in probed:
         findings.append(await check_chain(server, facts, error, profiles, now, relevant=relevant))
     findings.append(await check_clock(servers, [f for _, f, _ in probed if f is not None], now))
+    if bridge is None:
+        findings += stamped(await check_plextv(config), datetime.now(UTC))  # what plex.tv itself lists
     if bridge is None and server_url is None:
         findings += await asyncio.to_thread(visibility_from_daemon, config)
     return stamped(findings, datetime.now(UTC))

@@ -103,3 +103,23 @@ class TrustError(CompanionError):
 
 class PolicyRefusal(CompanionError):
     """The security policy forbids this fling; the message says why and what to change."""
+
+
+class PlexTvError(CompanionError):
+    """plex.tv answered a call with an error (the message names the call, never a token)."""
+
+
+class PlexTvUnreachable(PlexTvError):
+    """plex.tv could not be reached: DNS, connection, TLS or a timeout."""
+
+
+class PlexTvUnauthorized(PlexTvError):
+    """plex.tv answered 401: the token is not (or no longer) valid."""
+
+
+class PlexTvDenied(PlexTvError):
+    """plex.tv answered 403: it refuses this client or this account."""
+
+
+class PinExpired(PlexTvError):
+    """The link code expired (or plex.tv no longer knows it) before it was entered."""

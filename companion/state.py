@@ -16,7 +16,8 @@ from pathlib import Path
 from companion.errors import StateError
 
 
-def _write_atomic(path: Path, data: str, *, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: str, *, mode: int = 0o600) -> None:
+    """Write a small file through a temp file + rename, created with ``mode``."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -114,7 +115,7 @@ class StateDir:
     def _store_ports(self, ports: dict[str, int]) -> None:
         self._ports = ports
         self.ensure()
-        _write_atomic(self.path / self.FACES, json.dumps(ports, indent=1, sort_keys=True))
+        write_atomic(self.path / self.FACES, json.dumps(ports, indent=1, sort_keys=True))
 
     # -- identity and secrets -----------------------------------------------------------------
 
@@ -125,7 +126,7 @@ class StateDir:
             return text.strip()
         ident = str(uuid.uuid4())
         self.ensure()
-        _write_atomic(self.path / self.IDENTITY, ident + "\n")
+        write_atomic(self.path / self.IDENTITY, ident + "\n")
         return ident
 
     def admin_token(self) -> str:
@@ -135,5 +136,5 @@ class StateDir:
             return text.strip()
         token = secrets.token_urlsafe(32)
         self.ensure()
-        _write_atomic(self.path / self.ADMIN_TOKEN, token + "\n")
+        write_atomic(self.path / self.ADMIN_TOKEN, token + "\n")
         return token

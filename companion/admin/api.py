@@ -163,6 +163,13 @@ def target_views(bridge: Bridge, now: datetime) -> list[TargetView]:
     return views
 
 
+def plextv_account(bridge: Bridge) -> str:
+    """The linked account's name for the page header ("" when not linked)."""
+    if bridge.plextv is None or bridge.plextv.account is None:
+        return ""
+    return bridge.plextv.account.name
+
+
 # -- JSON ---------------------------------------------------------------------------------------
 
 
@@ -271,4 +278,6 @@ def health_json(bridge: Bridge, *, uptime: float, findings: Sequence[Finding], f
         "flings_recent": len(recent),
         "insecure_flings_recent": sum(1 for f in recent if not f.decision.secure),
         "doctor": {**counts, "checked_at": _iso(findings_at) if findings_at else None},
+        "plextv": {"enabled": bridge.plextv is not None, "linked": bool(bridge.plextv and bridge.plextv.linked),
+                   "account": plextv_account(bridge) or None},
     }

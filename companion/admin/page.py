@@ -144,6 +144,16 @@ def _targets(views: Sequence[TargetView]) -> str:
             + "".join(rows) + "</tbody></table>")
 
 
+def _plextv_account(health: dict[str, Any]) -> str:
+    p = health.get("plextv") or {}
+    if p.get("account"):
+        return f'<div class="small" id="plextv-account">plex.tv account: <strong>{_e(p["account"])}</strong></div>'
+    if p.get("enabled"):
+        return ('<div class="small muted" id="plextv-account">plex.tv: no account linked '
+                '(<code>companion link</code> lists the faces in the Plex apps that read plex.tv)</div>')
+    return ""
+
+
 def _servers(servers: Sequence[dict[str, Any]]) -> str:
     if not servers:
         return '<p class="muted">No Plex server known yet.</p>'
@@ -251,7 +261,8 @@ def render_page(*, name: str, version: str, health: dict[str, Any], targets: Seq
 <div class="small muted">companion-bridge {_e(version)}; up {_uptime(health["uptime_seconds"])};
 status <strong class="{"up" if status == "ok" else "down"}" id="health">{_e(status)}</strong>{
 (" (" + _e(problems) + ")") if problems else ""}; page generated
-{_e(now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))} UTC, refreshes every {REFRESH_SECONDS} s</div></header>
+{_e(now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))} UTC, refreshes every {REFRESH_SECONDS} s</div>
+{_plextv_account(health)}</header>
 <h2>What the locks mean</h2>
 {_legend()}
 <h2>Players</h2>

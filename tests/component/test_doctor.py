@@ -55,6 +55,7 @@ def config_text(tmp_path: Path, *, resolver: tuple[str, int] | None, server: Fak
         f"http: {{bind: 127.0.0.1, admin_port: 0, relay_port: 0, face_port_base: {faces}}}",
         "timeouts: {command: 2.0}",
         f"state_dir: {tmp_path / 'state'}",
+        "plextv: {enabled: false}",  # the plex.tv checks have their own tests (test_plextv_doctor.py)
     ]
     if resolver is not None:
         lines.append(f'security: {{resolver: "{resolver[0]}:{resolver[1]}"}}')

@@ -1,8 +1,10 @@
 """Secrets: a full scenario with recognisable tokens — flings in every mode, errors, refusals, timeline
-traffic, the relay, the owner's admin-API fling — then every token of the configuration (each server
-token and the admin token) and the controller's token are searched for in every log record (all
-loggers, DEBUG), every audit database file (-wal and -shm included, while running and after stop),
-every HTTP answer the controller and the admin client got, and the /metrics text. None may occur."""
+traffic, the relay, the owner's admin-API fling, a linked plex.tv account registering every face — then
+every token of the configuration (each server token and the admin token), the controller's token, the
+plex.tv account token and every plex.tv device token are searched for in every log record (all loggers,
+DEBUG), every audit database file (-wal and -shm included, while running and after stop), every HTTP
+answer the controller and the admin client got, the /metrics text, and what the players and the server
+received (no plex.tv token). None may occur."""
 
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ import pytest
 
 from companion.bridge import Bridge
 from companion.model import Command, Controller, redacted
+from companion.plextv.store import AccountToken, PlexTvStore
 from companion.proto.companion import media_request, parse_request
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.plex_server import FakePlexServer
+from tests.fakes.plextv import FakePlexTv
 from tests.hardening.conftest import TOKEN, face_port
 from tests.helpers import bridge_config, free_port, until
 from tests.lab import write_test_profiles
@@ -41,7 +45,15 @@ async def players() -> AsyncIterator[dict[str, FakeCompanionPlayer]]:
         await p.stop()
 
 
-def scenario_config(tmp_path: Path, server: FakePlexServer, players: dict[str, FakeCompanionPlayer]) -> str:
+@pytest.fixture
+async def plextv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakePlexTv]:
+    async with FakePlexTv() as fake:
+        monkeypatch.setenv("SSL_CERT_FILE", fake.write_ca(tmp_path / "plextv-ca.pem"))
+        yield fake
+
+
+def scenario_config(tmp_path: Path, server: FakePlexServer, players: dict[str, FakeCompanionPlayer],
+                    plextv_url: str = "https://plex.tv") -> str:
     write_test_profiles(tmp_path / "profiles", server)
     root_pem = tmp_path / "lab-root.pem"
     root_pem.write_bytes(server.root_pem)
@@ -62,6 +74,7 @@ targets:
 {targets}
 profiles_dirs: [{tmp_path / "profiles"}]
 security: {{policy: preferred, relay: true, extra_roots: ["{root_pem}"]}}
+plextv: {{url: "{plextv_url}"}}
 """
 
 
@@ -70,17 +83,21 @@ def database_bytes(state: Path) -> dict[str, bytes]:
 
 
 async def test_the_token_appears_in_no_log_audit_file_answer_or_metric(
-        tmp_path: Path, server: FakePlexServer, players: dict[str, FakeCompanionPlayer],
+        tmp_path: Path, server: FakePlexServer, players: dict[str, FakeCompanionPlayer], plextv: FakePlexTv,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    config = bridge_config(tmp_path, scenario_config(tmp_path, server, players))
+    config = bridge_config(tmp_path, scenario_config(tmp_path, server, players, plextv.url))
     config = dataclasses.replace(config, http=dataclasses.replace(config.http, admin_port=free_port()))
+    account_token = plextv.issue_account_token()  # linked: the account token is in use throughout
+    PlexTvStore(config.state_path).save(AccountToken(account_token))
     bridge = Bridge(config)
     answers: list[str] = []
     files_running: dict[str, bytes] = {}
     await bridge.start()
     try:
         await until(lambda: len(bridge.faces) == len(PLAYERS), message="every face open")
+        await until(lambda: len([d for d in plextv.players() if d.connections]) == len(PLAYERS), timeout=20,
+                    message="every face registered on plex.tv")
         headers = {"X-Plex-Client-Identifier": "secret-phone", "X-Plex-Device-Name": "Phone",
                    "X-Plex-Token": TOKEN}
         async with aiohttp.ClientSession() as http:
@@ -143,7 +160,9 @@ async def test_the_token_appears_in_no_log_audit_file_answer_or_metric(
     # the first server's, as python-plexapi's would be).
     tokens = {TOKEN, admin_token, *(s.token for s in config.servers if s.token)}
     assert len(tokens) == 3, "two server tokens and the admin token are searched for"
-    needles = tuple({form.encode() for t in tokens for form in (t, quote(t), t.lower())})
+    plextv_tokens = plextv.tokens() | {account_token}
+    assert len(plextv_tokens) == len(PLAYERS) + 1, "the account token and one device token per face"
+    needles = tuple({form.encode() for t in tokens | plextv_tokens for form in (t, quote(t), t.lower())})
     found: list[str] = []
 
     def around(text: str) -> str:
@@ -161,6 +180,10 @@ async def test_the_token_appears_in_no_log_audit_file_answer_or_metric(
         found.append("metrics")
     assert any(r.levelno == logging.DEBUG for r in caplog.records), "DEBUG records were captured and searched"
     assert any(r.levelno == logging.WARNING for r in caplog.records), "the insecure flings were flagged"
+    for player in players.values():
+        found += [f"sent to the target {player.name}: {c.path}" for c in player.state.commands
+                  if any(t in repr(c) for t in plextv_tokens)]
+    found += [f"sent to the server: {r.path}" for r in server.requests if any(t in repr(r) for t in plextv_tokens)]
     assert not found, "token found in:\n" + "\n".join(found)
     old = players["Old TV"]
     assert [f.status for f in old.fetched][:2] == [200, 200]
