@@ -49,7 +49,9 @@ async def _face_main(conn: Connection, subs: int, polls: int) -> None:
     identity = FaceIdentity(machine_identifier="bench-face-fanout", name="Bench TV (bridge)",
                             product="companion-bridge", version="bench", platform="bench",
                             platform_version="1", device_class="stb", capabilities=("timeline", "playback"))
-    limits = FaceLimits(max_subscribers=subs + 8, max_long_polls=polls + 8, poll_hold=120.0, push_timeout=10.0)
+    # Every subscriber comes from 127.0.0.1 here, so the per-source cap is raised with the total.
+    limits = FaceLimits(max_subscribers=subs + 8, subscribers_per_source=subs + 8, max_long_polls=polls + 8,
+                        poll_hold=120.0, push_timeout=10.0)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
     face = Face(identity, handler, bind="127.0.0.1", port=0, session=session, limits=limits)
     await face.start()
