@@ -425,6 +425,21 @@ def _is_text(content_type: str) -> bool:
     return kind.startswith("text/") or kind in _TEXT_TYPES or kind.endswith(("+xml", "+json"))
 
 
+def body_needles(content_type: str, token: str) -> tuple[bytes, ...]:
+    """What a streamed body is scrubbed of: nothing for media, the token's forms for anything else.
+
+    Video, audio and image bodies are the bytes of a library file or of the transcoder's output:
+    the server never writes the token into them, so searching every byte of a film for it only
+    costs CPU (a third of the relay's time per GiB in ``bench/relay_throughput.py``). The
+    playlists among those types (``audio/mpegurl``, ...) are text and are read whole and scrubbed
+    elsewhere; any other type that streams (``application/octet-stream``, subtitles) is scrubbed.
+    """
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind.startswith(("video/", "audio/", "image/")) and not _is_text(kind):
+        return ()
+    return token_needles(token)
+
+
 def _ca_issuer_urls(cert: x509.Certificate) -> list[str]:
     try:
         aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
@@ -770,9 +785,10 @@ class Relay:
                 out_headers = self._response_headers(request, live, upstream_headers)
                 length = next((v for k, v in upstream_headers if k.lower() == "content-length"), None)
                 encoded = any(k.lower() == "content-encoding" for k, _ in upstream_headers)
+                content_type = next((v for k, v in upstream_headers if k.lower() == "content-type"), "")
                 return await self._stream(request, live, status, out_headers,
                                           None if encoded or length is None else int(length),
-                                          stream.chunks(), False, token_needles(grant.token))
+                                          stream.chunks(), False, body_needles(content_type, grant.token))
             finally:
                 await stream.aclose()
         raise UpstreamRefused("upstream-untrusted",
@@ -849,7 +865,7 @@ class Relay:
         length = resp.content_length if "Content-Encoding" not in resp.headers else None
         # iter_any: each chunk as the socket delivered it, without re-joining into fixed sizes.
         return await self._stream(request, live, resp.status, headers, length, resp.content.iter_any(), head,
-                                  needles)
+                                  body_needles(content_type, grant.token))
 
     async def _stream(self, request: web.Request, live: _Live, status: int, headers: CIMultiDict[str],
                       content_length: int | None, chunks: AsyncIterator[bytes], head: bool,

@@ -20,7 +20,7 @@ from aiohttp import web
 from yarl import URL
 
 from companion.errors import ProtocolError
-from companion.relay import CHUNK, Grant, Relay, TokenScrubber, check_path, filter_query
+from companion.relay import CHUNK, Grant, Relay, TokenScrubber, body_needles, check_path, filter_query
 from tests.fakes.aia import FakeCaIssuers, make_aia_pki
 from tests.fakes.plex_server import FakePlexServer, make_plex_chain, media_bytes
 
@@ -496,6 +496,14 @@ def test_scrubber_passes_media_without_a_token_unchanged_across_many_chunks() ->
     scrubber = TokenScrubber([TOKEN.encode()])
     parts = [p for i in range(0, len(data), 7) for p in scrubber.feed(data[i:i + 7])] + [scrubber.finish()]
     assert b"".join(bytes(p) for p in parts) == data
+
+
+def test_media_bodies_stream_unscrubbed_and_every_other_streamed_type_is_scrubbed() -> None:
+    for media in ("video/x-matroska", "Video/MP4; codecs=avc1", "audio/flac", "image/jpeg"):
+        assert body_needles(media, TOKEN) == (), media
+    for other in ("application/octet-stream", "", "text/srt", "audio/mpegurl", "audio/x-mpegurl",
+                  "image/svg+xml", "application/x-subrip"):
+        assert TOKEN.encode() in body_needles(other, TOKEN), other
 
 
 def test_allow_list_and_query_filter_decisions() -> None:
