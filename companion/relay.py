@@ -64,7 +64,7 @@ from companion.faces.app import IDLE_TIMEOUT, QuietServerLog
 from companion.faces.middleware import host_allowed
 from companion.limits import ThrottledLog
 from companion.model import SECRET_PARAMS
-from companion.relay_pump import PinMismatch, UpstreamError, UpstreamStream
+from companion.relay_pump import DownstreamGone, PinMismatch, UpstreamError, UpstreamStream
 from companion.relay_scope import GrantScope
 from companion.security.probe import ServerFacts
 from companion.security.probe import _chain_der as sent_chain_der
@@ -786,13 +786,51 @@ class Relay:
                 length = next((v for k, v in upstream_headers if k.lower() == "content-length"), None)
                 encoded = any(k.lower() == "content-encoding" for k, _ in upstream_headers)
                 content_type = next((v for k, v in upstream_headers if k.lower() == "content-type"), "")
-                return await self._stream(request, live, status, out_headers,
-                                          None if encoded or length is None else int(length),
-                                          stream.chunks(), False, body_needles(content_type, grant.token))
+                needles = body_needles(content_type, grant.token)
+                content_length = None if encoded or length is None else int(length)
+                if not needles and content_length is not None:
+                    return await self._send_direct(request, live, status, out_headers, content_length, stream)
+                return await self._stream(request, live, status, out_headers, content_length,
+                                          stream.chunks(), False, needles)
             finally:
                 await stream.aclose()
         raise UpstreamRefused("upstream-untrusted",
                               f"the Plex server {grant.upstream_host} changed its certificate twice in a row")
+
+    async def _send_direct(self, request: web.Request, live: _Live, status: int, headers: CIMultiDict[str],
+                           content_length: int, stream: UpstreamStream) -> web.StreamResponse:
+        """A media body the relay passes on unchanged: the reader thread also writes it to the target."""
+        out = web.StreamResponse(status=status, headers=headers)
+        out.content_length = content_length
+        await out.prepare(request)
+        await out.write(b"")  # the head goes out now, ahead of the body
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if (transport is None or sock is None or transport.get_extra_info("sslcontext") is not None
+                or transport.get_write_buffer_size() > 0):
+            # Something is still queued in the loop's buffer: keep the order, stream through the loop.
+            return await self._stream_prepared(request, live, out, stream.chunks(), ())
+
+        def progress(sent: int, chunks: int) -> None:
+            self.counters.bytes_relayed += sent
+            self.counters.chunks_relayed += chunks
+            live.last_used = self._clock()
+
+        try:
+            # The reader thread asks _still_live (a dict lookup, read-only) before each chunk.
+            await stream.send_to(sock, progress, lambda: self._still_live(live))
+        except DownstreamGone:
+            if not self._still_live(live):
+                log.info("relay %s: stream cut, the grant ended", live.grant.label)
+            _abort(request)  # the target went away, or the grant ended: the connection cannot be reused
+            return out
+        except UpstreamError as exc:
+            log.info("relay %s: upstream stream broke off: %s", live.grant.label, type(exc).__name__)
+            self.counters.fail("upstream-broke-off")
+            _abort(request)  # a truncated body must not look complete to the target
+            return out
+        await out.write_eof()
+        return out
 
     async def _upstream_request(self, grant: Grant, method: str, url: URL, headers: CIMultiDict[str],
                                 body: bytes | None) -> aiohttp.ClientResponse:
@@ -877,6 +915,10 @@ class Relay:
         if head:
             await out.write_eof()
             return out
+        return await self._stream_prepared(request, live, out, chunks, needles)
+
+    async def _stream_prepared(self, request: web.Request, live: _Live, out: web.StreamResponse,
+                               chunks: AsyncIterator[bytes], needles: Sequence[bytes]) -> web.StreamResponse:
         scrubber = TokenScrubber(needles)
         try:
             async for chunk in chunks:
