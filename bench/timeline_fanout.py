@@ -15,7 +15,7 @@ Method. Two helper processes on loopback, orchestrated by the runner:
 Per round: the audience re-arms its long-polls; the runner waits until the face holds all of
 them; the face changes state; the audience waits for SUBS pushes and POLLS answers of that round.
 Latency = arrival - change. ROUNDS rounds; p50 and p99 over every delivery. The baseline is the
-same with one subscriber and no long-polls (20 rounds). Goal: p99 <= 1 s.
+same with one subscriber and no long-polls (20 rounds). Goal: p99 <= 250 ms.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from common import BenchError, Child, Options, Result, in_child, ms, percentile, progress, serve
 
 LISTENERS = 8
+GOAL_S = 0.250
 KEY = re.compile(rb'key="/library/metadata/bench-(\d+)"')
 
 
@@ -49,7 +50,9 @@ async def _face_main(conn: Connection, subs: int, polls: int) -> None:
     identity = FaceIdentity(machine_identifier="bench-face-fanout", name="Bench TV (bridge)",
                             product="companion-bridge", version="bench", platform="bench",
                             platform_version="1", device_class="stb", capabilities=("timeline", "playback"))
-    limits = FaceLimits(max_subscribers=subs + 8, max_long_polls=polls + 8, poll_hold=120.0, push_timeout=10.0)
+    # Every subscriber comes from 127.0.0.1 here, so the per-source cap is raised with the total.
+    limits = FaceLimits(max_subscribers=subs + 8, subscribers_per_source=subs + 8, max_long_polls=polls + 8,
+                        poll_hold=120.0, push_timeout=10.0)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
     face = Face(identity, handler, bind="127.0.0.1", port=0, session=session, limits=limits)
     await face.start()
@@ -205,8 +208,8 @@ def run(options: Options) -> Result:
         figure=f"{subs}+{polls}: p50 {ms(f50)} p99 {ms(f99)}",
         baseline=f"1 sub: p50 {ms(b50)} p99 {ms(b99)}",
         ratio=f"p99 {f99 / b99:.0f}x",
-        goal="p99 <= 1 s",
-        meets=f99 <= 1.0,
+        goal=f"p99 <= {GOAL_S * 1000:.0f} ms",
+        meets=f99 <= GOAL_S,
         details={"subscribers": subs, "long_polls": polls, "rounds": rounds, "p50_s": f50, "p99_s": f99,
                  "max_s": max(fan), "baseline_p50_s": b50, "baseline_p99_s": b99, "deliveries": len(fan)},
     )

@@ -76,7 +76,6 @@ from companion.security.probe import ProbeCache, leaf_fingerprint
 from companion.security.profiles import ProfileSet, load_with_extra
 from companion.state import StateDir
 from companion.targets.base import TargetAdapter
-from companion.targets.chromecast import ChromecastTarget, play_queue_id
 from companion.targets.companion_player import CompanionPlayerTarget, TimelineListener
 from companion.visibility import Channel, Provider, default_providers
 
@@ -548,6 +547,10 @@ class Bridge:
                 target, session=self._session, bridge_id=self.bridge_id, bridge_name=self.config.name,
                 listener=self._listener, on_state=on_state, on_available=on_available,
                 command_timeout=self.config.timeouts.command, on_face=on_face)
+        # pychromecast (with protobuf and requests, about 8 MB resident) loads with the first
+        # Chromecast target only: a bridge of Companion players never pays for it.
+        from companion.targets.chromecast import ChromecastTarget
+
         return ChromecastTarget(
             target, zeroconf=self.mdns.zeroconf if self.mdns is not None else None, on_state=on_state,
             on_available=on_available, command_timeout=self.config.timeouts.command)
@@ -727,10 +730,12 @@ class Bridge:
             older.supersede()
         slot.watches.append(watch)
         try:
-            if (slot.target.kind is TargetKind.CHROMECAST and command.name == "playMedia"
-                    and not play_queue_id(request.container_key)):
-                request = await self._with_play_queue(prepared)
-                prepared = dataclasses.replace(prepared, request=request)
+            if slot.target.kind is TargetKind.CHROMECAST and command.name == "playMedia":
+                from companion.targets.chromecast import play_queue_id  # loaded with the target already
+
+                if not play_queue_id(request.container_key):
+                    request = await self._with_play_queue(prepared)
+                    prepared = dataclasses.replace(prepared, request=request)
             if prepared.decision.mode == "relay":
                 request = self._relay_request(slot.target, prepared)
             await slot.adapter.play_media(request, command)

@@ -102,9 +102,11 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
     from companion.bridge import Bridge
     from companion.connections import quiet_loop_errors
     from companion.sdnotify import Notifier
+    from companion.tuning import lean_tls_buffers
 
     loop = asyncio.get_running_loop()
     quiet_loop_errors(loop)
+    lean_tls_buffers()
     stop = asyncio.Event()
     reload_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,6 +14,13 @@ written. A mismatch raises :class:`PinMismatch` and the caller verifies the new 
 
 Back-pressure: the thread posts at most ``depth`` chunks ahead of the writer, then waits; closing
 the stream shuts the socket down, which ends a blocked read at once.
+
+Direct send (:meth:`UpstreamStream.send_to`): for a body the relay passes on unchanged (media,
+Content-Length known, plain HTTP downstream, the response head already on the wire), the same
+thread also writes each chunk to the target's socket with a blocking ``sendall`` on a duplicate of
+its descriptor, so the bytes never enter the event loop: no chunk objects, no queue, no write
+buffer. The loop hears of progress every ``REPORT`` bytes, which is where the relay checks that the
+grant still holds; a grant that ends stops the thread within one report.
 """
 
 from __future__ import annotations
@@ -22,13 +29,15 @@ import asyncio
 import contextlib
 import hashlib
 import http.client
+import os
 import socket
 import ssl
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 CHUNK = 256 * 1024  # as large as helps; larger chunks cost memmoves in the 3.11 write buffer
 DEPTH = 4
+REPORT = 4 * 1024 * 1024  # direct send: bytes between progress reports to the loop
 
 
 class PinMismatch(Exception):
@@ -37,6 +46,10 @@ class PinMismatch(Exception):
 
 class UpstreamError(Exception):
     """The upstream could not be reached or answered something that is not HTTP."""
+
+
+class DownstreamGone(Exception):
+    """The target's socket failed or closed during a direct send."""
 
 
 _END = object()
@@ -64,16 +77,25 @@ class UpstreamStream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._head: asyncio.Future[tuple[int, list[tuple[str, str]]]] | None = None
+        # After the head, the thread waits to learn where the body goes: the queue or a socket.
+        self._mode = threading.Event()
+        self._out_fd: int | None = None
+        self._on_progress: Callable[[int, int], None] | None = None
+        self._keep_going: Callable[[], bool] = lambda: True
+        self._sent: asyncio.Future[int] | None = None
+        self._finished: asyncio.Future[None] | None = None  # the thread has ended
 
     async def open(self) -> tuple[int, list[tuple[str, str]]]:
         """Connect, check the pin, send the request; the status and headers of the answer."""
         self._loop = asyncio.get_running_loop()
         self._head = self._loop.create_future()
+        self._finished = self._loop.create_future()
         self._thread.start()
         return await self._head
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, chunk by chunk, until its end; raises UpstreamError if it broke off."""
+        self._mode.set()
         while True:
             item = await self._queue.get()
             self._room.release()
@@ -84,17 +106,44 @@ class UpstreamStream:
             assert isinstance(item, bytes | bytearray | memoryview)
             yield bytes(item) if isinstance(item, memoryview) else item  # type: ignore[misc]
 
-    async def aclose(self) -> None:
-        """Stop reading (also mid-body) and wait for the thread to end."""
+    async def send_to(self, sock: socket.socket, on_progress: Callable[[int, int], None],
+                      keep_going: Callable[[], bool]) -> int:
+        """Write the whole body to ``sock`` from the thread; the byte count once it is all sent.
+
+        ``sock`` is the target's connection (non-blocking, owned by the event loop, with nothing
+        left in its write buffer); the thread writes to a duplicate of its descriptor, so a socket
+        the loop closes meanwhile only fails the send. ``on_progress(bytes, chunks)`` runs in the loop
+        every ``REPORT`` bytes read and for the last chunk, before it is sent. The thread calls
+        ``keep_going()`` before each chunk it sends (so it must be a read-only check, safe from
+        another thread); False ends the send with DownstreamGone. Raises UpstreamError when the
+        upstream broke off, DownstreamGone when the target did; :meth:`stop` ends it early.
+        """
+        assert self._loop is not None
+        self._sent = self._loop.create_future()
+        self._on_progress = on_progress
+        self._keep_going = keep_going
+        self._out_fd = os.dup(sock.fileno())
+        self._mode.set()
+        return await self._sent
+
+    def stop(self) -> None:
+        """Stop reading (also mid-body) without waiting: a blocked read or send ends at once."""
         self._stop.set()
         sock = self._sock
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        # Let a thread waiting for room see the stop flag.
+
+    async def aclose(self) -> None:
+        """Stop reading (also mid-body) and wait for the thread to end."""
+        self.stop()
+        # Let a thread waiting for room, or for where the body goes, see the stop flag.
         self._room.release()
-        if self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join, self._timeout + 5)
+        self._mode.set()
+        if self._finished is not None and not self._finished.done():
+            # The thread says when it ends: no executor thread is spent on a join.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._finished), self._timeout + 5)
 
     # -- the thread --
 
@@ -164,6 +213,10 @@ class UpstreamStream:
                 self._answer_head(UpstreamError(f"{type(exc).__name__}: {exc}"))
                 return
             self._answer_head((resp.status, resp.getheaders()))
+            self._mode.wait()
+            if self._out_fd is not None:
+                self._send_direct(resp, self._out_fd)
+                return
             while not self._stop.is_set():
                 buf = bytearray(self._chunk)
                 try:
@@ -185,3 +238,84 @@ class UpstreamStream:
                 conn.close()
             elif self._sock is not None:
                 self._sock.close()
+            self._ended()
+
+    def _ended(self) -> None:
+        assert self._loop is not None
+        finished = self._finished
+
+        def settle() -> None:
+            if finished is not None and not finished.done():
+                finished.set_result(None)
+
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(settle)
+
+    def _settle_sent(self, result: int | BaseException) -> None:
+        assert self._loop is not None
+        sent = self._sent
+
+        def settle() -> None:
+            if sent is None or sent.done():
+                return
+            if isinstance(result, BaseException):
+                sent.set_exception(result)
+            else:
+                sent.set_result(result)
+
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(settle)
+
+    def _report(self, n: int, chunks: int) -> None:
+        assert self._loop is not None
+        assert self._on_progress is not None
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._on_progress, n, chunks)
+
+    def _send_direct(self, resp: http.client.HTTPResponse, fd: int) -> None:
+        """Read a chunk, send it, repeat: both calls block in C with the GIL released."""
+        out = socket.socket(fileno=fd)
+        # A timeout keeps the descriptor non-blocking (the loop shares it); it is only how often a
+        # send blocked by a paused target looks at the stop flag, never a limit on the pause.
+        out.settimeout(1.0)
+        buf = bytearray(self._chunk)  # one buffer: each chunk is sent before the next is read
+        view = memoryview(buf)
+        total = unreported = chunks = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    n = resp.readinto(buf)
+                except (OSError, http.client.HTTPException, ValueError) as exc:
+                    self._settle_sent(UpstreamError(f"{type(exc).__name__}: {exc}"))
+                    return
+                if not n:
+                    break
+                if not self._keep_going():
+                    self._settle_sent(DownstreamGone("the stream was cut"))
+                    return
+                # Counted before the send: a client that has the last byte finds it counted.
+                unreported += n
+                chunks += 1
+                if unreported >= REPORT or resp.length == 0:
+                    self._report(unreported, chunks)
+                    unreported = chunks = 0
+                off = 0
+                while off < n:
+                    try:
+                        off += out.send(view[off:n])
+                    except TimeoutError:
+                        if self._stop.is_set():
+                            break
+                    except OSError as exc:
+                        self._settle_sent(DownstreamGone(f"{type(exc).__name__}: {exc}"))
+                        return
+                total += off
+            if unreported:
+                self._report(unreported, chunks)
+            if self._stop.is_set():
+                self._settle_sent(DownstreamGone("the stream was stopped"))
+            else:
+                self._settle_sent(total)
+        finally:
+            view.release()
+            out.close()

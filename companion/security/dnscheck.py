@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Literal
-
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.resolver
+from typing import TYPE_CHECKING, Literal
 
 from companion.errors import ProtocolError
 from companion.proto.plexdirect import dashed_address, parse_name
 from companion.security.decide import DNS_REBIND_FIX
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
+
+# dnspython (about 4 MB resident with its modules) is imported by the functions that query, on the
+# first check: a daemon with the DNS check off never loads it.
 
 DnsOutcome = Literal["ok", "stripped", "unreachable", "wrong-address"]
 
@@ -41,6 +42,8 @@ class DnsFacts:
 
 
 def _make_resolver(resolver: tuple[str, int] | None, timeout: float) -> tuple[dns.asyncresolver.Resolver, str]:
+    import dns.asyncresolver
+
     if resolver is None:
         res = dns.asyncresolver.Resolver(configure=True)
         servers = ", ".join(f"{ns}:{res.port}" for ns in res.nameservers) or "none"
@@ -59,6 +62,9 @@ def _make_resolver(resolver: tuple[str, int] | None, timeout: float) -> tuple[dn
 
 async def _query(res: dns.asyncresolver.Resolver, name: str, rdtype: str) -> tuple[str, ...]:
     """Addresses in the answer; () for NXDOMAIN or an empty answer. Other errors propagate."""
+    import dns.name
+    import dns.resolver
+
     try:
         answer = await res.resolve(dns.name.from_text(name), rdtype, raise_on_no_answer=False, search=False)
     except dns.resolver.NXDOMAIN:
@@ -80,6 +86,9 @@ async def check_plex_direct(
     Raises ProtocolError when ``expected_address`` is not an IP address; every resolver failure is
     an outcome (``unreachable``), not an exception.
     """
+    import dns.exception
+    import dns.resolver
+
     try:
         expected = ipaddress.ip_address(expected_address)
     except ValueError:
@@ -113,6 +122,8 @@ async def _stripped_detail(
     res: dns.asyncresolver.Resolver, label: str, name: str,
     expected: ipaddress.IPv4Address | ipaddress.IPv6Address, rdtype: str,
 ) -> str:
+    import dns.exception
+
     base = f"resolver {label} returns no address for {name}"
     try:
         server_hash = parse_name(name).hash
@@ -133,6 +144,9 @@ async def _stripped_detail(
 
 
 def _failure(label: str, exc: BaseException, timeout: float) -> str:
+    import dns.exception
+    import dns.resolver
+
     if isinstance(exc, dns.exception.Timeout):
         return f"resolver {label} did not answer within {timeout:g} s"
     if isinstance(exc, dns.resolver.NoNameservers):

@@ -20,7 +20,7 @@ from aiohttp import web
 from yarl import URL
 
 from companion.errors import ProtocolError
-from companion.relay import CHUNK, Grant, Relay, TokenScrubber, check_path, filter_query
+from companion.relay import CHUNK, Grant, Relay, TokenScrubber, body_needles, check_path, filter_query
 from tests.fakes.aia import FakeCaIssuers, make_aia_pki
 from tests.fakes.plex_server import FakePlexServer, make_plex_chain, media_bytes
 
@@ -190,6 +190,46 @@ async def test_a_part_larger_than_a_chunk_is_forwarded_in_chunks(relay: Relay, p
         status, body, _ = await get(session, f"{base}/library/parts/501/file")
     assert status == 200 and body == plex.media
     assert relay.counters.chunks_relayed >= 2
+
+
+async def test_a_media_part_sent_by_the_reader_thread_leaves_the_connection_ready_for_the_next_request(
+        relay: Relay, plex: PlexWithExtras) -> None:
+    _, base = fling(relay, plex)
+    opened: list[object] = []
+    trace = aiohttp.TraceConfig()
+
+    async def on_create(_session: object, _ctx: object, params: object) -> None:
+        opened.append(params)
+
+    trace.on_connection_create_end.append(on_create)
+    connector = aiohttp.TCPConnector(local_addr=(TARGET, 0), limit=1)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
+        for _ in range(3):
+            status, body, _ = await get(session, f"{base}/library/parts/501/file")
+            assert status == 200 and body == plex.media
+        status, body, _ = await get(session, f"{base}/identity")
+    assert status == 200 and plex.machine_identifier.encode() in body
+    assert len(opened) == 1, "every request after a direct-sent body reuses the same connection"
+    assert relay.counters.bytes_relayed >= 3 * len(plex.media)
+
+
+async def test_a_target_that_pauses_mid_part_gets_the_rest_when_it_reads_again(tmp_path: Path) -> None:
+    # Larger than loopback's socket buffers, so the relay's send really waits on the paused reader.
+    big = PlexWithExtras(token=TOKEN, media_size=48 * 1024 * 1024)
+    async with big:
+        r = Relay(bind="127.0.0.1", port=0, state_dir=tmp_path, extra_roots=[big.chain.root])
+        await r.start()
+        try:
+            _, base = fling(r, big)
+            async with target() as session, session.get(f"{base}/library/parts/501/file") as resp:
+                head = await resp.content.readexactly(64 * 1024)
+                # The pause is what is tested (a player paused for longer than the thread's 1 s
+                # wake-ups), not a wait for something to happen.
+                await asyncio.sleep(2.5)
+                rest = await resp.read()
+        finally:
+            await r.stop()
+    assert head + rest == big.media
 
 
 async def test_hls_playlist_urls_pointing_at_the_server_are_rewritten_to_the_relay(
@@ -496,6 +536,14 @@ def test_scrubber_passes_media_without_a_token_unchanged_across_many_chunks() ->
     scrubber = TokenScrubber([TOKEN.encode()])
     parts = [p for i in range(0, len(data), 7) for p in scrubber.feed(data[i:i + 7])] + [scrubber.finish()]
     assert b"".join(bytes(p) for p in parts) == data
+
+
+def test_media_bodies_stream_unscrubbed_and_every_other_streamed_type_is_scrubbed() -> None:
+    for media in ("video/x-matroska", "Video/MP4; codecs=avc1", "audio/flac", "image/jpeg"):
+        assert body_needles(media, TOKEN) == (), media
+    for other in ("application/octet-stream", "", "text/srt", "audio/mpegurl", "audio/x-mpegurl",
+                  "image/svg+xml", "application/x-subrip"):
+        assert TOKEN.encode() in body_needles(other, TOKEN), other
 
 
 def test_allow_list_and_query_filter_decisions() -> None:
