@@ -37,6 +37,9 @@ async def test_a_hello_flood_is_capped_forgotten_on_expiry_and_cannot_aim_a_repl
         assert len(bridge.faces) == 9, "the TV's face and 8 discovered ones: 9 listening ports, not 301"
         stored = json.loads((bridge.state.path / "faces.json").read_text())
         assert len(stored) == 9
+        # A face answers searches only once announced (after the bridge's first listen on the LAN).
+        await until(lambda: sum(slot.announced for slot in bridge.faces.values()) == 9, timeout=10,
+                    message="all 9 faces announced on GDM")
 
         # One M-SEARCH from the attacker: one reply per face, within limits.gdm_replies_per_search.
         one = await attack(attacker, "search", "--to", f"{s.me}:{gdm.player_port}", "--window", "2")
