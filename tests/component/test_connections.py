@@ -99,3 +99,25 @@ async def test_a_storm_of_accept_errors_is_reported_once_per_minute(caplog: pyte
     lines = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(lines) == 1
     assert "Too many open files" in lines[0].getMessage() and lines[0].exc_info is None
+
+
+async def test_stopping_closes_connections_that_raced_the_stop() -> None:
+    """A connection accepted just before the listener stops (its handler not yet told) is closed too,
+    not left open until its peer gives up: a busy LAN must not make the daemon leak descriptors."""
+    limits = ConnectionLimits(ConnectionBudget(total=64, per_listener=64, per_source=64, backlog=16, nofile=1024))
+    left_open = []
+    for turns in range(6):  # stop after 0..5 loop turns: before, while and after the accept
+        app = web.Application()
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = GatedTCPSite(runner, "127.0.0.1", 0, gate=limits.gate(f"listener {turns}"))
+        await site.start()
+        port = int(runner.addresses[0][1])
+        reader, writer = await connect(port, "127.0.0.1")
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await runner.cleanup()
+        if not await was_reset(reader):
+            left_open.append(turns)
+        writer.close()
+    assert left_open == [], f"stopped after {left_open} loop turns, the server kept the connection open"
