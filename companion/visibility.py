@@ -45,7 +45,8 @@ class ChannelView:
 Provider = Callable[["Bridge", "FaceSlot", datetime], Sequence[ChannelView]]
 
 
-def _ago(moment: datetime | None, now: datetime) -> str:
+def age_text(moment: datetime | None, now: datetime) -> str:
+    """How long ago, for people ("12 s ago", "3 min ago"); "never" for None."""
     if moment is None:
         return "never"
     seconds = max(0, int((now - moment).total_seconds()))
@@ -53,7 +54,9 @@ def _ago(moment: datetime | None, now: datetime) -> str:
         return f"{seconds} s ago"
     if seconds < 7200:
         return f"{seconds // 60} min ago"
-    return f"{seconds // 3600} h ago"
+    if seconds < 172800:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"
 
 
 def _at(wall: float | None) -> datetime | None:
@@ -76,7 +79,7 @@ def gdm_view(bridge: Bridge, slot: FaceSlot, now: datetime) -> Sequence[ChannelV
     where = ", ".join(bridge.config.interfaces) or "all interfaces"
     detail = (f"answering GDM searches on UDP {cfg.player_port} ({where}) as {slot.advert.name!r}, port "
               f"{slot.advert.port}; {responder.searches_answered} search(es) answered, the last "
-              f"{_ago(searched, now)}; HELLO sent {_ago(hello, now)}")
+              f"{age_text(searched, now)}; HELLO sent {age_text(hello, now)}")
     latest = max((m for m in (searched, hello) if m is not None), default=None)
     return [ChannelView("gdm", "visible", detail, "", latest)]
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from companion.admin.api import LockView, TargetView, fling_flag
 from companion.audit import scrub
 from companion.flinging import Fling
+from companion.visibility import age_text
 
 if TYPE_CHECKING:
     from companion.doctor import Finding
@@ -85,20 +86,6 @@ def _lock(lock: LockView) -> str:
 
 
 _CHANNEL_NAMES = {"gdm": "LAN (GDM)", "plextv": "plex.tv", "proxy": "server proxy"}
-
-
-def age_text(moment: datetime | None, now: datetime) -> str:
-    """How long ago, for people ("12 s ago", "3 min ago"); "never" for None."""
-    if moment is None:
-        return "never"
-    seconds = max(0, int((now - moment).total_seconds()))
-    if seconds < 120:
-        return f"{seconds} s ago"
-    if seconds < 7200:
-        return f"{seconds // 60} min ago"
-    if seconds < 172800:
-        return f"{seconds // 3600} h ago"
-    return f"{seconds // 86400} d ago"
 
 
 def _visible(v: TargetView) -> str:
