@@ -167,13 +167,19 @@ def quiet_loop_errors(loop: asyncio.AbstractEventLoop) -> None:
 class _GatedProtocol(asyncio.Protocol):
     """Asks the gate on connection_made; forwards everything to aiohttp's handler once admitted."""
 
-    def __init__(self, gate: ConnectionGate, inner: asyncio.Protocol) -> None:
+    def __init__(self, gate: ConnectionGate, inner: asyncio.Protocol, site: GatedTCPSite) -> None:
         self._gate = gate
         self._inner = inner
+        self._site = site
         self._conn: _Conn | None = None
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # a TCP server's transports are full Transports
+        if self._site.stopped:
+            # Accepted just before the stop, made only now: aiohttp has shut its handlers down and
+            # would never close this one, so it would leak until the loop is gone.
+            transport.abort()
+            return
         peer = transport.get_extra_info("peername")
         source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         self._conn = self._gate.admit(source, transport)
@@ -211,6 +217,11 @@ class GatedTCPSite(web.TCPSite):
                  **kwargs: Any) -> None:
         super().__init__(runner, host, port, **kwargs)
         self._gate = gate
+        self.stopped = False
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await super().stop()
 
     async def start(self) -> None:
         if self._gate is None:
@@ -222,6 +233,6 @@ class GatedTCPSite(web.TCPSite):
         gate = self._gate
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _GatedProtocol(gate, server()), self._host, self._port,
+            lambda: _GatedProtocol(gate, server(), self), self._host, self._port,
             backlog=gate.limits.budget.backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port

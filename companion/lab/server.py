@@ -154,6 +154,7 @@ class LabServer:
         self._runner: web.AppRunner | None = None
         self._tmp: Path | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._stopping = False
         for kind in ("rsa", "ecdsa"):
             app.router.add_get(self.aia_path(kind), self._issuer(kind))
 
@@ -175,10 +176,15 @@ class LabServer:
 
     async def stop(self) -> None:
         """Close the port, end every connection, remove the private socket."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        # A connection accepted just before close() has its handler task queued but not started
+        # (so not in _connections yet): let those run; they see _stopping and close at once.
+        for _ in range(5):
+            await asyncio.sleep(0)
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
@@ -254,7 +260,7 @@ class LabServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._connections) >= self._max_connections:
+        if self._stopping or len(self._connections) >= self._max_connections:
             writer.close()
             return
         self._connections.add(task)
