@@ -123,17 +123,8 @@ class Registry:
 
     def _room_for(self, sighting: Sighting, now: float) -> bool:
         """False (and a line logged at most once a minute) when a new discovered target is over a cap."""
-        discovered = [e.target for e in self._targets.values() if not e.pinned]
-        if len(discovered) >= self.max_discovered:
-            why = f"{self.max_discovered} discovered targets already (limits.discovered_targets)"
-        elif sum(1 for t in discovered if t.address == sighting.address) >= self.per_address:
-            why = f"{self.per_address} discovered targets at that address already (limits.targets_per_address)"
-        else:
-            return True
-        self.refused += 1
-        self._refusals.log(("target", why), now, logging.WARNING, "ignored the %s %r announced from %s: %s",
-                           sighting.kind, sighting.ident[:64], sighting.address, why)
-        return False
+        addresses = [e.target.address for e in self._targets.values() if not e.pinned]
+        return self._room(sighting, now, addresses, self.max_discovered, "targets", "limits.discovered_targets")
 
     def forget(self, sighting: Sighting) -> None:
         """A BYE or an mDNS removal: the peer says it is gone (only from its own address)."""
@@ -207,16 +198,22 @@ class Registry:
     def _room_for_server(self, sighting: Sighting, now: float) -> bool:
         if self.server_by_address(sighting.address, sighting.port) is not None:
             return True  # replaces the entry at that address, adds none
-        discovered = [s for s in self._servers.values() if s.source != "config"]
-        if len(discovered) >= self.max_servers:
-            why = f"{self.max_servers} discovered servers already (limits.discovered_servers)"
-        elif sum(1 for s in discovered if s.address == sighting.address) >= self.per_address:
-            why = f"{self.per_address} discovered servers at that address already (limits.targets_per_address)"
+        addresses = [s.address for s in self._servers.values() if s.source != "config"]
+        return self._room(sighting, now, addresses, self.max_servers, "servers", "limits.discovered_servers")
+
+    def _room(self, sighting: Sighting, now: float, addresses: list[str], cap: int, what: str, key: str) -> bool:
+        """The caps targets and servers share: in total and per announcing address; a refusal is
+        logged at most once a minute per kind and reason."""
+        if len(addresses) >= cap:
+            why = f"{cap} discovered {what} already ({key})"
+        elif addresses.count(sighting.address) >= self.per_address:
+            why = f"{self.per_address} discovered {what} at that address already (limits.targets_per_address)"
         else:
             return True
         self.refused += 1
-        self._refusals.log(("server", why), now, logging.WARNING, "ignored the server %r announced from %s: %s",
-                           sighting.ident[:64], sighting.address, why)
+        kind = "server" if sighting.kind == "server" else "target"
+        self._refusals.log((kind, why), now, logging.WARNING, "ignored the %s %r announced from %s: %s",
+                           sighting.kind, sighting.ident[:64], sighting.address, why)
         return False
 
     def _rekey(self, configured: Server, ident: str) -> None:
