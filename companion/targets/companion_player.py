@@ -32,10 +32,11 @@ from companion.errors import (
 from companion.limits import ThrottledLog
 from companion.model import Command, FaceMarks, MediaRequest, Target, clean_params
 from companion.proto.gdm import FACE_PRODUCT
+from companion.proto.safexml import parse_xml
 from companion.proto.timeline import parse_player_timeline
 from companion.targets.base import PLAYBACK_COMMANDS, AvailabilityCallback, StateCallback
 
-log = logging.getLogger("companion.target")
+log = logging.getLogger(__name__)
 
 
 # What we pass through to a Companion player. Navigation/application need a UI on the player and
@@ -52,12 +53,10 @@ RESUBSCRIBE_EVERY = 60.0  # players expire subscribers 90 s after the last subsc
 
 
 def _players(body: bytes) -> list[ElementTree.Element]:
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        return []
     try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError:
-        return []
+        root = parse_xml(body, "player /resources")
+    except ProtocolError:
+        return []  # the callers treat it as an answer without a machineIdentifier
     return list(root.iter("Player"))
 
 
