@@ -30,6 +30,8 @@ _TYPES = {"music": "audio", "audio": "audio", "photo": "photo"}
 
 @dataclass(frozen=True)
 class CreatedQueue:
+    """The play queue a server created: the key a Chromecast LOAD names, its id and selected item."""
+
     container_key: str  # /playQueues/<id>?own=1&window=200 (as pychromecast's LOAD names it)
     play_queue_id: str
     selected_item_id: str

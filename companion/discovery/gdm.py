@@ -164,6 +164,7 @@ class GdmResponder:
         return [endpoint.local_address for endpoint in self._endpoints]
 
     async def start(self) -> None:
+        """Listen on every interface, announce the faces (HELLO) and start repeating the HELLOs."""
         if self._endpoints:
             raise RuntimeError("GdmResponder already started")
         try:
@@ -304,6 +305,7 @@ class GdmScanner:
         return [endpoint.local_address for endpoint in (*self._searchers, *self._listeners)]
 
     async def start(self) -> None:
+        """Open the search sockets and announcement listeners and start searching periodically."""
         if self._running:
             raise RuntimeError("GdmScanner already started")
         try:
@@ -336,6 +338,7 @@ class GdmScanner:
                 endpoint.send(payload, (self._config.group, port))
 
     async def stop(self) -> None:
+        """Stop searching and close every socket."""
         self._running = False
         await cancel(self._search_task)
         self._search_task = None

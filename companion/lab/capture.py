@@ -34,7 +34,7 @@ from companion.proto.safexml import parse_xml
 from companion.proto.timeline import PlayerState
 from companion.targets.companion_player import CompanionPlayerTarget, TimelineListener
 
-log = logging.getLogger("companion.lab")
+log = logging.getLogger(__name__)
 
 HostMode = str  # "plex-direct" | "ip" | a DNS name the target resolves to the bridge
 
@@ -71,6 +71,7 @@ class StepResult:
 
     @property
     def aia_fetched(self) -> bool:
+        """Did the device fetch an intermediate through the AIA URL?"""
         return any(f.path.endswith("-intermediate.der") for f in self.fetches)
 
     def to_json(self) -> dict[str, object]:
@@ -205,6 +206,7 @@ class Capture:
 
     @property
     def leaf_names(self) -> tuple[str, ...]:
+        """The names the lab's leaf certificates are issued for (the host mode's name and the bridge's address)."""
         names = [self.host_for(self.host_mode), self.bridge_address]
         return tuple(dict.fromkeys(names))
 

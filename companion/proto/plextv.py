@@ -79,6 +79,7 @@ class Account:
 
     @property
     def name(self) -> str:
+        """The account's name to show: its title, else its username, else its id."""
         return self.title or self.username or f"account {self.id}"
 
 

@@ -79,6 +79,7 @@ class PlayerState:
         return None
 
     def with_entry(self, entry: TimelineEntry) -> PlayerState:
+        """This state with ``entry`` in place of the entry of its type."""
         entries = dict(self.entries)
         entries[entry.type] = entry
         return replace(self, entries=MappingProxyType(entries))
@@ -211,8 +212,8 @@ def _number(where: str, name: str, value: str) -> int:
     text = value.strip()
     try:
         number = float(text) if text else 0.0
-    except ValueError:
-        raise ProtocolError(f"{where}: {name}: expected a number, got {text[:32]!r}") from None
+    except ValueError as exc:
+        raise ProtocolError(f"{where}: {name}: expected a number, got {text[:32]!r}") from exc
     if number != number or number in (float("inf"), float("-inf")) or abs(number) > 1e15:
         raise ProtocolError(f"{where}: {name}: expected a finite number, got {text[:32]!r}")
     return max(int(number), 0)
