@@ -51,7 +51,8 @@ async def _peers_main(conn: Connection, count: int) -> None:
 
 
 async def _ours(count: int, announce_port: int, server_port: int) -> tuple[float, int]:
-    from companion.discovery.gdm import GdmScanner, GdmSettings
+    from companion.config import GdmConfig
+    from companion.discovery.gdm import GdmScanner
     from companion.model import Sighting
 
     seen: set[str] = set()
@@ -63,8 +64,8 @@ async def _ours(count: int, announce_port: int, server_port: int) -> tuple[float
             if len(seen) >= count:
                 enough.set()
 
-    settings = GdmSettings(group=BROADCAST, player_port=PLAYER_PORT, announce_port=announce_port,
-                           server_port=server_port, search_interval=10.0)
+    settings = GdmConfig(group=BROADCAST, player_port=PLAYER_PORT, announce_port=announce_port,
+                         server_port=server_port, search_interval=10.0)
     scanner = GdmScanner(settings, sighted)
     started = time.perf_counter()
     await scanner.start()

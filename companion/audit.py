@@ -184,14 +184,14 @@ class AuditLog:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise self._fail(f"create the directory {self.path.parent}", exc) from None
+                raise self._fail(f"create the directory {self.path.parent}", exc) from exc
             try:
                 # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each record() is
                 # exactly one transaction and nothing is left open between calls.
                 conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
                                        check_same_thread=False)
             except sqlite3.Error as exc:
-                raise self._fail("open", exc) from None
+                raise self._fail("open", exc) from exc
             try:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
@@ -207,7 +207,7 @@ class AuditLog:
                 self._migrate(conn)
             except sqlite3.Error as exc:
                 conn.close()
-                raise self._fail("open", exc) from None
+                raise self._fail("open", exc) from exc
             except BaseException:
                 conn.close()
                 raise
@@ -270,7 +270,7 @@ class AuditLog:
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise self._fail("record a fling", exc) from None
+                raise self._fail("record a fling", exc) from exc
         rowid = cursor.lastrowid
         assert rowid is not None
         return rowid
@@ -288,7 +288,7 @@ class AuditLog:
             try:
                 rows = conn.execute(sql, (max(0, limit),)).fetchall()
             except sqlite3.Error as exc:
-                raise self._fail("read flings", exc) from None
+                raise self._fail("read flings", exc) from exc
         return [_row_to_record(row) for row in rows]
 
     def set_playback(self, record_id: int, playback: str, reason: str = "") -> None:
@@ -301,7 +301,7 @@ class AuditLog:
                 conn.execute("UPDATE flings SET playback = ?, playback_reason = ? WHERE id = ?",
                              (playback, scrub(reason), record_id))
             except sqlite3.Error as exc:
-                raise self._fail("record a fling outcome", exc) from None
+                raise self._fail("record a fling outcome", exc) from exc
 
     def outcome_facts(self, limit: int = 100_000) -> list[FlingFact]:
         """The newest ``limit`` flings as the evidence summary needs them (bounded: memory stays small)."""
@@ -312,7 +312,7 @@ class AuditLog:
             try:
                 rows = conn.execute(sql, (max(0, limit),)).fetchall()
             except sqlite3.Error as exc:
-                raise self._fail("read flings", exc) from None
+                raise self._fail("read flings", exc) from exc
         return [FlingFact(profile=p, mode=m, playback=pb, relied_on=tuple(json.loads(r)), refling_of=ref)
                 for p, m, pb, r, ref in rows]
 
@@ -324,7 +324,7 @@ class AuditLog:
             try:
                 cursor = conn.execute("DELETE FROM flings WHERE time_us < ?", (cutoff,))
             except sqlite3.Error as exc:
-                raise self._fail("prune old flings", exc) from None
+                raise self._fail("prune old flings", exc) from exc
         return cursor.rowcount
 
     def close(self) -> None:
@@ -335,7 +335,7 @@ class AuditLog:
             try:
                 conn.close()
             except sqlite3.Error as exc:
-                raise self._fail("close", exc) from None
+                raise self._fail("close", exc) from exc
 
 
 def _row_to_record(row: Sequence[Any]) -> FlingRecord:

@@ -29,7 +29,7 @@ from companion.admin.app import AdminServer
 from companion.audit import AuditLog
 from companion.config import Config
 from companion.connections import ConnectionLimits
-from companion.discovery.gdm import GdmResponder, GdmScanner, GdmSettings
+from companion.discovery.gdm import GdmResponder, GdmScanner
 from companion.discovery.mdns import MdnsDiscovery, MdnsSettings
 from companion.election import Claims, outranks
 from companion.errors import (
@@ -192,17 +192,6 @@ class Bridge:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    @property
-    def gdm_settings(self) -> GdmSettings:
-        g = self.config.gdm
-        return GdmSettings(group=g.group, player_port=g.player_port, announce_port=g.announce_port,
-                           server_port=g.server_port, hello_interval=g.hello_interval,
-                           search_interval=g.search_interval, interfaces=self.config.interfaces,
-                           replies_per_search=self.config.limits.gdm_replies_per_search,
-                           search_rate=self.config.limits.gdm_search_rate,
-                           search_burst=self.config.limits.gdm_search_burst,
-                           search_rate_total=self.config.limits.gdm_search_rate_total)
-
     async def start(self) -> None:
         """Start every part; raises CompanionError (after undoing what started) on failure."""
         try:
@@ -272,11 +261,11 @@ class Bridge:
                                       self._bye)
             await self.mdns.start()
         if cfg.gdm.enabled:
-            self._responder = GdmResponder(self.gdm_settings, self._adverts)
+            self._responder = GdmResponder(cfg.gdm, self._adverts, interfaces=cfg.interfaces, limits=cfg.limits)
             await self._responder.start()
             # No is_own filter by Resource-Identifier: another bridge's face for a target has the same
             # one as ours, and it is exactly what the election must hear. Face marks route both.
-            self._scanner = GdmScanner(self.gdm_settings, self._sighted, self._bye)
+            self._scanner = GdmScanner(cfg.gdm, self._sighted, self._bye, interfaces=cfg.interfaces)
             await self._scanner.start()
             self._spawn(self._claims_loop(), "face-claims")
             # A timer, not synchronisation: the answers to the first search have no end marker.

@@ -171,7 +171,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 async def _scan(config: Config, timeout: float, as_json: bool) -> int:
-    from companion.bridge import Bridge
     from companion.discovery.gdm import scan
     from companion.discovery.mdns import MdnsDiscovery, MdnsSettings
     from companion.model import Sighting, Target, TargetKind
@@ -190,7 +189,7 @@ async def _scan(config: Config, timeout: float, as_json: bool) -> int:
         await mdns.start()
     try:
         if config.gdm.enabled:
-            for sighting in await scan(Bridge(config).gdm_settings, timeout):
+            for sighting in await scan(config.gdm, timeout, interfaces=config.interfaces):
                 keep(sighting)
         else:
             await asyncio.sleep(timeout)  # the listening window for mDNS answers

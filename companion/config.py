@@ -29,6 +29,9 @@ DEFAULT_STATE_DIR = "~/.local/state/companion-bridge"
 
 @dataclass(frozen=True)
 class GdmConfig:
+    """Where GDM is spoken (the ``gdm:`` section, as the responder and scanner take it). A ``group``
+    that is not multicast (a broadcast or unicast address) is sent to but never joined."""
+
     enabled: bool = True
     group: str = "239.0.0.250"
     player_port: int = 32412

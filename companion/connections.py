@@ -21,7 +21,7 @@ from aiohttp import web
 
 from companion.limits import ConnectionBudget, ThrottledLog, heaviest_source
 
-log = logging.getLogger("companion.connections")
+log = logging.getLogger(__name__)
 
 
 class _Conn:
@@ -111,6 +111,7 @@ class ConnectionGate:
 
     @property
     def count(self) -> int:
+        """How many connections are open now."""
         return self._mine.count
 
     def admit(self, source: str, transport: asyncio.Transport) -> _Conn | None:

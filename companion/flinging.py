@@ -33,7 +33,7 @@ from companion.security.probe import ProbeCache, ServerFacts
 from companion.security.profiles import Profile, ProfileSet
 from companion.security.trust import VerifyCache
 
-log = logging.getLogger("companion.fling")
+log = logging.getLogger(__name__)
 
 DNS_CACHE_SECONDS = 60.0
 DNS_FAILURE_CACHE_SECONDS = 5.0  # a resolver that was down is asked again soon
@@ -108,11 +108,13 @@ class FlingService:
     # -- inputs -------------------------------------------------------------------------------
 
     def profile_for(self, target: Target) -> Profile:
+        """The device profile for ``target``: a configured override first, else the best match."""
         override = (self.config.profiles.get(target.id) or self.config.profiles.get(target.name)
                     or target.profile)
         return self.profiles.match(target.match_fields, override=override)
 
     def policy_for(self, target: Target) -> Policy:
+        """The security policy for ``target``: its own from the config (by id or name), else the global one."""
         per_target = self.config.security.target_policies
         for key in (target.id, target.name):
             if key in per_target:
@@ -123,6 +125,7 @@ class FlingService:
         return self.config.security.policy
 
     def server_hash(self, server: Server, request_address: str = "") -> str | None:
+        """The plex.direct hash of ``server``, from its name or the address the request used; None if neither."""
         if server.host.endswith(".plex.direct"):
             return server.host.split(".")[0]
         try:
@@ -146,6 +149,7 @@ class FlingService:
 
     async def dns_facts(self, profile: Profile, server: Server, facts: ServerFacts | None,
                         server_hash: str | None) -> DnsFacts | None:
+        """What the target's LAN resolver answers for the server's plex.direct name, when the profile needs it."""
         if not self.config.security.dns_check or profile.dns_resolver != "lan" or facts is None:
             return None
         wanted = server_hash or facts.plex_direct_hash
@@ -321,6 +325,7 @@ Outcome = Literal["ok", "refused"]
 
 
 def outcome_of(exc: CompanionError | None) -> str:
+    """The audit log's outcome for a fling that raised ``exc`` (None: it went through)."""
     return "ok" if exc is None else f"error: {type(exc).__name__}"
 
 

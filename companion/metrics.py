@@ -54,8 +54,10 @@ class Metrics:
         self._targets: _TargetsCollector | None = None
 
     def track_targets(self, source: Callable[[], list[tuple[str, bool]]]) -> None:
+        """Export the targets' availability, read from ``source`` at each scrape."""
         self._targets = _TargetsCollector(source)
         self.registry.register(self._targets)
 
     def render(self) -> bytes:
+        """Every metric in the Prometheus text format."""
         return generate_latest(self.registry)

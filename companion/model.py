@@ -19,6 +19,8 @@ SightingSource = Literal["gdm", "mdns", "config"]
 
 
 class TargetKind(StrEnum):
+    """Which kind of device a target is, and so which adapter carries its commands."""
+
     COMPANION = "companion"
     CHROMECAST = "chromecast"
 
@@ -122,6 +124,7 @@ class Server:
 
     @property
     def base_url(self) -> str:
+        """``scheme://host:port`` of the server (IPv6 in brackets)."""
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{self.scheme}://{host}:{self.port}"
 
@@ -154,6 +157,7 @@ class Command:
 
     @property
     def path(self) -> str:
+        """The Companion path of the command, ``/player/<group>/<name>``."""
         return f"/player/{self.group}/{self.name}"
 
     def __repr__(self) -> str:

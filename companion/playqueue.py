@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -23,6 +22,7 @@ import aiohttp
 from companion.errors import ProtocolError, TargetError
 from companion.model import Server
 from companion.proto import plexdirect
+from companion.proto.safexml import parse_xml
 
 MAX_QUEUE_BYTES = 1024 * 1024
 _TYPES = {"music": "audio", "audio": "audio", "photo": "photo"}
@@ -30,6 +30,8 @@ _TYPES = {"music": "audio", "audio": "audio", "photo": "photo"}
 
 @dataclass(frozen=True)
 class CreatedQueue:
+    """The play queue a server created: the key a Chromecast LOAD names, its id and selected item."""
+
     container_key: str  # /playQueues/<id>?own=1&window=200 (as pychromecast's LOAD names it)
     play_queue_id: str
     selected_item_id: str
@@ -37,12 +39,10 @@ class CreatedQueue:
 
 def parse_created_queue(body: bytes) -> CreatedQueue:
     """The queue a ``POST /playQueues`` answered (no DTDs, bounded)."""
-    if len(body) > MAX_QUEUE_BYTES or b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
-        raise ProtocolError("play queue answer: oversized, or has a DTD")
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise ProtocolError(f"play queue answer: malformed XML ({exc})") from exc
+    where = "play queue answer"
+    if len(body) > MAX_QUEUE_BYTES:
+        raise ProtocolError(f"{where}: {len(body)} bytes exceeds the {MAX_QUEUE_BYTES}-byte limit")
+    root = parse_xml(body, where)
     queue_id = root.get("playQueueID", "")
     if root.tag != "MediaContainer" or not queue_id.isdigit():
         raise ProtocolError("play queue answer: no playQueueID")

@@ -43,7 +43,7 @@ from companion.visibility import ChannelView
 if TYPE_CHECKING:
     from companion.bridge import FaceSlot
 
-log = logging.getLogger("companion.proxy")
+log = logging.getLogger(__name__)
 
 LinkState = Literal["starting", "polling", "refused", "not-offered", "unreachable", "error"]
 _PUSH_FAILURES = 3  # PKC drops a proxy subscriber after three failed timeline posts
@@ -93,6 +93,7 @@ class ProxyLink:
 
     @property
     def face(self) -> Face:
+        """The face this link polls for."""
         return self.slot.face
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -332,6 +333,7 @@ class ProxyService:
         self._slots: dict[str, FaceSlot] = {}
 
     def links(self) -> list[ProxyLink]:
+        """Every link (one per face and server)."""
         return list(self._links.values())
 
     def add_face(self, slot: FaceSlot) -> None:

@@ -27,7 +27,7 @@ from companion.proto import plexdirect
 TargetListener = Callable[[Target], None]
 MoveListener = Callable[[Server, Sighting], None]
 
-log = logging.getLogger("companion.registry")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,12 +67,15 @@ class Registry:
     # -- listeners ----------------------------------------------------------------------------
 
     def on_added(self, cb: TargetListener) -> None:
+        """Call ``cb(target)`` when a target is added."""
         self._added.append(cb)
 
     def on_removed(self, cb: TargetListener) -> None:
+        """Call ``cb(target)`` when a target is removed."""
         self._removed.append(cb)
 
     def on_changed(self, cb: TargetListener) -> None:
+        """Call ``cb(target)`` when a sighting changes a known target."""
         self._changed.append(cb)
 
     def on_server_move(self, cb: MoveListener) -> None:
@@ -83,6 +86,7 @@ class Registry:
     # -- sightings ----------------------------------------------------------------------------
 
     def observe(self, sighting: Sighting, now: float) -> None:
+        """Add or refresh the target or server a discovery sighting names, within the limits."""
         if sighting.kind == "server":
             self._observe_server(sighting, now)
             return
@@ -271,9 +275,11 @@ class Registry:
         self._servers[ident] = replace(server, address=address, port=port)
 
     def add_server(self, server: Server) -> None:
+        """Add a server (configured, or found by discovery)."""
         self._servers[server.id] = server
 
     def update_server(self, server: Server) -> None:
+        """Replace a server's entry (same id) with ``server``."""
         self._servers[server.id] = server
 
     def is_configured(self, server: Server) -> bool:
@@ -283,9 +289,11 @@ class Registry:
     # -- queries ------------------------------------------------------------------------------
 
     def targets(self) -> list[Target]:
+        """Every target known now."""
         return [e.target for e in self._targets.values()]
 
     def target(self, tid: str) -> Target | None:
+        """The target with id ``tid``, or None."""
         entry = self._targets.get(tid)
         return entry.target if entry is not None else None
 
@@ -300,9 +308,11 @@ class Registry:
         return None
 
     def servers(self) -> list[Server]:
+        """Every server known now."""
         return list(self._servers.values())
 
     def server(self, sid: str) -> Server | None:
+        """The server with id ``sid``, or None."""
         return self._servers.get(sid)
 
     def current_server_id(self, sid: str) -> str:
@@ -314,6 +324,7 @@ class Registry:
         return sid
 
     def server_by_address(self, address: str, port: int) -> Server | None:
+        """The server at ``address``:``port``, or None."""
         for server in self._servers.values():
             if server.address == address and server.port == port:
                 return server

@@ -27,7 +27,7 @@ def write_atomic(path: Path, data: str, *, mode: int = 0o600) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 class StateDir:
@@ -42,10 +42,11 @@ class StateDir:
         self._ports: dict[str, int] | None = None
 
     def ensure(self) -> None:
+        """Create the state directory (owner-only) if it does not exist."""
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise StateError(f"cannot create state directory {self.path}: {exc.strerror or exc}") from None
+            raise StateError(f"cannot create state directory {self.path}: {exc.strerror or exc}") from exc
 
     def _read_text(self, name: str) -> str | None:
         try:
@@ -53,7 +54,7 @@ class StateDir:
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as exc:
-            raise StateError(f"cannot read {self.path / name}: {exc}") from None
+            raise StateError(f"cannot read {self.path / name}: {exc}") from exc
 
     # -- face ports ---------------------------------------------------------------------------
 
@@ -89,6 +90,7 @@ class StateDir:
         return port
 
     def set_face_port(self, target_id: str, port: int) -> None:
+        """Remember the port of ``target_id``'s face, so it keeps it across restarts."""
         ports = self.face_ports()
         ports[target_id] = port
         self._store_ports(ports)

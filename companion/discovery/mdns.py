@@ -23,7 +23,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from companion.model import Sighting
 
-log = logging.getLogger("companion.discovery.mdns")
+log = logging.getLogger(__name__)
 
 CAST_SERVICE = "_googlecast._tcp.local."
 PLEX_SERVER_SERVICE = "_plexmediasvr._tcp.local."
@@ -67,6 +67,7 @@ class MdnsDiscovery:
 
     @property
     def running(self) -> bool:
+        """Whether zeroconf is browsing."""
         return self._aiozc is not None
 
     async def start(self) -> None:

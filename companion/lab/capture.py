@@ -19,22 +19,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from xml.etree import ElementTree
 
 import aiohttp
 from aiohttp import web
 
 from companion import __version__
-from companion.errors import CompanionError, TargetError
+from companion.errors import CompanionError, ProtocolError, TargetError
 from companion.lab import media
 from companion.lab.pki import LabPki
 from companion.lab.server import ENDPOINTS, Endpoint, Handshake, LabServer, PlainFetch
 from companion.model import Command, Controller, MediaRequest, Target, TargetKind
 from companion.proto import plexdirect
+from companion.proto.safexml import parse_xml
 from companion.proto.timeline import PlayerState
 from companion.targets.companion_player import CompanionPlayerTarget, TimelineListener
 
-log = logging.getLogger("companion.lab")
+log = logging.getLogger(__name__)
 
 HostMode = str  # "plex-direct" | "ip" | a DNS name the target resolves to the bridge
 
@@ -71,6 +71,7 @@ class StepResult:
 
     @property
     def aia_fetched(self) -> bool:
+        """Did the device fetch an intermediate through the AIA URL?"""
         return any(f.path.endswith("-intermediate.der") for f in self.fetches)
 
     def to_json(self) -> dict[str, object]:
@@ -112,11 +113,9 @@ def stream_fetched(handshakes: list[Handshake]) -> bool:
 
 def player_facts(body: bytes) -> dict[str, str]:
     """The ``<Player>`` attributes of a Companion ``/resources`` answer (no DTDs, no entities)."""
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        return {}
     try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError:
+        root = parse_xml(body, "player /resources")
+    except ProtocolError:
         return {}
     for element in root.iter("Player"):
         return {k: v[:200] for k, v in element.attrib.items()
@@ -207,6 +206,7 @@ class Capture:
 
     @property
     def leaf_names(self) -> tuple[str, ...]:
+        """The names the lab's leaf certificates are issued for (the host mode's name and the bridge's address)."""
         names = [self.host_for(self.host_mode), self.bridge_address]
         return tuple(dict.fromkeys(names))
 

@@ -42,6 +42,7 @@ class Client:
 
     @property
     def label(self) -> str:
+        """The client's name in a draft: its user agents, else its TLS fingerprint."""
         return ", ".join(self.agents) if self.agents else f"TLS stack {self.hello.fingerprint}"
 
 

@@ -85,6 +85,7 @@ class LabPki:
 
     @property
     def roots_pem(self) -> bytes:
+        """Both lab roots (RSA and ECDSA) in PEM."""
         return self.root_pem("rsa") + self.root_pem("ecdsa")
 
     def intermediate_der(self, kind: KeyType) -> bytes:

@@ -43,7 +43,7 @@ from companion.lab.hello import (
 )
 from companion.lab.pki import KeyType, LabPki
 
-log = logging.getLogger("companion.lab")
+log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
 _TLS = {"1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1, "1.2": ssl.TLSVersion.TLSv1_2,
@@ -98,6 +98,7 @@ class Handshake:
 
     @property
     def done(self) -> bool:
+        """Whether the handshake has an outcome."""
         return self.outcome != "pending"
 
     def to_json(self) -> dict[str, object]:
@@ -197,14 +198,17 @@ class LabServer:
 
     @property
     def port(self) -> int:
+        """The port the lab listens on."""
         return self._port
 
     @property
     def endpoint(self) -> Endpoint:
+        """The endpoint served now."""
         return self._endpoint
 
     @property
     def host(self) -> str:
+        """The host name or address clients were told."""
         return self._host
 
     def serve(self, endpoint: Endpoint, host: str, names: tuple[str, ...]) -> None:
@@ -218,9 +222,11 @@ class LabServer:
             self._contexts[key] = self._context(endpoint)
 
     def aia_path(self, kind: KeyType) -> str:
+        """The path that serves the ``kind`` intermediate (the AIA URL's path)."""
         return f"/lab/{self.pki.hash}/{kind}-intermediate.der"
 
     def aia_url(self, kind: KeyType) -> str:
+        """The AIA "CA Issuers" URL of the ``kind`` intermediate."""
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self._port}{self.aia_path(kind)}"
 

@@ -39,7 +39,7 @@ from companion.proto.plextv import (
     parse_user,
 )
 
-log = logging.getLogger("companion.plextv")
+log = logging.getLogger(__name__)
 
 DEFAULT_URL = "https://plex.tv"
 REQUEST_TIMEOUT = 10.0

@@ -35,7 +35,7 @@ from companion.visibility import ChannelView
 if TYPE_CHECKING:
     from companion.bridge import Bridge, FaceSlot
 
-log = logging.getLogger("companion.plextv")
+log = logging.getLogger(__name__)
 
 ADDRESS_CHECK = 30.0  # seconds between looks at the bridge's LAN address towards each target
 BACKOFF_FIRST = 5.0
@@ -165,6 +165,7 @@ class PlexTvRegistrar:
 
     @property
     def linked(self) -> bool:
+        """Whether an account token is stored."""
         return self._token is not None
 
     def view(self, bridge: Bridge, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:

@@ -50,6 +50,8 @@ def face_identity(config: Config, client_id: str, name: str) -> Identity:
 
 @dataclass(frozen=True)
 class Linked:
+    """What linking did: the account linked and where its token was saved."""
+
     account: Account
     saved_to: Path
 
@@ -145,6 +147,8 @@ def _explained(exc: PlexTvError, api: PlexTvApi) -> PlexTvError:
 
 @dataclass(frozen=True)
 class Unlinked:
+    """What unlinking did: the devices deleted from the account and whether the token was removed."""
+
     deleted: tuple[str, ...]
     token_removed: bool
 

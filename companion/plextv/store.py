@@ -94,6 +94,7 @@ class PlexTvStore:
 
     @property
     def devices_file(self) -> Path:
+        """The file that lists the devices registered on plex.tv."""
         return self.state_dir / DEVICES_FILE
 
     def _credential_present(self) -> bool:

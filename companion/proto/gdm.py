@@ -80,7 +80,7 @@ def parse(data: bytes) -> GdmMessage:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"GDM datagram is not UTF-8 text (bad byte at offset {exc.start})") from None
+        raise ProtocolError(f"GDM datagram is not UTF-8 text (bad byte at offset {exc.start})") from exc
     for offset, char in enumerate(text):
         if char not in _ALLOWED_CONTROLS and unicodedata.category(char) == "Cc":
             raise ProtocolError(f"GDM datagram holds control character {ord(char):#04x} at offset {offset}")

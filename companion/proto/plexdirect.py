@@ -36,6 +36,7 @@ class PlexDirectName:
 
     @property
     def name(self) -> str:
+        """The full plex.direct name (``<dashed-ip>.<hash>.plex.direct``)."""
         return build_name(self.address, self.hash)
 
 
@@ -56,8 +57,8 @@ def dashed_address(address: str) -> str:
     """The first label of a plex.direct name for an IP literal (IPv6 fully expanded)."""
     try:
         ip = ipaddress.ip_address(address.strip().strip("[]"))
-    except ValueError:
-        raise ProtocolError(f"{_shown(address)} is not an IP address; plex.direct names need one") from None
+    except ValueError as exc:
+        raise ProtocolError(f"{_shown(address)} is not an IP address; plex.direct names need one") from exc
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             raise ProtocolError(f"{_shown(address)} has a zone index; plex.direct cannot name it")
@@ -87,8 +88,8 @@ def parse_name(name: str) -> PlexDirectName:
         raise ProtocolError(f"{_shown(name)}: the first label is not a dashed IPv4 or expanded IPv6 address")
     try:
         ip = ipaddress.ip_address(text)
-    except ValueError:
-        raise ProtocolError(f"{_shown(name)}: the first label is not a valid address") from None
+    except ValueError as exc:
+        raise ProtocolError(f"{_shown(name)}: the first label is not a valid address") from exc
     return PlexDirectName(address=str(ip), hash=server_hash)
 
 

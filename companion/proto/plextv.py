@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from companion.errors import ProtocolError
+from companion.proto.safexml import parse_xml
 
 PLAYER_PROVIDES = "client,player,pubsub-player"
 _MAX_DOCUMENT = 4 * 1024 * 1024  # the devices list of a big account is well under this
@@ -78,6 +79,7 @@ class Account:
 
     @property
     def name(self) -> str:
+        """The account's name to show: its title, else its username, else its id."""
         return self.title or self.username or f"account {self.id}"
 
 
@@ -119,12 +121,7 @@ def _json(body: bytes, what: str) -> dict[str, object]:
 def _xml(body: bytes, what: str) -> ET.Element:
     if len(body) > _MAX_DOCUMENT:
         raise ProtocolError(f"plex.tv {what}: answer too large ({len(body)} bytes)")
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        raise ProtocolError(f"plex.tv {what}: DTDs are not accepted")
-    try:
-        return ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise ProtocolError(f"plex.tv {what}: not XML ({exc})") from exc
+    return parse_xml(body, f"plex.tv {what}")
 
 
 def _int(value: object, what: str) -> int:

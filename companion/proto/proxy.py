@@ -9,7 +9,6 @@ it answers each with ``POST /player/proxy/response?commandID=N`` and reports its
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from companion.errors import ProtocolError
 from companion.model import SECRET_PARAMS
+from companion.proto.safexml import parse_xml
 
 MAX_POLL_BYTES = 256 * 1024
 MAX_COMMANDS_PER_POLL = 32
@@ -64,13 +64,7 @@ def parse_poll(body: bytes) -> list[ProxyCommand]:
         return []
     if len(body) > MAX_POLL_BYTES:
         raise ProtocolError(f"{where}: {len(body)} bytes exceeds the {MAX_POLL_BYTES}-byte limit")
-    upper = body.upper()
-    if b"<!DOCTYPE" in upper or b"<!ENTITY" in upper:
-        raise ProtocolError(f"{where}: DOCTYPE and entity declarations are not accepted")
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise ProtocolError(f"{where}: malformed XML ({exc})") from exc
+    root = parse_xml(body, where)
     if root.tag != "MediaContainer":
         raise ProtocolError(f"{where}: root element is <{str(root.tag)[:32]}>, expected <MediaContainer>")
     elements = root.findall("Command")

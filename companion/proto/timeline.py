@@ -16,6 +16,7 @@ from types import MappingProxyType
 from companion.errors import ProtocolError
 from companion.model import SECRET_PARAMS
 from companion.proto.companion import xml_document, xml_element, xml_name_ok, xml_safe
+from companion.proto.safexml import parse_xml
 
 MEDIA_TYPES: tuple[str, ...] = ("music", "video", "photo")
 STATES = frozenset({"playing", "paused", "stopped", "buffering", "error"})
@@ -78,6 +79,7 @@ class PlayerState:
         return None
 
     def with_entry(self, entry: TimelineEntry) -> PlayerState:
+        """This state with ``entry`` in place of the entry of its type."""
         entries = dict(self.entries)
         entries[entry.type] = entry
         return replace(self, entries=MappingProxyType(entries))
@@ -179,8 +181,8 @@ def render(state: PlayerState, *, command_id: int | None, machine_identifier: st
             entry = replace(entry, type=media_type)
         element = xml_element("Timeline", _entry_attrs(entry))
         if include_metadata and entry.metadata and entry.state != "stopped":
-            with contextlib.suppress(ET.ParseError):  # made by _metadata_text; a bad one is left out
-                element.append(ET.fromstring(entry.metadata))
+            with contextlib.suppress(ProtocolError):  # made by _metadata_text; a bad one is left out
+                element.append(parse_xml(entry.metadata, "timeline metadata"))
         root.append(element)
     return xml_document(root)
 
@@ -210,8 +212,8 @@ def _number(where: str, name: str, value: str) -> int:
     text = value.strip()
     try:
         number = float(text) if text else 0.0
-    except ValueError:
-        raise ProtocolError(f"{where}: {name}: expected a number, got {text[:32]!r}") from None
+    except ValueError as exc:
+        raise ProtocolError(f"{where}: {name}: expected a number, got {text[:32]!r}") from exc
     if number != number or number in (float("inf"), float("-inf")) or abs(number) > 1e15:
         raise ProtocolError(f"{where}: {name}: expected a finite number, got {text[:32]!r}")
     return max(int(number), 0)
@@ -257,7 +259,7 @@ def _parse_entry(where: str, attrs: Mapping[str, str]) -> TimelineEntry:
 def parse_player_timeline(data: bytes) -> PlayerState:
     """A real player's timeline (pushed to ``/:/timeline`` or answered to a poll) as a PlayerState.
 
-    Refuses DOCTYPE and entity declarations before parsing (no expansion, no external fetch),
+    Refuses DOCTYPE and entity declarations (no expansion, no external fetch: :mod:`safexml`),
     input over MAX_TIMELINE_BYTES, and anything not UTF-8. Timelines of unknown media types are
     ignored; missing ones are stopped. Token-like attributes are dropped, never kept in ``extra``.
     """
@@ -267,18 +269,10 @@ def parse_player_timeline(data: bytes) -> PlayerState:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"{where}: not UTF-8 (byte {exc.start})") from None
-    upper = text.upper()
-    if "<!DOCTYPE" in upper or "<!ENTITY" in upper or "\x00" in text:
-        raise ProtocolError(f"{where}: DOCTYPE, entity declarations and NUL bytes are not accepted")
-    try:
-        # A str goes to expat as UTF-8 whatever the declaration says, so a forged encoding
-        # cannot smuggle a DOCTYPE past the check above.
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise ProtocolError(f"{where}: malformed XML ({exc})") from None
-    except ValueError as exc:  # e.g. an encoding declaration expat does not know
-        raise ProtocolError(f"{where}: malformed XML ({exc})") from None
+        raise ProtocolError(f"{where}: not UTF-8 (byte {exc.start})") from exc
+    if "\x00" in text:
+        raise ProtocolError(f"{where}: NUL bytes are not accepted")
+    root = parse_xml(text, where)
     if root.tag != "MediaContainer":
         raise ProtocolError(f"{where}: root element is <{str(root.tag)[:32]}>, expected <MediaContainer>")
     entries: dict[str, TimelineEntry] = dict(_stopped_entries())

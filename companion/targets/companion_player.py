@@ -32,10 +32,11 @@ from companion.errors import (
 from companion.limits import ThrottledLog
 from companion.model import Command, FaceMarks, MediaRequest, Target, clean_params
 from companion.proto.gdm import FACE_PRODUCT
+from companion.proto.safexml import parse_xml
 from companion.proto.timeline import parse_player_timeline
 from companion.targets.base import PLAYBACK_COMMANDS, AvailabilityCallback, StateCallback
 
-log = logging.getLogger("companion.target")
+log = logging.getLogger(__name__)
 
 
 # What we pass through to a Companion player. Navigation/application need a UI on the player and
@@ -52,12 +53,10 @@ RESUBSCRIBE_EVERY = 60.0  # players expire subscribers 90 s after the last subsc
 
 
 def _players(body: bytes) -> list[ElementTree.Element]:
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        return []
     try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError:
-        return []
+        root = parse_xml(body, "player /resources")
+    except ProtocolError:
+        return []  # the callers treat it as an answer without a machineIdentifier
     return list(root.iter("Player"))
 
 
@@ -103,6 +102,7 @@ class TimelineListener:
         self._routes[player_ident] = (deliver, address)
 
     def unregister(self, player_ident: str) -> None:
+        """Stop delivering pushes that name ``player_ident``."""
         self._routes.pop(player_ident, None)
 
     async def start(self) -> None:
@@ -180,30 +180,36 @@ class CompanionPlayerTarget:
 
     @property
     def features(self) -> frozenset[str]:
+        """The Companion commands the player takes (navigation only when it advertises it)."""
         if "navigation" in self.target.capabilities:
             return _BASE_FEATURES | _NAVIGATION
         return _BASE_FEATURES
 
     @property
     def capabilities(self) -> tuple[str, ...]:
+        """The capabilities the player offers that a face passes on (timeline and playback if it names none)."""
         offered = self.target.capabilities or ("timeline", "playback")
         return tuple(c for c in offered if c in ("timeline", "playback", "navigation", "mirror", "playqueues"))
 
     @property
     def available(self) -> bool:
+        """Whether the player answered the last request."""
         return self._available
 
     @property
     def base_url(self) -> str:
+        """``http://host:port`` of the player."""
         host = f"[{self.target.address}]" if ":" in self.target.address else self.target.address
         return f"http://{host}:{self.target.port}"
 
     async def start(self) -> None:
+        """Start following the player's timeline (pushes, or polls when it will not push)."""
         if self._listener is not None:
             self._listener.register(self._player_ident, self._deliver, self._address)
         self._task = asyncio.create_task(self._follow(), name=f"timeline-follow:{self.target.id}")
 
     async def stop(self) -> None:
+        """Stop following the player and unsubscribe from its timeline."""
         self._stopping = True
         if self._listener is not None:
             self._listener.unregister(self._player_ident)
@@ -218,12 +224,14 @@ class CompanionPlayerTarget:
                 await self._get("timeline", "unsubscribe", {}, timeout=min(self._timeout, 1.0))
 
     async def send(self, command: Command) -> None:
+        """Carry ``command`` to the player; CommandNotSupported when it does not take it."""
         feature = f"{command.group}/{command.name}"
         if feature not in self.features:
             raise CommandNotSupported(f"{self.target.name} does not support {command.path}")
         await self._get(command.group, command.name, clean_params(command.params))
 
     async def play_media(self, request: MediaRequest, command: Command) -> None:
+        """Carry a playMedia to the player with the server block the fling decision chose."""
         params = clean_params(command.params)  # no token the phone sent, nested or not
         # The server block comes from the decision, not from the phone: drop the phone's copy,
         # including Alexa-style query* aliases, before adding ours.
@@ -260,11 +268,13 @@ class CompanionPlayerTarget:
             async with asyncio.timeout(limit):
                 async with self._session.get(url, headers=self._headers(), allow_redirects=False) as resp:
                     body = await resp.content.read(1024 * 1024)
-        except TimeoutError:
+        except TimeoutError as exc:
             self._set_available(False)
-            raise TargetTimeout(f"{self.target.name} did not answer {what} within {limit:g} s") from None
+            raise TargetTimeout(f"{self.target.name} did not answer {what} within {limit:g} s") from exc
         except aiohttp.ClientError as exc:
             self._set_available(False)
+            # The cause hidden on purpose: aiohttp's errors carry the request URL, whose query holds
+            # the token a playMedia passes to the player.
             raise TargetUnavailable(f"{self.target.name} cannot be reached for {what}: "
                                     f"{type(exc).__name__}") from None
         self._set_available(True)
@@ -364,5 +374,5 @@ class CompanionPlayerTarget:
         try:
             state = parse_player_timeline(body)
         except ProtocolError as exc:
-            raise TargetUnavailable(f"{self.target.name} sent a timeline we cannot read: {exc}") from None
+            raise TargetUnavailable(f"{self.target.name} sent a timeline we cannot read: {exc}") from exc
         self._on_state(state)

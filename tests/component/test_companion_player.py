@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -9,7 +10,7 @@ import aiohttp
 import pytest
 
 from companion.errors import CommandNotSupported, TargetError, TargetTimeout, TargetUnavailable
-from companion.model import Command, Controller, MediaRequest, Target, TargetKind
+from companion.model import Command, Controller, FaceMarks, MediaRequest, Target, TargetKind
 from companion.proto.timeline import PlayerState
 from companion.targets.companion_player import CompanionPlayerTarget, TimelineListener
 from tests.fakes.companion_player import FakeCompanionPlayer
@@ -168,4 +169,38 @@ async def test_player_error_status_and_unsupported_commands(
             await adapter.send(_cmd("moveUp", group="navigation"))
     finally:
         player.use_cases.status = 200
+        await adapter.stop()
+
+
+@pytest.mark.parametrize("dtd", [True, False], ids=["with-a-dtd", "without"])
+async def test_a_configured_player_reads_its_identity_from_utf16_resources_but_never_through_a_dtd(
+        player: FakeCompanionPlayer, session: aiohttp.ClientSession, listener: TimelineListener,
+        caplog: pytest.LogCaptureFixture, dtd: bool) -> None:
+    # A DOCTYPE in UTF-16 passes a check of the raw bytes for "<!DOCTYPE"; its entity would make the
+    # player pass for another bridge's face, and the bridge would stop following it.
+    doctype = '<!DOCTYPE MediaContainer [<!ENTITY b "other-bridge">]>' if dtd else ""
+    marks = ' bridgeIdentifier="&b;"' if dtd else ""
+    text = (f'<?xml version="1.0" encoding="UTF-16"?>{doctype}<MediaContainer><Player title="Den" '
+            f'machineIdentifier="{player.ident}"{marks} product="Plex for Test"/></MediaContainer>')
+    player.use_cases.resources_body = text.encode("utf-16")
+    assert b"<!DOCTYPE" not in player.use_cases.resources_body
+    faces: list[FaceMarks] = []
+    target = Target(id="companion-den", kind=TargetKind.COMPANION, name="Den TV", address="127.0.0.1",
+                    port=player.port, source="config", ident="config:den", capabilities=("timeline", "playback"))
+    h = Harness()
+    adapter = CompanionPlayerTarget(target, session=session, bridge_id="bridge-id-1", bridge_name="test-bridge",
+                                    listener=listener, on_state=h.states.append, on_available=h.availability.append,
+                                    command_timeout=1.0, on_face=faces.append)
+    caplog.set_level(logging.WARNING, logger="companion.targets.companion_player")
+    await adapter.start()
+    try:
+        await until(adapter.identity_checked.is_set, timeout=5, message="the adapter asked for /resources")
+        assert faces == [], "a DTD's entity made the player pass for another bridge's face"
+        refused = [r for r in caplog.records if "without a machineIdentifier" in r.getMessage()]
+        assert len(refused) == (1 if dtd else 0)
+        if not dtd:
+            # The identity was learnt from the UTF-16 answer: the player's timeline pushes, which name
+            # it by that identity, reach the adapter.
+            await until(lambda: bool(h.states), timeout=5, message="the player's pushes are routed to the adapter")
+    finally:
         await adapter.stop()

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import plexapi.gdm
 import pytest
 
-from companion.discovery.gdm import GdmResponder, GdmScanner, GdmSettings, scan
+from companion.config import GdmConfig, LimitsConfig
+from companion.discovery.gdm import GdmResponder, GdmScanner, scan
 from companion.errors import ConfigError
 from companion.model import FaceMarks, Sighting, stable_id
 from companion.proto.gdm import Advert, face_identifier
@@ -37,10 +38,10 @@ def face(n: int, name: str = "") -> Advert:
 
 
 @pytest.fixture
-def settings() -> GdmSettings:
+def settings() -> GdmConfig:
     base = random.randrange(40000, 60000, 4)
-    return GdmSettings(group=GROUP, player_port=base, announce_port=base + 1, server_port=base + 2,
-                       hello_interval=60.0, search_interval=60.0)
+    return GdmConfig(group=GROUP, player_port=base, announce_port=base + 1, server_port=base + 2,
+                     hello_interval=60.0, search_interval=60.0)
 
 
 def is_kind(kind: str, ident: str = "") -> Callable[[Received], bool]:
@@ -82,8 +83,7 @@ async def test_responder_answers_a_unicast_search_with_the_faces_current_at_that
 
 
 async def test_responder_on_an_explicit_interface_answers_and_reports_its_port(settings):
-    responder = GdmResponder(
-        GdmSettings(**{**settings.__dict__, "interfaces": ("127.0.0.1",)}), lambda: [face(1)])
+    responder = GdmResponder(settings, lambda: [face(1)], interfaces=("127.0.0.1",))
     await responder.start()
     try:
         assert responder.bound_ports == [("0.0.0.0", settings.player_port)]
@@ -123,7 +123,7 @@ async def test_responder_announces_added_faces_and_says_bye_for_removed_ones(set
 
 
 async def test_responder_repeats_hello_every_interval(settings):
-    quick = GdmSettings(**{**settings.__dict__, "hello_interval": 0.05})
+    quick = dataclasses.replace(settings, hello_interval=0.05)
     async with FakeGdmPeer(bind=("0.0.0.0", settings.announce_port), group=GROUP) as server:
         responder = GdmResponder(quick, lambda: [face(1)])
         await responder.start()
@@ -134,7 +134,7 @@ async def test_responder_repeats_hello_every_interval(settings):
 
 
 async def test_garbage_is_dropped_with_one_log_line_and_the_responder_keeps_answering(settings, caplog):
-    caplog.set_level(logging.DEBUG, logger="companion.gdm")
+    caplog.set_level(logging.DEBUG, logger="companion.discovery.gdm")
     responder = GdmResponder(settings, lambda: [face(1)])
     await responder.start()
     try:
@@ -143,12 +143,12 @@ async def test_garbage_is_dropped_with_one_log_line_and_the_responder_keeps_answ
                 attacker.send_raw(GARBAGE, ("127.0.0.1", settings.player_port))
             attacker.send_raw(b"x" * 5000, ("127.0.0.1", settings.player_port))
             replies = await attacker.search(("127.0.0.1", settings.player_port), expect=1)
-            await until(lambda: sum(r.name == "companion.gdm" for r in caplog.records) >= 51)
+            await until(lambda: sum(r.name == "companion.discovery.gdm" for r in caplog.records) >= 51)
             sender = f"127.0.0.1:{attacker.address[1]}"
     finally:
         await responder.stop()
     assert [m.get("Resource-Identifier") for m in replies] == ["cb-face-1"]
-    warnings = [r for r in caplog.records if r.name == "companion.gdm" and r.levelno >= logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "companion.discovery.gdm" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1, "a flood of garbage must not flood the log"
     assert sender in warnings[0].getMessage()
     assert "not UTF-8" in warnings[0].getMessage()
@@ -246,7 +246,7 @@ async def test_scanner_drops_garbage_replies_and_still_finds_good_players(settin
 
 
 async def test_scan_returns_each_player_and_server_once(settings):
-    quick = GdmSettings(**{**settings.__dict__, "search_interval": 0.05})
+    quick = dataclasses.replace(settings, search_interval=0.05)
     async with (
         FakeGdmPeer("player", bind=("0.0.0.0", settings.player_port), group=GROUP) as one,
         # The same player heard twice (as on two interfaces) must still be one sighting.
@@ -301,14 +301,14 @@ async def test_python_plexapi_client_scan_lists_every_face_despite_a_colon_in_a_
 
 
 async def test_unicast_group_searches_and_announces_without_joining(settings):
-    unicast = GdmSettings(**{**settings.__dict__, "group": "127.0.0.1"})
+    unicast = dataclasses.replace(settings, group="127.0.0.1")
     found: list[Sighting] = []
     async with (
         FakeGdmPeer("player", bind=("127.0.0.1", settings.player_port)),
         FakeGdmPeer("server", bind=("127.0.0.1", settings.announce_port)) as registry,
     ):
         responder = GdmResponder(
-            GdmSettings(**{**unicast.__dict__, "player_port": settings.server_port}), lambda: [face(1)])
+            dataclasses.replace(unicast, player_port=settings.server_port), lambda: [face(1)])
         await responder.start()
         scanner = GdmScanner(unicast, found.append)
         await scanner.start()
@@ -320,21 +320,21 @@ async def test_unicast_group_searches_and_announces_without_joining(settings):
             await responder.stop()
 
 
-@pytest.mark.parametrize(("field", "value", "key"), [
-    ("group", "gdm.example", "gdm.group"),
-    ("interfaces", ("eth0",), "interfaces"),
+@pytest.mark.parametrize(("group", "interfaces", "key"), [
+    ("gdm.example", (), "gdm.group"),
+    (GROUP, ("eth0",), "interfaces"),
 ])
-async def test_bad_addresses_in_settings_are_config_errors_naming_the_key(settings, field, value, key):
-    bad = GdmSettings(**{**settings.__dict__, field: value})
-    for component in (GdmResponder(bad, list), GdmScanner(bad, print)):
+async def test_bad_addresses_in_settings_are_config_errors_naming_the_key(settings, group, interfaces, key):
+    bad = dataclasses.replace(settings, group=group)
+    for component in (GdmResponder(bad, list, interfaces=interfaces), GdmScanner(bad, print, interfaces=interfaces)):
         with pytest.raises(ConfigError, match=f"^{key}: expected an IPv4"):
             await component.start()
         await component.stop()
 
 
 async def test_replies_to_one_search_are_capped_and_the_faces_take_turns(settings):
-    capped = dataclasses.replace(settings, replies_per_search=4, search_burst=10)
-    responder = GdmResponder(capped, lambda: [face(n) for n in range(10)])
+    capped = LimitsConfig(gdm_replies_per_search=4, gdm_search_burst=10)
+    responder = GdmResponder(settings, lambda: [face(n) for n in range(10)], limits=capped)
     await responder.start()
     try:
         async with FakeGdmPeer() as controller:
@@ -349,8 +349,8 @@ async def test_replies_to_one_search_are_capped_and_the_faces_take_turns(setting
 
 
 async def test_searches_are_answered_per_source_at_a_rate(settings):
-    limited = dataclasses.replace(settings, search_rate=0.1, search_burst=2)
-    responder = GdmResponder(limited, lambda: [face(1)])
+    limited = LimitsConfig(gdm_search_rate=0.1, gdm_search_burst=2)
+    responder = GdmResponder(settings, lambda: [face(1)], limits=limited)
     await responder.start()
     try:
         async with FakeGdmPeer(bind=("127.0.0.2", 0)) as flooder, FakeGdmPeer() as phone:

@@ -70,6 +70,7 @@ class PlayerUseCases:
     # playing, or an error timeline naming what failed.
     report_playback: bool = False
     never_plays: bool = False  # on playMedia, report buffering and stay there (a stream that never starts)
+    resources_body: bytes | None = None  # answer /resources with these bytes (a hostile or odd player)
 
 
 class _PublicDnsView(AbstractResolver):
@@ -186,6 +187,8 @@ class FakeCompanionPlayer:
             pass
 
     async def _resources(self, request: web.Request) -> web.Response:
+        if self.use_cases.resources_body is not None:
+            return web.Response(body=self.use_cases.resources_body, content_type="text/xml")
         body = (f'<MediaContainer><Player title={quoteattr(self.name)} machineIdentifier={quoteattr(self.ident)} '
                 f'product={quoteattr(self.product)} version="1.0" platform="Test" platformVersion="1" '
                 f'protocol="plex" protocolVersion="1" protocolCapabilities="timeline,playback" '

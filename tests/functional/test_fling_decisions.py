@@ -100,7 +100,7 @@ async def test_each_target_gets_the_stream_its_profile_allows_and_insecure_ones_
     assert "root-missing" in codes
     assert "token-exposed-plaintext" in codes
 
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "companion.fling"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "companion.flinging"]
     assert len(warnings) == 1
     assert "Lab Old TV" in warnings[0].getMessage()
     assert "root-missing" in warnings[0].getMessage()

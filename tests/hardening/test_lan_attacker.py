@@ -254,7 +254,7 @@ async def test_row9_a_sighting_from_a_source_that_cannot_be_on_this_link_is_igno
         lab.attacker.add_address("192.168.77.20")
         spoofed = {"Content-Type": "plex/media-player", "Resource-Identifier": "spoofed-1", "Name": "Spoofed",
                    "Port": "6379", "Protocol-Capabilities": "timeline,playback"}
-        with caplog.at_level(logging.WARNING, logger="companion.gdm"):
+        with caplog.at_level(logging.WARNING, logger="companion.discovery.gdm"):
             await lab.gdm("HELLO * HTTP/1.0", spoofed, source="192.168.77.20")
             # The same player announced from the attacker's own address (on this link) is a sighting.
             await arrived(lab, "onlink-1")
@@ -279,7 +279,7 @@ async def test_row9_on_every_interface_the_kernel_says_where_a_sighting_arrived(
             spoofed = {"Content-Type": "plex/media-player", "Resource-Identifier": "spoofed-2", "Name": "Spoofed",
                        "Port": "6379", "Protocol-Capabilities": "timeline,playback"}
             unicast = f"{lab.me}:{lab.config.gdm.announce_port}"  # on every interface: no group joined here
-            with caplog.at_level(logging.WARNING, logger="companion.gdm"):
+            with caplog.at_level(logging.WARNING, logger="companion.discovery.gdm"):
                 await lab.gdm("HELLO * HTTP/1.0", spoofed, source="192.168.77.20", to=unicast)
                 await lab.gdm("HELLO * HTTP/1.0", {**spoofed, "Resource-Identifier": "onlink-2"}, to=unicast)
                 await until(lambda: lab.bridge.registry.find_target("onlink-2") is not None, timeout=10,

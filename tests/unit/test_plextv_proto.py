@@ -38,8 +38,8 @@ def test_the_connection_put_query_encodes_brackets_and_the_uri() -> None:
     (parse_pin, b'{"id": 1}', "plex.tv PIN: id or code missing"),
     (parse_pin, b'{"id": "x", "code": "A"}', "PIN id: expected a number"),
     (parse_user, b"[]", "plex.tv user: expected a JSON object"),
-    (parse_devices, b"<MediaContainer>", "plex.tv devices: not XML"),
-    (parse_devices, b'<!DOCTYPE x [<!ENTITY a "b">]><MediaContainer/>', "DTDs are not accepted"),
+    (parse_devices, b"<MediaContainer>", "plex.tv devices: malformed XML"),
+    (parse_devices, b'<!DOCTYPE x [<!ENTITY a "b">]><MediaContainer/>', "plex.tv devices: DOCTYPE and entity"),
     (parse_resources, b"x" * (4 * 1024 * 1024 + 1), "answer too large"),
 ])
 def test_bad_documents_say_what_is_wrong(parse: object, body: bytes, message: str) -> None:
