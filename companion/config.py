@@ -13,15 +13,14 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
 
 from companion.errors import ConfigError, ConfigErrors, did_you_mean
+from companion.security.terms import POLICIES, Policy
 
-Policy = Literal["required", "preferred", "disabled"]
-POLICIES: tuple[str, ...] = ("required", "preferred", "disabled")
 FACES_MODES: tuple[str, ...] = ("all", "non-companion", "none")
 TARGET_KINDS: tuple[str, ...] = ("companion", "chromecast")
 DEFAULT_STATE_DIR = "~/.local/state/companion-bridge"

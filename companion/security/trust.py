@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -29,10 +28,8 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from companion.proto.plexdirect import hash_from_dns_names
+from companion.security.facts import ServerFacts
 from companion.security.profiles import CONFIDENCE_ORDER, CrossSign, Evidence, Profile, TlsCaps
-
-if TYPE_CHECKING:
-    from companion.security.probe import ServerFacts
 
 _WEAK_HASHES = frozenset({"sha1", "md5"})
 
