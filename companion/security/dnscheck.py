@@ -77,8 +77,8 @@ async def check_plex_direct(
 
     try:
         expected = ipaddress.ip_address(expected_address)
-    except ValueError:
-        raise ProtocolError(f"expected address {expected_address!r} is not an IP address") from None
+    except ValueError as exc:
+        raise ProtocolError(f"expected address {expected_address!r} is not an IP address") from exc
     rdtype = "AAAA" if expected.version == 6 else "A"
     try:
         res, label = _make_resolver(resolver, timeout)

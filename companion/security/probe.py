@@ -238,6 +238,7 @@ class ProbeStatus:
 
     @property
     def state(self) -> str:
+        """``measured``, ``failed`` or ``not-probed``."""
         return "measured" if self.facts is not None else ("failed" if self.error else "not-probed")
 
 

@@ -309,6 +309,7 @@ class VerifyCache:
     def verify(self, facts: ServerFacts, roots: Sequence[x509.Certificate], *, name: str, now: datetime,
                tls: TlsCaps, extra_intermediates: Sequence[x509.Certificate] = (),
                cross_signs: Sequence[CrossSign] = ()) -> TrustResult:
+        """:func:`verify_chain`, answered from the cache when the same question was asked before."""
         now = _as_utc(now)
         key = (facts.chain_der, id(roots), name, tls, tuple(id(c) for c in extra_intermediates),
                tuple(cross_signs), any(now > c.until for c in cross_signs))
