@@ -23,6 +23,7 @@ from companion.proto.plexdirect import hash_from_certificate
 
 DnsOutcome = Literal["ok", "stripped", "unreachable", "wrong-address"]
 
+# One wording of the fix, for the decision, the DNS check and `companion doctor`.
 DNS_REBIND_FIX = (
     "Fix: let plex.direct through the router's DNS rebinding protection: dnsmasq "
     "'rebind-domain-ok=/plex.direct/' (command line: --rebind-domain-ok=/plex.direct/), Unbound "
