@@ -495,7 +495,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     """Parse config text; raises ConfigError naming path, line and key."""
     ctx = _Ctx(path)
     try:
-        root = read_yaml(text)
+        root = read_yaml(text, scalar_keys=True)
     except YamlSourceError as exc:
         words = {"syntax": f"not valid YAML: {exc.problem}", "duplicate": "given twice"}
         raise ConfigError(words.get(exc.kind, exc.problem), path=path, line=exc.line, key=exc.key) from exc

@@ -64,8 +64,13 @@ def kind_of(value: object) -> str:
     return f"string {value!r}"
 
 
-def read_yaml(text: str, *, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> Node | None:
-    """The value tree of ``text``, or None when the document is empty; raises YamlSourceError."""
+def read_yaml(text: str, *, scalar_keys: bool = False, max_nodes: int = MAX_NODES,
+              max_depth: int = MAX_DEPTH) -> Node | None:
+    """The value tree of ``text``, or None when the document is empty; raises YamlSourceError.
+
+    Mapping keys must be strings; with ``scalar_keys`` a number, boolean or null key is taken as
+    its ``str()`` (the config names targets, which may be written as bare numbers).
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -79,13 +84,14 @@ def read_yaml(text: str, *, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEP
         raise YamlSourceError("nested too deeply", line=1, kind="syntax") from exc
     if root is None:
         return None
-    return _Builder(max_nodes, max_depth).convert(root, "", 0, None)
+    return _Builder(scalar_keys, max_nodes, max_depth).convert(root, "", 0, None)
 
 
 class _Builder:
     """Turns a composed node tree into :class:`Node` values, refusing anything exotic."""
 
-    def __init__(self, max_nodes: int, max_depth: int) -> None:
+    def __init__(self, scalar_keys: bool, max_nodes: int, max_depth: int) -> None:
+        self.scalar_keys = scalar_keys
         self.max_nodes = max_nodes
         self.max_depth = max_depth
         self.nodes = 0
@@ -103,6 +109,8 @@ class _Builder:
             for key_node, value_node in node.value:
                 key_line = key_node.start_mark.line + 1
                 name = self.convert(key_node, key, depth + 1, None).value
+                if self.scalar_keys and not isinstance(name, dict | list):
+                    name = str(name)
                 if not isinstance(name, str):
                     # The kind only, not the key: it might sit under a token, which must not be echoed.
                     raise YamlSourceError(f"keys must be strings, got {_kind_word(name)}", line=key_line,

@@ -49,6 +49,21 @@ def test_what_is_refused_names_line_key_and_kind(text: str, line: int, key: str 
     assert words in info.value.problem
 
 
+def test_keys_are_strings_unless_bare_numbers_are_asked_for() -> None:
+    with pytest.raises(YamlSourceError) as info:
+        read_yaml("tls:\n  123456789: a\n")
+    assert (info.value.line, info.value.key) == (2, "tls")
+    assert info.value.problem == "keys must be strings, got a number"  # the kind, never the key
+    root = read_yaml("profiles:\n  42: lg-webos-4\n", scalar_keys=True)
+    assert root == Node({"profiles": Node({"42": Node("lg-webos-4", 2)}, 1)}, 1)
+
+
+def test_the_config_takes_a_target_written_as_a_bare_number() -> None:
+    config = parse_config("profiles: {42: lg-webos-4}\nsecurity:\n  target_policies: {7: required}\n", "c.yaml")
+    assert dict(config.profiles) == {"42": "lg-webos-4"}
+    assert dict(config.security.target_policies) == {"7": "required"}
+
+
 def test_an_alias_bomb_is_refused_before_it_fills_memory() -> None:
     bomb = "a: &a [x, x, x, x, x, x, x, x]\n" + "".join(
         f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
