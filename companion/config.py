@@ -1,8 +1,8 @@
 """The daemon's configuration: YAML -> frozen dataclasses, every key optional, defaults embedded.
 
 Errors name the file, the line and the dotted key (``config.yaml:7: gdm.player_port: ...``) and
-are raised before anything starts. Only ``yaml.safe_load``-level constructs are accepted (we
-compose the node tree ourselves to keep line numbers).
+are raised before anything starts. The text is read by :mod:`companion.yamlsource` (plain YAML
+only, every value with its line), the same reader as the device profiles'.
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-import yaml
-
 from companion.errors import ConfigError, ConfigErrors, did_you_mean
+from companion.security.terms import POLICIES, Policy
+from companion.yamlsource import Node, YamlSourceError, read_yaml
 
-Policy = Literal["required", "preferred", "disabled"]
-POLICIES: tuple[str, ...] = ("required", "preferred", "disabled")
 FACES_MODES: tuple[str, ...] = ("all", "non-companion", "none")
 TARGET_KINDS: tuple[str, ...] = ("companion", "chromecast")
 DEFAULT_STATE_DIR = "~/.local/state/companion-bridge"
@@ -182,20 +180,15 @@ class _Ctx:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def error(self, node: yaml.Node | None, key: str, message: str) -> ConfigError:
-        line = node.start_mark.line + 1 if node is not None else None
+    def error(self, node: Node | None, key: str, message: str) -> ConfigError:
+        line = node.line if node is not None else None
         return ConfigError(message, path=self.path, line=line, key=key or None)
 
 
-def _scalar(ctx: _Ctx, node: yaml.Node, key: str) -> Any:
-    if not isinstance(node, yaml.ScalarNode):
+def _scalar(ctx: _Ctx, node: Node, key: str) -> Any:
+    if isinstance(node.value, dict | list):
         raise ctx.error(node, key, f"expected a single value, got a {_kind(node)}")
-    # Resolve the scalar exactly as safe_load would (int, float, bool, null, str).
-    try:
-        return yaml.SafeLoader("").construct_object(node, deep=True)
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ctx.error(node, key, f"unsupported YAML value: {problem}") from None
+    return node.value
 
 
 def _each(error: ConfigError) -> list[ConfigError]:
@@ -210,23 +203,23 @@ def _raise_all(errors: list[ConfigError]) -> None:
         raise ConfigErrors(errors)
 
 
-def _kind(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
+def _kind(node: Node) -> str:
+    if isinstance(node.value, dict):
         return "mapping"
-    if isinstance(node, yaml.SequenceNode):
+    if isinstance(node.value, list):
         return "list"
     return "value"
 
 
-def _bool(ctx: _Ctx, node: yaml.Node, key: str) -> bool:
+def _bool(ctx: _Ctx, node: Node, key: str) -> bool:
     value = _scalar(ctx, node, key)
     if not isinstance(value, bool):
         raise ctx.error(node, key, f"expected true or false, got {value!r}")
     return value
 
 
-def _int(lo: int, hi: int) -> Callable[[_Ctx, yaml.Node, str], int]:
-    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> int:
+def _int(lo: int, hi: int) -> Callable[[_Ctx, Node, str], int]:
+    def parse(ctx: _Ctx, node: Node, key: str) -> int:
         value = _scalar(ctx, node, key)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ctx.error(node, key, f"expected a whole number, got {value!r}")
@@ -241,8 +234,8 @@ _port = _int(1, 65535)
 _port_or_zero = _int(0, 65535)
 
 
-def _number(lo: float, hi: float) -> Callable[[_Ctx, yaml.Node, str], float]:
-    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> float:
+def _number(lo: float, hi: float) -> Callable[[_Ctx, Node, str], float]:
+    def parse(ctx: _Ctx, node: Node, key: str) -> float:
         value = _scalar(ctx, node, key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ctx.error(node, key, f"expected a number of seconds, got {value!r}")
@@ -253,8 +246,8 @@ def _number(lo: float, hi: float) -> Callable[[_Ctx, yaml.Node, str], float]:
     return parse
 
 
-def _rate(lo: float, hi: float) -> Callable[[_Ctx, yaml.Node, str], float]:
-    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> float:
+def _rate(lo: float, hi: float) -> Callable[[_Ctx, Node, str], float]:
+    def parse(ctx: _Ctx, node: Node, key: str) -> float:
         value = _scalar(ctx, node, key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ctx.error(node, key, f"expected a number per second, got {value!r}")
@@ -265,21 +258,21 @@ def _rate(lo: float, hi: float) -> Callable[[_Ctx, yaml.Node, str], float]:
     return parse
 
 
-def _str(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+def _str(ctx: _Ctx, node: Node, key: str) -> str:
     value = _scalar(ctx, node, key)
     if not isinstance(value, str):
         raise ctx.error(node, key, f"expected text, got {value!r}")
     return value
 
 
-def _nonempty_str(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+def _nonempty_str(ctx: _Ctx, node: Node, key: str) -> str:
     value = _str(ctx, node, key)
     if not value.strip():
         raise ctx.error(node, key, "must not be empty")
     return value
 
 
-def _optional_str(ctx: _Ctx, node: yaml.Node, key: str) -> str | None:
+def _optional_str(ctx: _Ctx, node: Node, key: str) -> str | None:
     value = _scalar(ctx, node, key)
     if value is None:
         return None
@@ -288,9 +281,9 @@ def _optional_str(ctx: _Ctx, node: yaml.Node, key: str) -> str | None:
     return value
 
 
-def _secret(ctx: _Ctx, node: yaml.Node, key: str) -> str | None:
+def _secret(ctx: _Ctx, node: Node, key: str) -> str | None:
     """A token: validated like text, but its value is never put into an error message."""
-    if not isinstance(node, yaml.ScalarNode):
+    if isinstance(node.value, dict | list):
         raise ctx.error(node, key, f"expected text, got a {_kind(node)}")
     value = _scalar(ctx, node, key)
     if value is None:
@@ -300,8 +293,8 @@ def _secret(ctx: _Ctx, node: yaml.Node, key: str) -> str | None:
     return value
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[_Ctx, yaml.Node, str], str]:
-    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+def _choice(options: tuple[str, ...]) -> Callable[[_Ctx, Node, str], str]:
+    def parse(ctx: _Ctx, node: Node, key: str) -> str:
         value = _scalar(ctx, node, key)
         if value not in options:
             hint = did_you_mean(value, options) if isinstance(value, str) else ""
@@ -311,7 +304,7 @@ def _choice(options: tuple[str, ...]) -> Callable[[_Ctx, yaml.Node, str], str]:
     return parse
 
 
-def _ip(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+def _ip(ctx: _Ctx, node: Node, key: str) -> str:
     value = _str(ctx, node, key)
     try:
         return str(ipaddress.ip_address(value))
@@ -319,14 +312,14 @@ def _ip(ctx: _Ctx, node: yaml.Node, key: str) -> str:
         raise ctx.error(node, key, f"expected an IP address, got {value!r}") from None
 
 
-def _multicast_or_ip(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+def _multicast_or_ip(ctx: _Ctx, node: Node, key: str) -> str:
     value = _ip(ctx, node, key)
     if ipaddress.ip_address(value).version != 4:
         raise ctx.error(node, key, f"GDM is IPv4 only; got {value!r}")
     return value
 
 
-def _resolver(ctx: _Ctx, node: yaml.Node, key: str) -> str | None:
+def _resolver(ctx: _Ctx, node: Node, key: str) -> str | None:
     value = _optional_str(ctx, node, key)
     if value is None or value in ("", "system"):
         return None
@@ -343,11 +336,11 @@ def _resolver(ctx: _Ctx, node: yaml.Node, key: str) -> str | None:
 T = TypeVar("T")
 
 
-def _list(item: Callable[[_Ctx, yaml.Node, str], T]) -> Callable[[_Ctx, yaml.Node, str], tuple[T, ...]]:
-    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> tuple[T, ...]:
-        if isinstance(node, yaml.ScalarNode) and _scalar(ctx, node, key) is None:
+def _list(item: Callable[[_Ctx, Node, str], T]) -> Callable[[_Ctx, Node, str], tuple[T, ...]]:
+    def parse(ctx: _Ctx, node: Node, key: str) -> tuple[T, ...]:
+        if node.value is None:
             return ()
-        if not isinstance(node, yaml.SequenceNode):
+        if not isinstance(node.value, list):
             raise ctx.error(node, key, f"expected a list, got a {_kind(node)}")
         out: list[T] = []
         errors: list[ConfigError] = []
@@ -362,17 +355,16 @@ def _list(item: Callable[[_Ctx, yaml.Node, str], T]) -> Callable[[_Ctx, yaml.Nod
     return parse
 
 
-def _map_of(value_parser: Callable[[_Ctx, yaml.Node, str], T]) -> Callable[[_Ctx, yaml.Node, str], dict[str, T]]:
-    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> dict[str, T]:
-        if isinstance(node, yaml.ScalarNode) and _scalar(ctx, node, key) is None:
+def _map_of(value_parser: Callable[[_Ctx, Node, str], T]) -> Callable[[_Ctx, Node, str], dict[str, T]]:
+    def parse(ctx: _Ctx, node: Node, key: str) -> dict[str, T]:
+        if node.value is None:
             return {}
-        if not isinstance(node, yaml.MappingNode):
+        if not isinstance(node.value, dict):
             raise ctx.error(node, key, f"expected a mapping, got a {_kind(node)}")
         out: dict[str, T] = {}
         errors: list[ConfigError] = []
-        for knode, vnode in node.value:
+        for name, vnode in node.value.items():
             try:
-                name = str(_scalar(ctx, knode, key))
                 out[name] = value_parser(ctx, vnode, f"{key}.{name}")
             except ConfigError as exc:
                 errors += _each(exc)
@@ -382,26 +374,22 @@ def _map_of(value_parser: Callable[[_Ctx, yaml.Node, str], T]) -> Callable[[_Ctx
     return parse
 
 
-def _section(cls: type[T], spec: Mapping[str, Callable[[_Ctx, yaml.Node, str], Any]],
-             required: tuple[str, ...] = ()) -> Callable[[_Ctx, yaml.Node, str], T]:
-    def parse(ctx: _Ctx, node: yaml.Node, key: str) -> T:
-        if isinstance(node, yaml.ScalarNode) and _scalar(ctx, node, key) is None:
-            node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
-        if not isinstance(node, yaml.MappingNode):
+def _section(cls: type[T], spec: Mapping[str, Callable[[_Ctx, Node, str], Any]],
+             required: tuple[str, ...] = ()) -> Callable[[_Ctx, Node, str], T]:
+    def parse(ctx: _Ctx, node: Node, key: str) -> T:
+        if node.value is None:
+            node = Node({}, node.line)
+        if not isinstance(node.value, dict):
             raise ctx.error(node, key, f"expected a mapping, got a {_kind(node)}")
         values: dict[str, Any] = {}
         seen: set[str] = set()
         errors: list[ConfigError] = []  # every problem of the section, not just the first
-        for knode, vnode in node.value:
+        for name, vnode in node.value.items():
             try:
-                name = _scalar(ctx, knode, key)
-                dotted = f"{key}.{name}" if key else str(name)
-                if not isinstance(name, str) or name not in spec:
+                dotted = f"{key}.{name}" if key else name
+                if name not in spec:
                     known = ", ".join(sorted(spec))
-                    hint = did_you_mean(name, spec) if isinstance(name, str) else ""
-                    raise ctx.error(knode, dotted, f"unknown key{hint} (known keys here: {known})")
-                if name in seen:
-                    raise ctx.error(knode, dotted, "given twice")
+                    raise ctx.error(vnode, dotted, f"unknown key{did_you_mean(name, spec)} (known keys here: {known})")
                 seen.add(name)
                 values[name] = spec[name](ctx, vnode, dotted)
             except ConfigError as exc:
@@ -411,13 +399,13 @@ def _section(cls: type[T], spec: Mapping[str, Callable[[_Ctx, yaml.Node, str], A
                 errors.append(ctx.error(node, f"{key}.{name}" if key else name, "is required"))
         _raise_all(errors)
         if "line" in {f.name for f in fields(cast(Any, cls))}:
-            values["line"] = node.start_mark.line + 1
+            values["line"] = node.line
         return cls(**values)
 
     return parse
 
 
-def _server(ctx: _Ctx, node: yaml.Node, key: str) -> ServerConfig:
+def _server(ctx: _Ctx, node: Node, key: str) -> ServerConfig:
     server = _section(ServerConfig, {"url": _nonempty_str, "token": _secret}, ("url",))(ctx, node, key)
     try:
         parts = urlsplit(server.url)
@@ -438,7 +426,7 @@ def _server(ctx: _Ctx, node: yaml.Node, key: str) -> ServerConfig:
     return server
 
 
-def _plextv_url(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+def _plextv_url(ctx: _Ctx, node: Node, key: str) -> str:
     value = _nonempty_str(ctx, node, key)
     try:
         parts = urlsplit(value)
@@ -452,14 +440,14 @@ def _plextv_url(ctx: _Ctx, node: yaml.Node, key: str) -> str:
     return value.rstrip("/")
 
 
-def _target(ctx: _Ctx, node: yaml.Node, key: str) -> TargetConfig:
+def _target(ctx: _Ctx, node: Node, key: str) -> TargetConfig:
     return _section(TargetConfig, {
         "name": _nonempty_str, "kind": _choice(TARGET_KINDS), "address": _ip, "port": _port,
         "profile": _optional_str, "policy": _choice(POLICIES),
     }, ("name", "address", "port"))(ctx, node, key)
 
 
-_SPEC: dict[str, Callable[[_Ctx, yaml.Node, str], Any]] = {
+_SPEC: dict[str, Callable[[_Ctx, Node, str], Any]] = {
     "name": _nonempty_str,
     "interfaces": _list(_ip),
     "face_suffix": _str,
@@ -507,13 +495,10 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     """Parse config text; raises ConfigError naming path, line and key."""
     ctx = _Ctx(path)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(f"not valid YAML: {exc.problem or exc}", path=path, line=line) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", path=path) from None
+        root = read_yaml(text, scalar_keys=True)
+    except YamlSourceError as exc:
+        words = {"syntax": f"not valid YAML: {exc.problem}", "duplicate": "given twice"}
+        raise ConfigError(words.get(exc.kind, exc.problem), path=path, line=exc.line, key=exc.key) from exc
     if root is None:
         return Config(source=path)
     config = _section(Config, _SPEC)(ctx, root, "")
@@ -527,10 +512,10 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such file", path=str(p)) from None
+    except FileNotFoundError as exc:
+        raise ConfigError("no such file", path=str(p)) from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", path=str(p)) from None
+        raise ConfigError(f"cannot read: {exc}", path=str(p)) from exc
     return parse_config(text, str(p))
 
 

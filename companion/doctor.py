@@ -34,9 +34,9 @@ from companion.config import Config
 from companion.discovery.mdns import MdnsDiscovery, MdnsSettings
 from companion.errors import CompanionError, ConfigError, ProtocolError, TrustError
 from companion.proto import plexdirect
-from companion.security.decide import DNS_REBIND_FIX
 from companion.security.dnscheck import check_plex_direct
-from companion.security.probe import ServerFacts, probe_server
+from companion.security.facts import DNS_REBIND_FIX, ServerFacts
+from companion.security.probe import probe_server
 from companion.security.profiles import ProfileSet, load_with_extra
 from companion.security.trust import display_name, verify_chain
 

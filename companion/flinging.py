@@ -19,7 +19,7 @@ from typing import Literal, cast
 
 from companion import outcomes
 from companion.audit import AuditLog, FlingRecord
-from companion.config import Config, Policy
+from companion.config import Config
 from companion.errors import CompanionError, PolicyRefusal, ProtocolError, StateError, TrustError
 from companion.metrics import Metrics
 from companion.model import Command, MediaRequest, Server, Target, scrub
@@ -28,9 +28,11 @@ from companion.proto.companion import media_request
 from companion.registry import Registry
 from companion.security.claims import relied_on, summarize
 from companion.security.decide import Decision, Reason, decide
-from companion.security.dnscheck import DnsFacts, check_plex_direct
-from companion.security.probe import ProbeCache, ServerFacts
+from companion.security.dnscheck import check_plex_direct
+from companion.security.facts import DnsFacts, ServerFacts
+from companion.security.probe import ProbeCache
 from companion.security.profiles import Profile, ProfileSet
+from companion.security.terms import Policy
 from companion.security.trust import VerifyCache
 
 log = logging.getLogger(__name__)

@@ -66,7 +66,7 @@ from companion.limits import ThrottledLog
 from companion.model import SECRET_PARAMS
 from companion.relay_pump import DownstreamGone, PinMismatch, UpstreamError, UpstreamStream
 from companion.relay_scope import GrantScope
-from companion.security.probe import ServerFacts
+from companion.security.facts import ServerFacts
 from companion.security.probe import _chain_der as sent_chain_der
 from companion.security.profiles import TlsCaps
 from companion.security.trust import Reason, verify_chain

@@ -27,7 +27,7 @@ from companion.visibility import ChannelView, channel_json, face_visibility
 if TYPE_CHECKING:
     from companion.bridge import Bridge
     from companion.doctor import Finding
-    from companion.security.probe import ServerFacts
+    from companion.security.facts import ServerFacts
 
 LockState = Literal["closed", "open", "unknown"]
 LockSource = Literal["fling", "probe", "none"]

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from companion.lab.capture import CaptureResult, StepResult
 from companion.lab.hello import ClientHelloFacts
 from companion.lab.server import Handshake
-from companion.security.profiles import TLS_VERSIONS, Profile
+from companion.security.profiles import Profile
+from companion.security.terms import TLS_VERSIONS
 
 SOURCE = "companion profiles capture"
 # The alerts a client sends about a certificate it will not accept (RFC 8446 section 6.2): reaching

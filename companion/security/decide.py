@@ -19,32 +19,20 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from cryptography import x509
 
 from companion.errors import ProtocolError
 from companion.proto.plexdirect import build_name
+from companion.security.facts import DNS_REBIND_FIX, DnsFacts, ServerFacts
 from companion.security.profiles import CrossSign, Profile
+from companion.security.terms import TLS_VERSIONS, Policy
 from companion.security.trust import Reason, VerifyCache, verify_chain
 
-if TYPE_CHECKING:
-    from companion.security.dnscheck import DnsFacts
-    from companion.security.probe import ServerFacts
+__all__ = ["Check", "Decision", "Mode", "Reason", "decide", "explain"]
 
-__all__ = ["DNS_REBIND_FIX", "TLS_VERSIONS", "Check", "Decision", "Mode", "Policy", "Reason", "decide",
-           "explain"]
-
-Policy = Literal["required", "preferred", "disabled"]
 Mode = Literal["direct-secure", "relay", "direct-insecure", "refused"]
-TLS_VERSIONS: tuple[str, ...] = ("1.0", "1.1", "1.2", "1.3")
-
-DNS_REBIND_FIX = (
-    "Fix: let plex.direct through the router's DNS rebinding protection: dnsmasq "
-    "'rebind-domain-ok=/plex.direct/' (command line: --rebind-domain-ok=/plex.direct/), Unbound "
-    "'private-domain: \"plex.direct\"' in its server: block; or hand the device a resolver that "
-    "does not strip private answers"
-)
 _SHOWN_CIPHERS = 6
 
 

@@ -10,12 +10,11 @@ control query for a public address under the same hash tells "strips private ans
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from companion.errors import ProtocolError
 from companion.proto.plexdirect import dashed_address, parse_name
-from companion.security.decide import DNS_REBIND_FIX
+from companion.security.facts import DNS_REBIND_FIX, DnsFacts
 
 if TYPE_CHECKING:
     import dns.asyncresolver
@@ -23,22 +22,9 @@ if TYPE_CHECKING:
 # dnspython (about 4 MB resident with its modules) is imported by the functions that query, on the
 # first check: a daemon with the DNS check off never loads it.
 
-DnsOutcome = Literal["ok", "stripped", "unreachable", "wrong-address"]
-
 # Public addresses used only inside the control query's name; nothing is ever sent to them.
 _CONTROL_V4 = "1.1.1.1"
 _CONTROL_V6 = "2606:4700:4700::1111"
-
-
-@dataclass(frozen=True)
-class DnsFacts:
-    """What one resolver answered for one plex.direct name."""
-
-    outcome: DnsOutcome
-    name: str
-    answers: tuple[str, ...]
-    resolver: str  # "127.0.0.10:5300", or "system (192.168.1.1:53)"
-    detail: str
 
 
 def _make_resolver(resolver: tuple[str, int] | None, timeout: float) -> tuple[dns.asyncresolver.Resolver, str]:
@@ -91,8 +77,8 @@ async def check_plex_direct(
 
     try:
         expected = ipaddress.ip_address(expected_address)
-    except ValueError:
-        raise ProtocolError(f"expected address {expected_address!r} is not an IP address") from None
+    except ValueError as exc:
+        raise ProtocolError(f"expected address {expected_address!r} is not an IP address") from exc
     rdtype = "AAAA" if expected.version == 6 else "A"
     try:
         res, label = _make_resolver(resolver, timeout)

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -29,10 +28,8 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from companion.proto.plexdirect import hash_from_dns_names
+from companion.security.facts import ServerFacts
 from companion.security.profiles import CONFIDENCE_ORDER, CrossSign, Evidence, Profile, TlsCaps
-
-if TYPE_CHECKING:
-    from companion.security.probe import ServerFacts
 
 _WEAK_HASHES = frozenset({"sha1", "md5"})
 
@@ -312,6 +309,7 @@ class VerifyCache:
     def verify(self, facts: ServerFacts, roots: Sequence[x509.Certificate], *, name: str, now: datetime,
                tls: TlsCaps, extra_intermediates: Sequence[x509.Certificate] = (),
                cross_signs: Sequence[CrossSign] = ()) -> TrustResult:
+        """:func:`verify_chain`, answered from the cache when the same question was asked before."""
         now = _as_utc(now)
         key = (facts.chain_der, id(roots), name, tls, tuple(id(c) for c in extra_intermediates),
                tuple(cross_signs), any(now > c.until for c in cross_signs))

@@ -11,8 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from companion.security.decide import decide, explain
-from companion.security.dnscheck import DnsFacts
-from companion.security.probe import ServerFacts
+from companion.security.facts import DnsFacts, ServerFacts
 from companion.security.profiles import Profile, RootsSpec, TlsCaps
 from tests.fakes.plex_server import make_plex_chain
 

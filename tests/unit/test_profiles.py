@@ -9,6 +9,7 @@ import logging
 import re
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from cryptography.hazmat.primitives import hashes
@@ -16,9 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.errors import ProfileError
+from companion.errors import ProfileError, ProfileErrors
 from companion.security import profiles as P
-from companion.security.profiles import describe, lint, load_profiles, parse_profile, shipped_profiles_dir
+from companion.security.profiles import describe, lint, load_profiles, parse_profile, profileset, shipped_profiles_dir
+from companion.security.profiles.parse import _PROFILE_KEYS, _TLS_KEYS
+from companion.security.terms import TLS_VERSIONS
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "profiles"
 GOOD = DATA / "good"
@@ -138,7 +141,7 @@ def test_override_naming_a_loaded_profile_wins_over_matching() -> None:
 
 def test_unknown_override_falls_back_to_matching_and_warns(caplog: pytest.LogCaptureFixture) -> None:
     profiles = load_profiles([GOOD])
-    with caplog.at_level(logging.WARNING, logger=P.__name__):
+    with caplog.at_level(logging.WARNING, logger=profileset.__name__):
         chosen = profiles.match(fields(product="Zulu 1"), override="no-such-profile")
     assert chosen.id == "zulu"
     assert "no-such-profile" in caplog.text
@@ -318,7 +321,7 @@ def test_non_utf8_file_is_a_profile_error(tmp_path: Path) -> None:
 
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12),
                      st.sampled_from(["1.2", "1.4", "lan", "companion", "mozilla", "isrg-root-x1", "*"]))
-_KEYS = st.one_of(st.sampled_from([*P._PROFILE_KEYS, *P._TLS_KEYS, "https", "http", "resolver", "min", "max",
+_KEYS = st.one_of(st.sampled_from([*_PROFILE_KEYS, *_TLS_KEYS, "https", "http", "resolver", "min", "max",
                                    "store", "add", "remove", "claim", "confidence", "source", "product"]),
                   st.text(max_size=8))
 _DOCS = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -342,48 +345,55 @@ def test_arbitrary_yaml_text_raises_only_profile_errors(text: str) -> None:
 
 # --- schema and describe ----------------------------------------------------------------------
 
-def _check(schema: dict, value: object, root: dict, where: str) -> None:
-    """A small subset of JSON Schema: $ref, type, enum, properties, required, additionalProperties, items."""
-    if "$ref" in schema:
-        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[1]]
-    kinds = {"object": dict, "array": list, "string": str, "boolean": bool}
-    if "type" in schema:
-        if schema["type"] == "integer":
-            assert isinstance(value, int) and not isinstance(value, bool), where
-        else:
-            assert isinstance(value, kinds[schema["type"]]), where
-    if "enum" in schema:
-        assert value in schema["enum"], where
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        for name in schema.get("required", ()):
-            assert name in value, f"{where}.{name} required"
-        for name, child in value.items():
-            assert name in props or schema.get("additionalProperties", True) is not False, f"{where}.{name}"
-            if name in props:
-                _check(props[name], child, root, f"{where}.{name}")
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            _check(schema["items"], item, root, f"{where}[{i}]")
+def _editor_schema() -> dict:
+    return json.loads((shipped_profiles_dir() / "schema.json").read_text())
 
 
-def test_every_shipped_profile_fits_the_editor_schema() -> None:
-    schema = json.loads((shipped_profiles_dir() / "schema.json").read_text())
+def _schema_problems(schema: dict, document: object, name: str) -> list[str]:
+    """What the editor schema finds wrong with one document, each as ``file: $.path: message``."""
+    errors = jsonschema.Draft202012Validator(schema).iter_errors(document)
+    return sorted(f"{name}: {error.json_path}: {error.message}" for error in errors)
+
+
+def test_the_editor_schema_is_a_valid_draft_2020_12_schema() -> None:
+    schema = _editor_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    for file in sorted((shipped_profiles_dir() / "devices").glob("*.yaml")):
-        _check(schema, yaml.safe_load(file.read_text()), schema, file.name)
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_every_shipped_and_test_profile_fits_the_editor_schema() -> None:
+    schema = _editor_schema()
+    files = [*sorted((shipped_profiles_dir() / "devices").glob("*.yaml")), *sorted((GOOD / "devices").glob("*.yaml"))]
+    assert len(files) > len(SEED_PROFILES)
+    problems = [p for file in files for p in _schema_problems(schema, yaml.safe_load(file.read_text()), str(file))]
+    assert problems == []
+
+
+@pytest.mark.parametrize(("extra", "path", "words"), [
+    ('tls:\n  versions: {min: "1.4", max: "1.3"}\n', "$.tls.versions.min", "'1.4' is not one of"),
+    ("tls: {colour: blue}\n", "$.tls", "'colour' was unexpected"),
+    ("evidence:\n  - {claim: x, confidence: measured, source: lab, when: '2026-12-03T09:30:00+00:00'}\n",
+     "$.evidence[0]", "'bridge_version' is a required"),
+    ("tls: {rsa_min_bits: 100}\n", "$.tls.rsa_min_bits", "less than the minimum"),
+])
+def test_a_profile_that_breaks_the_editor_schema_fails_naming_file_and_path(extra: str, path: str,
+                                                                            words: str) -> None:
+    document = yaml.safe_load(MINIMAL + extra)
+    [problem] = _schema_problems(_editor_schema(), document, "bad.yaml")
+    assert problem.startswith(f"bad.yaml: {path}: "), problem
+    assert words in problem, problem
 
 
 def test_schema_enums_agree_with_the_loader() -> None:
-    schema = json.loads((shipped_profiles_dir() / "schema.json").read_text())
+    schema = _editor_schema()
     props = schema["properties"]
     assert tuple(props["transport"]["enum"]) == P.TRANSPORTS
     assert tuple(props["dns"]["properties"]["resolver"]["enum"]) == P.RESOLVERS
-    assert tuple(schema["$defs"]["version"]["enum"]) == P.TLS_VERSIONS
+    assert tuple(schema["$defs"]["version"]["enum"]) == TLS_VERSIONS
     assert set(props["evidence"]["items"]["properties"]["confidence"]["enum"]) == set(P.CONFIDENCE_ORDER)
     assert tuple(schema["$defs"]["clause"]["properties"]) == P.MATCH_FIELDS
-    assert set(props) == set(P._PROFILE_KEYS)
-    assert set(props["tls"]["properties"]) == set(P._TLS_KEYS)
+    assert set(props) == set(_PROFILE_KEYS)
+    assert set(props["tls"]["properties"]) == set(_TLS_KEYS)
 
 
 def test_describe_gives_a_json_ready_summary(shipped: P.ProfileSet) -> None:
@@ -457,7 +467,7 @@ def test_a_new_contributors_profile_gets_all_four_problems_in_one_run(tmp_path: 
 def test_parse_profile_raises_every_format_problem_together() -> None:
     text = MINIMAL.replace("transport: companion", "transport: chromcast").replace(
         "dns: {resolver: lan}", "dns: {resolver: lna, extra: 1}") + "colour: red\n"
-    with pytest.raises(P.ProfileErrors) as info:
+    with pytest.raises(ProfileErrors) as info:
         parse_profile(text, "x.yaml")
     assert [(e.line, e.key) for e in info.value.errors] == [
         (4, "transport"), (6, "dns.extra"), (6, "dns.resolver"), (7, "colour")]
@@ -509,7 +519,7 @@ def test_cross_signs_and_root_entries_with_missing_or_unknown_parts_are_each_rep
 
 def test_an_evidence_entry_with_problems_reports_each_of_them() -> None:
     text = MINIMAL + "evidence:\n  - {claim: 1, confidence: documentd, about: dns}\n  - {confidence: assumed}\n"
-    with pytest.raises(P.ProfileErrors) as info:
+    with pytest.raises(ProfileErrors) as info:
         parse_profile(text, "x.yaml")
     assert [e.key for e in info.value.errors] == [
         "evidence[0].confidence", "evidence[0].claim", "evidence[0].about", "evidence[1].claim"]

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from companion.security.probe import ServerFacts
+from companion.security.facts import ServerFacts
 from companion.security.profiles import CrossSign, TlsCaps, load_profiles, shipped_profiles_dir
 from companion.security.trust import root_outlook, verify_chain
 from tests.fakes.aia import AiaPki, make_aia_pki, write_gen_y_profiles

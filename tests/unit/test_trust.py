@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from companion.security.probe import ServerFacts
+from companion.security.facts import ServerFacts
 from companion.security.profiles import TlsCaps
 from companion.security.trust import verify_chain
 from tests.fakes.plex_server import make_plex_chain
