@@ -20,7 +20,7 @@ from companion.errors import (
 )
 from companion.model import Command, MediaRequest, Target, TargetKind
 from companion.proto.timeline import PlayerState
-from companion.targets.chromecast import (
+from companion.targets.chromecast.adapter import (
     DEFAULT_MEDIA_RECEIVER_APP_ID,
     PLEX_APP_ID,
     ChromecastTarget,
