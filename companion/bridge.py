@@ -720,7 +720,7 @@ class Bridge:
         slot.watches.append(watch)
         try:
             if slot.target.kind is TargetKind.CHROMECAST and command.name == "playMedia":
-                from companion.targets.chromecast.adapter import play_queue_id  # loaded with the target already
+                from companion.targets.chromecast.status import play_queue_id
 
                 if not play_queue_id(request.container_key):
                     request = await self._with_play_queue(prepared)
