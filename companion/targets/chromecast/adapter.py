@@ -80,9 +80,6 @@ _MEDIA_OK = frozenset({"MEDIA_STATUS"})
 _RECEIVER_OK = frozenset({"RECEIVER_STATUS"})
 
 
-# --- the adapter -----------------------------------------------------------------------------
-
-
 class _NothingPlaying(Exception):
     """Raised on the worker thread when a media command has no media session to act on."""
 
