@@ -538,7 +538,7 @@ class Bridge:
                 command_timeout=self.config.timeouts.command, on_face=on_face)
         # pychromecast (with protobuf and requests, about 8 MB resident) loads with the first
         # Chromecast target only: a bridge of Companion players never pays for it.
-        from companion.targets.chromecast import ChromecastTarget
+        from companion.targets.chromecast.adapter import ChromecastTarget
 
         return ChromecastTarget(
             target, zeroconf=self.mdns.zeroconf if self.mdns is not None else None, on_state=on_state,
@@ -720,7 +720,7 @@ class Bridge:
         slot.watches.append(watch)
         try:
             if slot.target.kind is TargetKind.CHROMECAST and command.name == "playMedia":
-                from companion.targets.chromecast import play_queue_id  # loaded with the target already
+                from companion.targets.chromecast.status import play_queue_id
 
                 if not play_queue_id(request.container_key):
                     request = await self._with_play_queue(prepared)

@@ -3,6 +3,8 @@
 Shaped after pyatv: a declared feature set, and a typed "not supported" for the rest. Adapters
 translate their library's errors into TargetError subclasses, and report playback state as a
 :class:`~companion.proto.timeline.PlayerState` through the ``on_state`` callback they are given.
+tests/functional/test_target_contract.py holds every adapter to this interface (a new adapter
+joins it with one rig fixture), as pyatv runs one functional suite against every protocol.
 """
 
 from __future__ import annotations

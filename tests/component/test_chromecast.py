@@ -20,14 +20,9 @@ from companion.errors import (
 )
 from companion.model import Command, MediaRequest, Target, TargetKind
 from companion.proto.timeline import PlayerState
-from companion.targets.chromecast import (
-    DEFAULT_MEDIA_RECEIVER_APP_ID,
-    PLEX_APP_ID,
-    ChromecastTarget,
-    MediaSnapshot,
-    ReceiverSnapshot,
-    player_state_from,
-)
+from companion.targets.chromecast.adapter import ChromecastTarget
+from companion.targets.chromecast.messages import DEFAULT_MEDIA_RECEIVER_APP_ID, PLEX_APP_ID
+from companion.targets.chromecast.status import MediaSnapshot, ReceiverSnapshot, player_state_from
 from tests.fakes.cast_device import NS_MEDIA, NS_PLEX, NS_RECEIVER, FakeCastDevice
 
 TOKEN = "sekrit-token-123"
@@ -226,7 +221,7 @@ async def test_commands_with_nothing_to_act_on_are_accepted_no_ops_and_logged(
     """A real player answers OK to pause or skipNext with nothing playing; an error would make the
     controller consider the player disconnected (Remote control API)."""
     dev, adapter, _ = connected
-    caplog.set_level(logging.INFO, logger="companion.target.chromecast")
+    caplog.set_level(logging.INFO, logger="companion.targets.chromecast")
     for name in ("pause", "play", "stop", "skipNext", "skipPrevious", "stepForward"):
         await adapter.send(cmd(name))
     await adapter.send(cmd("seekTo", offset="1000"))

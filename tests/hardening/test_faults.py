@@ -18,7 +18,7 @@ import pytest
 
 from companion.errors import TargetError
 from companion.model import Command, Controller, MediaRequest, Target, TargetKind
-from companion.targets.chromecast import ChromecastTarget
+from companion.targets.chromecast.adapter import ChromecastTarget
 from tests.fakes.cast_device import FakeCastDevice
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.plex_server import FakePlexServer, make_plex_chain

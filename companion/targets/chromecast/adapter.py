@@ -3,14 +3,12 @@
 pychromecast is thread-based: one socket thread per device, listeners called on that thread,
 blocking request/response. This adapter keeps that world behind a fence:
 
-* requests are written by pychromecast's own socket thread, never by ours: pychromecast reads
-  its TLS socket on that thread, and a write from another thread at the same moment corrupts
-  the TLS stream (``DECRYPTION_FAILED_OR_BAD_RECORD_MAC``; our stress runs hit it, and so do
-  Home Assistant users, home-assistant/core#111762 and #141619). Each request is queued on the
+* requests are written by pychromecast's own socket thread, never by ours (``link.py`` says why,
+  and is the one place that reaches into pychromecast for it): each request is queued on the
   connection and the socket thread is woken to send it;
 * the other blocking calls (disconnect and join) go through ``asyncio.to_thread``;
-* every listener callback is snapshotted on the socket thread (pychromecast mutates its status
-  objects in place) and handed to the event loop with ``call_soon_threadsafe``;
+* every listener callback is snapshotted on the socket thread (``status.py``) and handed to the
+  event loop with ``call_soon_threadsafe``;
 * replies are awaited in the loop, not in a thread: each request carries a pychromecast
   ``callback_function`` that resolves an asyncio future, so a device that never answers costs a
   timeout, not a worker thread parked for pychromecast's 10 s ``WaitResponse``.
@@ -27,36 +25,17 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import queue
-import re
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from types import MappingProxyType
 from typing import Any
 
-import pychromecast
 import zeroconf
-from pychromecast.const import CAST_TYPE_CHROMECAST, CAST_TYPES
-from pychromecast.controllers import BaseController
-from pychromecast.controllers.media import (
-    BaseMediaPlayer,
-    DefaultMediaReceiverController,
-    MediaStatus,
-    MediaStatusListener,
-)
-from pychromecast.controllers.plex import media_to_chromecast_command
-from pychromecast.controllers.receiver import CastStatus, CastStatusListener
 from pychromecast.error import PyChromecastError
-from pychromecast.models import CastInfo, HostServiceInfo
 from pychromecast.response_handler import CallbackType
 from pychromecast.socket_client import (
     CONNECTION_STATUS_CONNECTED,
     CONNECTION_STATUS_CONNECTING,
     CONNECTION_STATUS_DISCONNECTED,
-    ConnectionStatus,
-    ConnectionStatusListener,
 )
 
 from companion.errors import (
@@ -67,22 +46,28 @@ from companion.errors import (
     TargetUnavailable,
 )
 from companion.model import Command, MediaRequest, Target
-from companion.proto.timeline import MEDIA_TYPES, PlayerState, TimelineEntry
+from companion.proto.timeline import PlayerState
 from companion.targets.base import AvailabilityCallback, StateCallback
+from companion.targets.chromecast import messages
+from companion.targets.chromecast.link import Link, LinkEvents, open_link
+from companion.targets.chromecast.messages import PLEX_APP_ID, PLEX_DETAILS, guard_pychromecast_logs
+from companion.targets.chromecast.status import (
+    PLAYER_STATES,
+    MediaSnapshot,
+    ReceiverSnapshot,
+    play_queue_id,
+    player_state_from,
+    timeline_type,
+)
 
-log = logging.getLogger("companion.target.chromecast")
+log = logging.getLogger(__name__)
 
-PLEX_APP_ID = "9AC194DC"
-DEFAULT_MEDIA_RECEIVER_APP_ID = "CC1AD845"
 STEP_FORWARD_S = 30.0
 STEP_BACK_S = 10.0
 MAX_RECONNECT_BACKOFF = 60.0
 # Cast devices report their position only when something changes; while playing, the timeline
 # is re-published this often with the position extrapolated from the last report.
 TICK_INTERVAL = 1.0
-CONTROLLABLE = ("playPause", "stop", "volume", "seekTo", "stepBack", "stepForward")
-# Only with a play queue to move in (the Plex receiver plays one: its LOAD names it in customData).
-QUEUE_CONTROLLABLE = ("skipPrevious", "skipNext")
 FEATURES = frozenset({
     "playback/playMedia", "playback/play", "playback/pause", "playback/stop", "playback/seekTo",
     "playback/stepForward", "playback/stepBack", "playback/setParameters",
@@ -90,219 +75,9 @@ FEATURES = frozenset({
 })
 # mirror: /player/mirror/details shows the item's details page (the Plex receiver's SHOWDETAILS).
 CAPABILITIES = ("timeline", "playback", "mirror")
-# The Plex receiver's own messages on its namespace (pychromecast controllers/plex.py: TYPE_NEXT,
-# TYPE_PREVIOUS, TYPE_DETAILS); sent without waiting for a reply, as PlexController does.
-PLEX_NAMESPACE = "urn:x-cast:plex"
-PLEX_NEXT = "NEXT"
-PLEX_PREVIOUS = "PREVIOUS"
-PLEX_DETAILS = "SHOWDETAILS"
 
 _MEDIA_OK = frozenset({"MEDIA_STATUS"})
 _RECEIVER_OK = frozenset({"RECEIVER_STATUS"})
-_PLAYER_STATES = {"PLAYING": "playing", "PAUSED": "paused", "BUFFERING": "buffering"}
-_LOCATIONS = {"video": "fullScreenVideo", "music": "fullScreenMusic", "photo": "fullScreenPhoto"}
-# pychromecast metadataType: 1 movie, 2 tv show, 3 music track, 4 photo.
-_METADATA_TYPES = {1: "video", 2: "video", 3: "music", 4: "photo"}
-
-
-# --- token hygiene --------------------------------------------------------------------------
-
-_TOKEN_RE = re.compile(
-    r"""((?:accessToken|X-Plex-Token|token)['"]?\s*[:=]\s*['"]?)[^'"&,}\s]+""", re.IGNORECASE)
-
-
-class _RedactTokens(logging.Filter):
-    """Masks Plex tokens in pychromecast's debug lines (it logs every message it sends, and our
-    Plex LOAD carries the server token in customData)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = _TOKEN_RE.sub(r"\1<redacted>", message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
-
-
-_PYCHROMECAST_LOGGERS = ("pychromecast", "pychromecast.socket_client", "pychromecast.controllers",
-                         "pychromecast.controllers.media", "pychromecast.controllers.receiver",
-                         "pychromecast.controllers.plex")
-
-
-def _guard_pychromecast_logs() -> None:
-    # Logger filters apply only to records created on that very logger, so each pychromecast
-    # logger that can print a payload gets one; idempotent, so many adapters add one each.
-    for name in _PYCHROMECAST_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactTokens) for f in logger.filters):
-            logger.addFilter(_RedactTokens())
-
-
-# --- status snapshots and the pure mapping to a timeline ------------------------------------
-
-
-@dataclass(frozen=True)
-class MediaSnapshot:
-    """An immutable copy of pychromecast's (mutable) MediaStatus, taken on its socket thread."""
-
-    player_state: str = "UNKNOWN"
-    idle_reason: str | None = None
-    current_time: float = 0.0
-    duration: float | None = None
-    content_id: str | None = None
-    content_type: str | None = None
-    metadata_type: int | None = None
-    media_session_id: int | None = None
-    playback_rate: float = 1.0
-    reported_at: float = 0.0  # monotonic clock when the device reported current_time
-    play_queue_item_id: str = ""  # from the status's media customData, when the receiver says
-
-    @classmethod
-    def of(cls, status: MediaStatus, now: float) -> MediaSnapshot:
-        metadata_type = status.metadata_type
-        return cls(
-            player_state=str(status.player_state), idle_reason=status.idle_reason,
-            current_time=float(status.current_time or 0.0),
-            duration=float(status.duration) if status.duration is not None else None,
-            content_id=status.content_id, content_type=status.content_type,
-            metadata_type=metadata_type if isinstance(metadata_type, int) else None,
-            media_session_id=status.media_session_id,
-            playback_rate=float(status.playback_rate or 1.0), reported_at=now,
-            play_queue_item_id=_queue_item_id(status.media_custom_data))
-
-    def position(self, now: float) -> float:
-        """Seconds into the media at ``now``: extrapolated while playing, as reported otherwise."""
-        if self.player_state != "PLAYING":
-            return self.current_time
-        return self.current_time + self.playback_rate * max(0.0, now - self.reported_at)
-
-
-@dataclass(frozen=True)
-class ReceiverSnapshot:
-    volume_level: float = 1.0
-    muted: bool = False
-    app_id: str | None = None
-
-
-def _queue_item_id(custom: object) -> str:
-    value = custom.get("playQueueItemID") if isinstance(custom, dict) else None
-    return str(value) if isinstance(value, int | str) and str(value).isdigit() else ""
-
-
-def play_queue_id(container_key: str) -> str:
-    """``/playQueues/123?own=1`` -> ``123``; "" for anything that is not a play queue."""
-    if not container_key.startswith("/playQueues/"):
-        return ""
-    head = container_key[len("/playQueues/"):].split("?", 1)[0].strip("/")
-    return head if head.isdigit() else ""
-
-
-def media_type_of(content_type: str | None, metadata_type: int | None, fallback: str) -> str:
-    """Timeline media type (music/video/photo) from a Cast content type or metadata type."""
-    ct = (content_type or "").lower()
-    if ct.startswith(("video", "application/x-mpegurl", "application/dash")):
-        return "video"
-    if ct.startswith(("audio", "music")):
-        return "music"
-    if ct.startswith(("image", "photo")):
-        return "photo"
-    if metadata_type in _METADATA_TYPES:
-        return _METADATA_TYPES[metadata_type]
-    return _timeline_type(fallback)
-
-
-def _timeline_type(media_type: str) -> str:
-    t = media_type.lower()
-    if t in ("audio", "music", "track"):
-        return "music"
-    return t if t in MEDIA_TYPES else "video"
-
-
-def player_state_from(media: MediaSnapshot | None, receiver: ReceiverSnapshot | None,
-                      request: MediaRequest | None, now: float) -> PlayerState:
-    """The timeline a controller sees at ``now`` (monotonic seconds), from the device's last media
-    and receiver status and the playMedia that started it (server and play-queue fields)."""
-    if media is None:
-        return _IDLE
-    state = _PLAYER_STATES.get(media.player_state)
-    if state is None:
-        if media.player_state == "IDLE" and media.idle_reason == "ERROR":
-            state = "error"
-        else:
-            return _IDLE
-    mtype = media_type_of(media.content_type, media.metadata_type,
-                          request.media_type if request else "video")
-    duration = round(media.duration * 1000) if media.duration else 0
-    time_ms = max(0, round(media.position(now) * 1000))
-    if duration:
-        time_ms = min(time_ms, duration)
-    key = ""
-    if media.content_id and media.content_id.startswith("/library/"):
-        key = media.content_id
-    elif request is not None:
-        key = request.key
-    rating_key = key.rstrip("/").rsplit("/", 1)[-1] if key.startswith("/library/metadata/") else ""
-    queue_id = play_queue_id(request.container_key) if request else ""
-    item_id = media.play_queue_item_id or (request.extra.get("playQueueItemID", "") if request else "")
-    entry = TimelineEntry(
-        type=mtype, state=state, time=time_ms, duration=duration, key=key, rating_key=rating_key,
-        container_key=request.container_key if request else "",
-        play_queue_id=queue_id, play_queue_item_id=item_id,
-        machine_identifier=request.machine_identifier if request else "",
-        protocol=request.protocol if request and request.address else "",
-        address=request.address if request else "",
-        port=str(request.port) if request and request.address else "",
-        volume=round(receiver.volume_level * 100) if receiver else None,
-        mute=receiver.muted if receiver else None,
-        controllable=CONTROLLABLE + (QUEUE_CONTROLLABLE if queue_id else ()),
-    )
-    location = _LOCATIONS.get(mtype, "navigation") if state != "error" else "navigation"
-    return replace(_IDLE, location=location).with_entry(entry)
-
-
-# Nothing playing: every entry stopped, still saying what the Chromecast can do (as real players'
-# stopped entries do), so a controller draws its volume control before the first fling.
-_IDLE = PlayerState(entries=MappingProxyType({t: TimelineEntry(type=t, controllable=CONTROLLABLE)
-                                              for t in MEDIA_TYPES}))
-
-
-def plex_load_message(request: MediaRequest, message_type: str = "LOAD") -> dict[str, Any]:
-    """The LOAD the Plex receiver app expects, built with pychromecast's own helper (same shape
-    as ``PlexController``) and completed with what that helper only fills from a plexapi object:
-    the server's machineIdentifier, the token and our container key."""
-    offset_s = request.offset_ms / 1000
-    content_type = {"music": "audio", "audio": "audio", "photo": "photo"}.get(
-        request.media_type.lower(), "video")
-    msg = media_to_chromecast_command(
-        None, type=message_type, contentId=request.key, contentType=content_type,
-        protocol=request.protocol, address=request.address, port=request.port,
-        version=request.extra.get("serverVersion", "1.10.1.4602"))
-    # The helper's offset is typed as whole seconds; the Plex app takes fractional ones too.
-    msg["media"]["currentTime"] = offset_s
-    custom = msg["media"]["customData"]
-    custom["offset"] = offset_s
-    custom["server"]["machineIdentifier"] = request.machine_identifier
-    custom["server"]["accessToken"] = request.token
-    custom["containerKey"] = request.container_key or request.key
-    custom["providerIdentifier"] = request.provider_identifier or "com.plexapp.plugins.library"
-    if request.extra.get("playQueueItemID", "").isdigit():
-        custom["playQueueItemID"] = int(request.extra["playQueueItemID"])
-    return msg
-
-
-def _cast_type_of(model: str) -> tuple[str, str]:
-    # Both must be set, or the Chromecast constructor does a blocking DIAL lookup (30 s timeout
-    # on port 8009) and on any other port silently decides the device is a cast group.
-    return CAST_TYPES.get(model.lower(), (CAST_TYPE_CHROMECAST, "Unknown manufacturer"))
-
-
-def _cast_uuid(ident: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(ident)
-    except ValueError:
-        return uuid.uuid5(uuid.NAMESPACE_URL, f"companion-cast:{ident}")
-
-
-# --- the adapter -----------------------------------------------------------------------------
 
 
 class _NothingPlaying(Exception):
@@ -311,75 +86,6 @@ class _NothingPlaying(Exception):
 
 class _NoOp(Exception):
     """A command with nothing to act on: a real player accepts it (200) and does nothing."""
-
-
-class _PlexChannel(BaseController):
-    """The Plex receiver's own namespace (urn:x-cast:plex): NEXT, PREVIOUS, SHOWDETAILS."""
-
-    def __init__(self) -> None:
-        super().__init__(PLEX_NAMESPACE, PLEX_APP_ID, app_must_match=True)
-
-    def receive_message(self, _message: Any, _data: dict[str, Any]) -> bool:
-        return False  # its MEDIA_STATUS also arrives on the media namespace, which we follow
-
-
-class _Link:
-    """One pychromecast connection (Chromecast + socket thread), its controllers, and the queue
-    of requests its socket thread sends for us."""
-
-    def __init__(self, generation: int, cast: pychromecast.Chromecast) -> None:
-        self.generation = generation
-        self.cast = cast
-        self.plex = BaseMediaPlayer(supporting_app_id=PLEX_APP_ID, app_must_match=True)
-        self.dmr = DefaultMediaReceiverController()
-        self.plex_channel = _PlexChannel()
-        self._outbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        client = cast.socket_client
-        original = client._run_once
-
-        def run_once() -> int:
-            self.drain()
-            return original()
-
-        # SocketClient.run() calls self._run_once() in its loop; wrapping it on this instance
-        # is the one place our requests can be written from the thread that also reads.
-        client._run_once = run_once  # type: ignore[method-assign]
-
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue a job for the socket thread and wake it from its select()."""
-        self._outbox.put(job)
-        with contextlib.suppress(OSError):  # the thread is gone: the supervisor fails the rest
-            self.cast.socket_client.socketpair[1].send(b"x")
-
-    def drain(self) -> None:
-        while True:
-            try:
-                job = self._outbox.get_nowait()
-            except queue.Empty:
-                return
-            job()
-
-
-class _Listener(CastStatusListener, MediaStatusListener, ConnectionStatusListener):
-    """Runs on pychromecast's socket thread: snapshot, then hop to the event loop."""
-
-    def __init__(self, owner: ChromecastTarget, generation: int) -> None:
-        self._owner = owner
-        self._generation = generation
-
-    def new_cast_status(self, status: CastStatus) -> None:
-        snap = ReceiverSnapshot(float(status.volume_level), bool(status.volume_muted), status.app_id)
-        self._owner._post(self._owner._on_receiver, self._generation, snap)
-
-    def new_media_status(self, status: MediaStatus) -> None:
-        snap = MediaSnapshot.of(status, time.monotonic())
-        self._owner._post(self._owner._on_media, self._generation, snap)
-
-    def load_media_failed(self, queue_item_id: int, error_code: int) -> None:
-        self._owner._post(self._owner._on_load_failed, self._generation, error_code)
-
-    def new_connection_status(self, status: ConnectionStatus) -> None:
-        self._owner._post(self._owner._on_connection, self._generation, status.status)
 
 
 class ChromecastTarget:
@@ -397,8 +103,8 @@ class ChromecastTarget:
         self._connect_retries = max(1, connect_retries)
         self._retry_wait = retry_wait
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._link: _Link | None = None
-        self._retired: list[_Link] = []
+        self._link: Link | None = None
+        self._retired: list[Link] = []
         self._generation = 0
         self._connected = False
         self._available = False
@@ -411,7 +117,9 @@ class ChromecastTarget:
         self._receiver: ReceiverSnapshot | None = None
         self._request: MediaRequest | None = None
         self._state = PlayerState()
-        _guard_pychromecast_logs()
+        self._events = LinkEvents(self._post, self._on_connection, self._on_receiver, self._on_media,
+                                  self._on_load_failed)
+        guard_pychromecast_logs()
 
     def __repr__(self) -> str:
         return (f"ChromecastTarget({self.target.name!r}, {self.target.address}:{self.target.port}, "
@@ -421,21 +129,26 @@ class ChromecastTarget:
 
     @property
     def features(self) -> frozenset[str]:
+        """The playback commands a Chromecast can carry, and mirror/details (no navigation)."""
         return FEATURES
 
     @property
     def capabilities(self) -> tuple[str, ...]:
+        """timeline, playback and mirror: a Chromecast has no UI to navigate."""
         return CAPABILITIES
 
     @property
     def available(self) -> bool:
+        """True once the device answered over a live connection; False while it does not."""
         return self._available
 
     @property
     def state(self) -> PlayerState:
+        """The timeline last published through ``on_state``."""
         return self._state
 
     async def start(self) -> None:
+        """Start the connection supervisor and the timeline ticker; never raises for an absent device."""
         if self._supervisor is not None:
             return
         self._loop = asyncio.get_running_loop()
@@ -446,6 +159,7 @@ class ChromecastTarget:
             self._tick(), name=f"chromecast-timeline:{self.target.id}")
 
     async def stop(self) -> None:
+        """Stop both tasks, then disconnect and join every socket thread this adapter started."""
         self._stopping = True
         for task in (self._supervisor, self._ticker):
             if task is not None:
@@ -463,6 +177,7 @@ class ChromecastTarget:
             link.drain()
 
     async def send(self, command: Command) -> None:
+        """Carry one playback command; one with nothing to act on is an accepted no-op."""
         if command.group != "playback" or f"playback/{command.name}" not in FEATURES \
                 or command.name == "playMedia":
             raise CommandNotSupported(
@@ -478,21 +193,22 @@ class ChromecastTarget:
     async def _send(self, command: Command) -> None:
         name = command.name
         if name in ("skipNext", "skipPrevious"):
-            await self._plex_message(name, {"type": PLEX_NEXT if name == "skipNext" else PLEX_PREVIOUS})
+            await self._plex_message(name, messages.plex_skip(name))
         elif name == "skipTo":
             await self._skip_to(command)
         elif name in ("play", "pause", "stop"):
-            await self._media_command(name, {"type": name.upper()})
+            await self._media_command(name, messages.media_command(name))
         elif name == "seekTo":
             offset = max(0, _int_param(command, "offset"))
-            await self._media_command(name, {"type": "SEEK", "currentTime": offset / 1000,
-                                             "resumeState": "PLAYBACK_START"})
+            await self._media_command(name, messages.seek(offset / 1000))
         elif name in ("stepForward", "stepBack"):
             await self._step(STEP_FORWARD_S if name == "stepForward" else -STEP_BACK_S)
         elif name == "setParameters":
             await self._set_parameters(command)
 
     async def play_media(self, request: MediaRequest, command: Command) -> None:
+        """LOAD the decided media (Plex app, or a stream URL on the Default Media Receiver), or
+        show its details for mirror/details."""
         if command.group == "mirror":
             await self._show_details(request)
             return
@@ -512,11 +228,11 @@ class ChromecastTarget:
             raise
         self._publish()
 
-    async def _load(self, link: _Link, request: MediaRequest) -> None:
+    async def _load(self, link: Link, request: MediaRequest) -> None:
         stream_url = request.extra.get("stream_url", "")
         if stream_url:
             content_type = request.extra.get("content_type") or (
-                "audio/mpeg" if _timeline_type(request.media_type) == "music" else "video/mp4")
+                "audio/mpeg" if timeline_type(request.media_type) == "music" else "video/mp4")
             offset_s = request.offset_ms / 1000
 
             def load_url(cb: CallbackType) -> None:
@@ -528,7 +244,7 @@ class ChromecastTarget:
             def load_plex(cb: CallbackType) -> None:
                 # Launches the Plex app first when it is not the running app (app_must_match),
                 # then sends LOAD on the media namespace to the app's transport.
-                link.plex.send_message(plex_load_message(request), inc_session_id=True,
+                link.plex.send_message(messages.plex_load_message(request), inc_session_id=True,
                                        callback_function=cb)
 
             await self._call(link, "playMedia (Plex app)", load_plex, _MEDIA_OK)
@@ -537,7 +253,7 @@ class ChromecastTarget:
 
     def _plex_app_playing(self) -> bool:
         return (self._receiver is not None and self._receiver.app_id == PLEX_APP_ID
-                and self._media is not None and self._media.player_state in _PLAYER_STATES)
+                and self._media is not None and self._media.player_state in PLAYER_STATES)
 
     async def _plex_message(self, what: str, payload: dict[str, Any]) -> None:
         """One of the Plex receiver's own commands, on its namespace, without waiting for a reply."""
@@ -574,7 +290,7 @@ class ChromecastTarget:
     async def _show_details(self, request: MediaRequest) -> None:
         """mirror/details: the Plex app shows the item's page (SHOWDETAILS), nothing starts playing."""
         link = self._require_link()
-        message = plex_load_message(request, PLEX_DETAILS)
+        message = messages.plex_load_message(request, PLEX_DETAILS)
 
         def send(cb: CallbackType) -> None:
             # As pychromecast's PlexController.show_media: the app launched if need be, then the
@@ -609,8 +325,7 @@ class ChromecastTarget:
             if status.duration:
                 position = min(position, float(status.duration))
             controller.send_message(
-                {"type": "SEEK", "currentTime": position, "resumeState": "PLAYBACK_START",
-                 "mediaSessionId": status.media_session_id},
+                {**messages.seek(position), "mediaSessionId": status.media_session_id},
                 inc_session_id=True, callback_function=cb)
 
         await self._call(link, "stepForward" if delta_s > 0 else "stepBack", send, _MEDIA_OK)
@@ -637,19 +352,19 @@ class ChromecastTarget:
         receiver = link.cast.socket_client.receiver_controller
         for key, value in volume.items():
             def send(cb: CallbackType, key: str = key, value: Any = value) -> None:
-                receiver.send_message({"type": "SET_VOLUME", "volume": {key: value}},
+                receiver.send_message(messages.set_volume(key, value),
                                       callback_function=cb)
 
             await self._call(link, "setParameters", send, _RECEIVER_OK)
 
-    def _require_link(self) -> _Link:
+    def _require_link(self) -> Link:
         if self._link is None or not self._connected:
             raise TargetUnavailable(
                 f"Chromecast {self.target.name!r} at {self.target.address}:{self.target.port} "
                 "is not connected")
         return self._link
 
-    async def _call(self, link: _Link, what: str, send: Callable[[CallbackType], None],
+    async def _call(self, link: Link, what: str, send: Callable[[CallbackType], None],
                     ok: frozenset[str]) -> dict[str, Any] | None:
         """Have the socket thread send one request; await its reply (matched by requestId by
         pychromecast) in the loop, within command_timeout."""
@@ -672,14 +387,14 @@ class ChromecastTarget:
             async with asyncio.timeout(self._command_timeout):
                 link.submit(job)
                 sent, response = await reply
-        except TimeoutError:
+        except TimeoutError as exc:
             self._set_available(False)
             raise TargetTimeout(f"{who} did not answer {what} within "
-                                f"{self._command_timeout:g} s") from None
-        except _NothingPlaying:
-            raise _NoOp(f"{what} needs something playing, and nothing is") from None
-        except PyChromecastError as err:
-            raise TargetUnavailable(f"{who} could not take {what}: {err}") from None
+                                f"{self._command_timeout:g} s") from exc
+        except _NothingPlaying as exc:
+            raise _NoOp(f"{what} needs something playing, and nothing is") from exc
+        except PyChromecastError as exc:
+            raise TargetUnavailable(f"{who} could not take {what}: {exc}") from exc
         if not sent:
             if response is not None:
                 reason = response.get("reason") or response.get("type") or "refused"
@@ -719,45 +434,17 @@ class ChromecastTarget:
             log.debug("%r: reconnecting in %.1f s", self, backoff)
             await asyncio.sleep(backoff)
 
-    def _connect(self) -> _Link:
+    def _connect(self) -> Link:
         self._generation += 1
-        cast_type, manufacturer = _cast_type_of(self.target.model)
-        info = CastInfo(
-            services={HostServiceInfo(self.target.address, self.target.port)},
-            uuid=_cast_uuid(self.target.ident), model_name=self.target.model or None,
-            friendly_name=self.target.name, host=self.target.address, port=self.target.port,
-            cast_type=cast_type, manufacturer=manufacturer)
-        # With cast_type set this does no network I/O (no DIAL), so it is safe in the loop; the
-        # connection itself happens on the socket thread started below.
-        cast = pychromecast.get_chromecast_from_cast_info(
-            info, self._zeroconf, tries=self._connect_retries, retry_wait=self._retry_wait,
-            timeout=self._command_timeout)
-        link = _Link(self._generation, cast)
-        listener = _Listener(self, self._generation)
-        cast.register_status_listener(listener)
-        cast.media_controller.register_status_listener(listener)
-        cast.register_connection_listener(listener)
-        cast.register_handler(link.plex)
-        cast.register_handler(link.dmr)
-        cast.register_handler(link.plex_channel)
-        cast.start()
-        return link
+        return open_link(self.target, self._generation, self._zeroconf, self._events,
+                         tries=self._connect_retries, retry_wait=self._retry_wait,
+                         timeout=self._command_timeout)
 
-    def _release(self, link: _Link) -> None:
+    def _release(self, link: Link) -> None:
         """Worker thread: stop one socket thread and wait for it (bounded)."""
         join_timeout = self._command_timeout + self._retry_wait + 1.0
-        try:
-            link.cast.disconnect(timeout=join_timeout)
-        except TimeoutError:
+        if not link.close(join_timeout):
             log.warning("%r: pychromecast thread did not end within %.1f s", self, join_timeout)
-            return
-        client = link.cast.socket_client
-        # When the first connection never succeeds, pychromecast's thread returns without its
-        # own cleanup and leaves the wake-up socketpair, the selector and the last socket open.
-        for sock in (*client.socketpair, client.socket):
-            if sock is not None:
-                sock.close()
-        client.selector.close()
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         """Thread-safe hop into the event loop (dropped once the loop is gone)."""
@@ -845,5 +532,5 @@ def _int_param(command: Command, name: str) -> int:
         raise ProtocolError(f"{command.path}: missing parameter {name!r}")
     try:
         return int(float(raw))
-    except (ValueError, OverflowError):
-        raise ProtocolError(f"{command.path}: {name} must be a number, got {raw!r}") from None
+    except (ValueError, OverflowError) as exc:
+        raise ProtocolError(f"{command.path}: {name} must be a number, got {raw!r}") from exc
