@@ -20,7 +20,7 @@ from aiohttp import web
 from yarl import URL
 
 from companion.errors import ProtocolError
-from companion.relay import CHUNK, Grant, Relay, TokenScrubber, body_needles, check_path, filter_query
+from companion.relay.server import CHUNK, Grant, Relay, TokenScrubber, body_needles, check_path, filter_query
 from tests.fakes.aia import FakeCaIssuers, make_aia_pki
 from tests.fakes.plex_server import FakePlexServer, make_plex_chain, media_bytes
 

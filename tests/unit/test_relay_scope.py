@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from companion.relay_scope import MAX_IDS, GrantScope
+from companion.relay.scope import MAX_IDS, GrantScope
 
 SHOW_SEASON = b"""<?xml version="1.0" encoding="UTF-8"?>
 <MediaContainer size="1">

@@ -64,8 +64,8 @@ from companion.faces.app import IDLE_TIMEOUT, QuietServerLog
 from companion.faces.middleware import host_allowed
 from companion.limits import ThrottledLog
 from companion.model import SECRET_PARAMS
-from companion.relay_pump import DownstreamGone, PinMismatch, UpstreamError, UpstreamStream
-from companion.relay_scope import GrantScope
+from companion.relay.pump import DownstreamGone, PinMismatch, UpstreamError, UpstreamStream
+from companion.relay.scope import GrantScope
 from companion.security.facts import ServerFacts
 from companion.security.probe import _chain_der as sent_chain_der
 from companion.security.profiles import TlsCaps
@@ -202,7 +202,7 @@ ALLOWED: tuple[PathRule, ...] = (
              source=f"{_SHIM} media.py update_position; python-plexapi base.py updateProgress"),
 )
 REFUSED_PATHS_CAP = 512  # distinct refused paths remembered (and logged once each)
-# Direct-play media bodies go through companion.relay_pump (a reader thread) rather than aiohttp.
+# Direct-play media bodies go through companion.relay.pump (a reader thread) rather than aiohttp.
 _PUMPED_PREFIX = "/library/parts/"
 # Query parameters the transcoders read as a source; only sources on the same server may pass,
 # or the relay would let the target make the server fetch arbitrary URLs with the user's token.
@@ -579,7 +579,7 @@ class Relay:
     ) -> Grant:
         """A fresh capability for ``target_address`` to play from one server; replaces the pair's
         previous grant (a new fling replaces the old) and ``replaces`` if given. ``scope``: the
-        library items the grant covers (every fling passes one; see relay_scope.py)."""
+        library items the grant covers (every fling passes one; see companion.relay.scope)."""
         target = str(_ip(target_address, "target address"))
         upstream_ip = str(_ip(upstream_address, "upstream address"))
         if not 0 < upstream_port < 65536:
@@ -761,7 +761,7 @@ class Relay:
 
     async def _pump(self, request: web.Request, live: _Live, target: str,
                     headers: CIMultiDict[str]) -> web.StreamResponse:
-        """A media part through a reader thread (companion.relay_pump): C speed for the bytes."""
+        """A media part through a reader thread (companion.relay.pump): C speed for the bytes."""
         grant = live.grant
         sni = None if _is_ip(grant.upstream_host) else grant.upstream_host
         for attempt in (1, 2):
