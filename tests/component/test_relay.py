@@ -20,7 +20,10 @@ from aiohttp import web
 from yarl import URL
 
 from companion.errors import ProtocolError
-from companion.relay.server import CHUNK, Grant, Relay, TokenScrubber, body_needles, check_path, filter_query
+from companion.relay.grants import Grant
+from companion.relay.paths import check_path, filter_query
+from companion.relay.scrub import TokenScrubber, body_needles
+from companion.relay.server import CHUNK, Relay
 from tests.fakes.aia import FakeCaIssuers, make_aia_pki
 from tests.fakes.plex_server import FakePlexServer, make_plex_chain, media_bytes
 
