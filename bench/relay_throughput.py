@@ -108,14 +108,12 @@ async def _relay_main(conn: Connection, origin_port: int, root_pem: bytes, name:
     from companion.relay.server import Relay
 
     with tempfile.TemporaryDirectory() as state:
-        relay = Relay(bind="127.0.0.1", port=0, state_dir=Path(state),
-                      extra_roots=[x509.load_pem_x509_certificate(root_pem)])
-        await relay.start()
-        grant = relay.grant(target_address="127.0.0.2", server_id="bench", upstream_host=name,
-                            upstream_address="127.0.0.1", upstream_port=origin_port, token=TOKEN)
-        conn.send(relay.base_url(grant, "127.0.0.1"))
-        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-        await relay.stop()
+        async with Relay(bind="127.0.0.1", port=0, state_dir=Path(state),
+                         extra_roots=[x509.load_pem_x509_certificate(root_pem)]) as relay:
+            grant = relay.grant(target_address="127.0.0.2", server_id="bench", upstream_host=name,
+                                upstream_address="127.0.0.1", upstream_port=origin_port, token=TOKEN)
+            conn.send(relay.base_url(grant, "127.0.0.1"))
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
 
 
 async def _download(url: str, *, ssl_ctx: ssl.SSLContext | None, server_hostname: str | None,
