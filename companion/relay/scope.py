@@ -18,8 +18,8 @@ import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from defusedxml import ElementTree as SafeElementTree
-from defusedxml.common import DefusedXmlException
+from companion.errors import ProtocolError
+from companion.proto.safexml import parse_xml
 
 MAX_IDS = 4096  # per kind; a 200-item play queue of episodes with subtitles stays far below
 _ID = r"([^/?#]+)"
@@ -170,8 +170,8 @@ class GrantScope:
         # Plex never sends a DTD: one (in any encoding) teaches nothing, so no entity from the
         # LAN's bytes can name an item. Nothing is refused here: the answer is still forwarded.
         try:
-            root = SafeElementTree.fromstring(body, forbid_dtd=True)
-        except (SafeElementTree.ParseError, DefusedXmlException):
+            root = parse_xml(body, "a relayed answer")
+        except ProtocolError:
             return
         stack = [root]
         while stack:
