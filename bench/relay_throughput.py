@@ -5,7 +5,7 @@ Method. Each server is a process of its own, all on loopback:
 * origin: a FakePlexServer-like aiohttp HTTPS server (test PKI from tests/fakes/plex_server.py,
   ``*.<hash>.plex.direct`` leaf) serving ``/library/parts/1/file`` of SIZE bytes, streamed from a
   1 MiB block with a Content-Length and the token required, as PMS does for direct play;
-* relay: a ``companion.relay.Relay`` trusting the origin's test root, with one grant for the
+* relay: a ``companion.relay.server.Relay`` trusting the origin's test root, with one grant for the
   target 127.0.0.2;
 * nginx (the baseline a user would pick instead: Debian ``nginx-light``, one worker): the same job,
   https upstream verified against the same root for the same plex.direct name, the token added
@@ -105,17 +105,15 @@ def _relay(conn: Connection, origin_port: int, root_pem: bytes, name: str) -> No
 async def _relay_main(conn: Connection, origin_port: int, root_pem: bytes, name: str) -> None:
     from cryptography import x509
 
-    from companion.relay import Relay
+    from companion.relay.server import Relay
 
     with tempfile.TemporaryDirectory() as state:
-        relay = Relay(bind="127.0.0.1", port=0, state_dir=Path(state),
-                      extra_roots=[x509.load_pem_x509_certificate(root_pem)])
-        await relay.start()
-        grant = relay.grant(target_address="127.0.0.2", server_id="bench", upstream_host=name,
-                            upstream_address="127.0.0.1", upstream_port=origin_port, token=TOKEN)
-        conn.send(relay.base_url(grant, "127.0.0.1"))
-        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-        await relay.stop()
+        async with Relay(bind="127.0.0.1", port=0, state_dir=Path(state),
+                         extra_roots=[x509.load_pem_x509_certificate(root_pem)]) as relay:
+            grant = relay.grant(target_address="127.0.0.2", server_id="bench", upstream_host=name,
+                                upstream_address="127.0.0.1", upstream_port=origin_port, token=TOKEN)
+            conn.send(relay.base_url(grant, "127.0.0.1"))
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
 
 
 async def _download(url: str, *, ssl_ctx: ssl.SSLContext | None, server_hostname: str | None,

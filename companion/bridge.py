@@ -69,8 +69,8 @@ from companion.proto.gdm import Advert, face_identifier, is_mark
 from companion.proto.timeline import PlayerState
 from companion.proxy import ProxyService, ProxySettings, server_context
 from companion.registry import Registry, config_server_id
-from companion.relay import Relay
-from companion.relay_scope import GrantScope
+from companion.relay.scope import GrantScope
+from companion.relay.server import Relay
 from companion.security.decide import Decision, Reason
 from companion.security.probe import ProbeCache, leaf_fingerprint
 from companion.security.profiles import ProfileSet, load_with_extra

@@ -15,6 +15,6 @@ def lean_tls_buffers(size: int = TLS_READ_BUFFER) -> None:
     makes. The bridge holds one HTTPS long-poll per face and server (the companion proxy), so 50
     faces cost 12 MB resident for buffers that a poll answer of a few hundred bytes never fills
     (``bench/memory.py``). Bulk media does not read through these buffers: the relay reads direct-play
-    parts with blocking sockets (``relay_pump``). The class attribute is the only hook asyncio has.
+    parts with blocking sockets (``companion.relay.pump``). The class attribute is the only hook asyncio has.
     """
     asyncio.sslproto.SSLProtocol.max_size = size

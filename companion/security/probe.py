@@ -23,11 +23,11 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
 from companion.errors import TrustError
 from companion.security.facts import ServerFacts
 from companion.security.terms import TLS_VERSIONS
+from companion.security.tls import handshake
 
 _SSL_VERSION: Mapping[str, ssl.TLSVersion] = MappingProxyType({
     "1.0": ssl.TLSVersion.TLSv1,
@@ -39,7 +39,6 @@ _SSL_VERSION: Mapping[str, ssl.TLSVersion] = MappingProxyType({
 # server, not our own taste. PSK/SRP/anonymous suites need credentials no device has.
 _ALL_CIPHERS = "ALL:!PSK:!SRP:!aNULL:@SECLEVEL=0"
 _CIPHER_CONCURRENCY = 8
-_DER = 2  # _ssl.ENCODING_DER
 
 
 def _client_context(min_version: str, max_version: str, ciphers: str) -> ssl.SSLContext:
@@ -68,58 +67,6 @@ def _locally_offerable(ctx: ssl.SSLContext) -> bool:
     return True
 
 
-def _chain_der(obj: ssl.SSLObject) -> tuple[bytes, ...]:
-    """The certificates the server sent, leaf first, as DER.
-
-    Python 3.13 has ``SSLObject.get_unverified_chain()`` (DER bytes). On 3.10-3.12 the same call
-    exists on the private ``_sslobj`` and returns ``_ssl.Certificate`` objects. When neither is
-    there, only the leaf can be had (``getpeercert``); the verdict then treats every chain as
-    leaf-only, i.e. "intermediate missing" for servers that do send one.
-    """
-    getter: Any = getattr(obj, "get_unverified_chain", None)
-    if getter is None:
-        getter = getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None)
-    if getter is not None:
-        sent = getter() or []
-        ders = tuple(c if isinstance(c, bytes) else c.public_bytes(_DER) for c in sent)
-        if ders:
-            return ders
-    leaf = obj.getpeercert(binary_form=True)
-    return (leaf,) if leaf else ()
-
-
-@dataclass(frozen=True)
-class _Handshake:
-    version: str
-    cipher: str
-    chain_der: tuple[bytes, ...]
-
-
-async def _handshake(
-    address: str, port: int, ctx: ssl.SSLContext, server_name: str | None, timeout: float
-) -> _Handshake:
-    """One TLS handshake; raises OSError, TimeoutError or ssl.SSLError as the socket layer did."""
-    async with asyncio.timeout(timeout):
-        _reader, writer = await asyncio.open_connection(
-            address, port, ssl=ctx, server_hostname=server_name or "", ssl_handshake_timeout=timeout
-        )
-    try:
-        obj = writer.get_extra_info("ssl_object")
-        if not isinstance(obj, ssl.SSLObject):
-            raise ssl.SSLError("no TLS session after the handshake")
-        cipher = obj.cipher()
-        return _Handshake(
-            version=obj.version() or "", cipher=cipher[0] if cipher else "", chain_der=_chain_der(obj)
-        )
-    finally:
-        writer.close()
-        try:
-            async with asyncio.timeout(timeout):
-                await writer.wait_closed()
-        except (OSError, ssl.SSLError, TimeoutError):
-            pass  # the server may drop the connection first; the facts are already in hand
-
-
 def _unreachable(address: str, port: int, exc: BaseException, timeout: float) -> TrustError:
     where = f"server {address}:{port}"
     if isinstance(exc, TimeoutError):
@@ -140,7 +87,7 @@ async def _accepts(
 ) -> bool:
     async with limit:
         try:
-            await _handshake(address, port, ctx, server_name, timeout)
+            await handshake(address, port, ctx, server_name, timeout)
         except (OSError, TimeoutError, ssl.SSLError):
             return False
     return True
@@ -152,7 +99,7 @@ async def leaf_fingerprint(
     """SHA-256 of the server's leaf certificate: one handshake, for cheap change detection."""
     ctx = _client_context("1.0", "1.3", _ALL_CIPHERS)
     try:
-        shake = await _handshake(address, port, ctx, server_name, timeout)
+        shake = await handshake(address, port, ctx, server_name, timeout)
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         raise _unreachable(address, port, exc, timeout) from None
     if not shake.chain_der:
@@ -170,7 +117,7 @@ async def probe_server(
     """
     first = _client_context("1.0", "1.3", _ALL_CIPHERS)
     try:
-        shake = await _handshake(address, port, first, server_name, timeout)
+        shake = await handshake(address, port, first, server_name, timeout)
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         raise _unreachable(address, port, exc, timeout) from None
 

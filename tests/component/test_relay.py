@@ -20,7 +20,10 @@ from aiohttp import web
 from yarl import URL
 
 from companion.errors import ProtocolError
-from companion.relay import CHUNK, Grant, Relay, TokenScrubber, body_needles, check_path, filter_query
+from companion.relay.grants import Grant
+from companion.relay.paths import check_path, filter_query
+from companion.relay.scrub import TokenScrubber, body_needles
+from companion.relay.server import CHUNK, Relay
 from tests.fakes.aia import FakeCaIssuers, make_aia_pki
 from tests.fakes.plex_server import FakePlexServer, make_plex_chain, media_bytes
 
@@ -97,11 +100,9 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def relay(tmp_path: Path, plex: PlexWithExtras, clock: Clock) -> AsyncIterator[Relay]:
-    r = Relay(bind="127.0.0.1", port=0, state_dir=tmp_path, extra_roots=[plex.chain.root],
-              idle_timeout=IDLE, clock=clock)
-    await r.start()
-    yield r
-    await r.stop()
+    async with Relay(bind="127.0.0.1", port=0, state_dir=tmp_path, extra_roots=[plex.chain.root],
+                     idle_timeout=IDLE, clock=clock) as r:
+        yield r
 
 
 def fling(relay: Relay, plex: FakePlexServer, address: str = TARGET) -> tuple[Grant, str]:
@@ -216,19 +217,14 @@ async def test_a_media_part_sent_by_the_reader_thread_leaves_the_connection_read
 async def test_a_target_that_pauses_mid_part_gets_the_rest_when_it_reads_again(tmp_path: Path) -> None:
     # Larger than loopback's socket buffers, so the relay's send really waits on the paused reader.
     big = PlexWithExtras(token=TOKEN, media_size=48 * 1024 * 1024)
-    async with big:
-        r = Relay(bind="127.0.0.1", port=0, state_dir=tmp_path, extra_roots=[big.chain.root])
-        await r.start()
-        try:
-            _, base = fling(r, big)
-            async with target() as session, session.get(f"{base}/library/parts/501/file") as resp:
-                head = await resp.content.readexactly(64 * 1024)
-                # The pause is what is tested (a player paused for longer than the thread's 1 s
-                # wake-ups), not a wait for something to happen.
-                await asyncio.sleep(2.5)
-                rest = await resp.read()
-        finally:
-            await r.stop()
+    async with big, Relay(bind="127.0.0.1", port=0, state_dir=tmp_path, extra_roots=[big.chain.root]) as r:
+        _, base = fling(r, big)
+        async with target() as session, session.get(f"{base}/library/parts/501/file") as resp:
+            head = await resp.content.readexactly(64 * 1024)
+            # The pause is what is tested (a player paused for longer than the thread's 1 s
+            # wake-ups), not a wait for something to happen.
+            await asyncio.sleep(2.5)
+            rest = await resp.read()
     assert head + rest == big.media
 
 
@@ -378,6 +374,22 @@ async def test_a_foreign_host_header_gets_421(relay: Relay, plex: PlexWithExtras
     assert status == 421 and plex.requests == []
 
 
+async def test_leaving_the_async_with_block_stops_the_relay_and_a_restart_tells_old_urls_why(
+        tmp_path: Path, plex: PlexWithExtras) -> None:
+    relay = Relay(bind="127.0.0.1", port=0, state_dir=tmp_path, extra_roots=[plex.chain.root])
+    async with relay:
+        grant, base = fling(relay, plex)
+        async with target() as session:
+            assert (await get(session, f"{base}/identity"))[0] == 200
+        port = relay.port
+    assert relay.grants() == []
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+    async with relay, target() as session:
+        status, body, _ = await get(session, f"{relay.base_url(grant, '127.0.0.1')}/identity")
+    assert status == 403 and b"relay-stopped: the relay was restarted; fling again" in body, body
+
+
 def test_grant_repr_shows_neither_token_nor_full_capability() -> None:
     grant = Grant(capability="A" * 43, target_address=TARGET, server_id="s", upstream_host="h",
                   upstream_address="1.2.3.4", upstream_port=32400, token=TOKEN, expires_at=0.0, idle_timeout=1.0)
@@ -398,15 +410,11 @@ async def test_a_grant_with_a_bad_address_or_no_token_is_refused_with_a_clear_er
 
 
 async def test_an_untrusted_server_chain_gets_502_with_a_reason_and_never_the_token(tmp_path: Path) -> None:
-    async with PlexWithExtras(token=TOKEN) as plex:
-        relay = Relay(bind="127.0.0.1", port=0, state_dir=tmp_path)  # the fake's root is not trusted
-        await relay.start()
-        try:
-            _, base = fling(relay, plex)
-            async with target() as session:
-                status, body, _ = await get(session, f"{base}/library/metadata/501")
-        finally:
-            await relay.stop()
+    # The fake's root is not trusted.
+    async with PlexWithExtras(token=TOKEN) as plex, Relay(bind="127.0.0.1", port=0, state_dir=tmp_path) as relay:
+        _, base = fling(relay, plex)
+        async with target() as session:
+            status, body, _ = await get(session, f"{base}/library/metadata/501")
     assert status == 502
     assert b"does not trust the Plex server" in body and b"root-missing" in body, body
     assert plex.requests == [] and plex.handshakes >= 1
@@ -442,16 +450,13 @@ async def test_a_renewed_certificate_from_a_trusted_root_is_verified_and_playbac
     async with PlexWithExtras(token=TOKEN) as plex:
         renewed = make_plex_chain(server_hash=plex.hash)
         plex.extra["/library/metadata/closing"] = closing
-        relay = Relay(bind="127.0.0.1", port=0, state_dir=tmp_path, extra_roots=[plex.chain.root, renewed.root])
-        await relay.start()
-        try:
+        async with Relay(bind="127.0.0.1", port=0, state_dir=tmp_path,
+                         extra_roots=[plex.chain.root, renewed.root]) as relay:
             _, base = fling(relay, plex)
             async with target() as session:
                 assert (await get(session, f"{base}/library/metadata/closing"))[0] == 200
                 plex.rotate_certificate(renewed)
                 status, _, _ = await get(session, f"{base}/library/metadata/501")
-        finally:
-            await relay.stop()
     assert status == 200 and relay.counters.verifications == 2
 
 
@@ -486,15 +491,11 @@ async def test_missing_issuer_is_fetched_through_aia_once_and_then_read_from_the
         issuers.publish("yr-by-x1.der", pki.cross_der)
         async with PlexWithExtras(token=TOKEN, chain=pki.chain) as plex:
             for _ in range(2):  # the second Relay is a restarted bridge with the same state_dir
-                relay = Relay(bind="127.0.0.1", port=0, state_dir=tmp_path, extra_roots=[pki.trusted_root],
-                              aia_hosts={"127.0.0.1"})
-                await relay.start()
-                try:
+                async with Relay(bind="127.0.0.1", port=0, state_dir=tmp_path, extra_roots=[pki.trusted_root],
+                                 aia_hosts={"127.0.0.1"}) as relay:
                     _, base = fling(relay, plex)
                     async with target() as session:
                         status, body, _ = await get(session, f"{base}/library/metadata/501")
-                finally:
-                    await relay.stop()
                 assert status == 200, body
     assert issuers.fetches["yr-by-x1.der"] == 1
     assert len(list((tmp_path / "aia").glob("*.der"))) == 1
@@ -504,15 +505,11 @@ async def test_an_aia_url_pointing_into_the_lan_is_not_fetched_by_default(tmp_pa
     async with FakeCaIssuers() as issuers:
         pki = make_aia_pki(issuers.url("yr-by-x1.der"))
         issuers.publish("yr-by-x1.der", pki.cross_der)
-        async with PlexWithExtras(token=TOKEN, chain=pki.chain) as plex:
-            relay = Relay(bind="127.0.0.1", port=0, state_dir=tmp_path, extra_roots=[pki.trusted_root])
-            await relay.start()
-            try:
-                _, base = fling(relay, plex)
-                async with target() as session:
-                    status, body, _ = await get(session, f"{base}/library/metadata/501")
-            finally:
-                await relay.stop()
+        async with (PlexWithExtras(token=TOKEN, chain=pki.chain) as plex,
+                    Relay(bind="127.0.0.1", port=0, state_dir=tmp_path, extra_roots=[pki.trusted_root]) as relay):
+            _, base = fling(relay, plex)
+            async with target() as session:
+                status, body, _ = await get(session, f"{base}/library/metadata/501")
     assert status == 502 and b"root-missing" in body, body
     assert issuers.fetches["yr-by-x1.der"] == 0
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from companion.relay_pump import PinMismatch, UpstreamError, UpstreamStream
+from companion.relay.pump import PinMismatch, UpstreamError, UpstreamStream
 from tests.fakes.plex_server import FakePlexServer
 from tests.helpers import free_port
 

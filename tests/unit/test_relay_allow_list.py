@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from companion.relay import ALLOWED, REFUSED_PATHS_CAP, RelayCounters, check_path, refused_path_name
+from companion.relay.counters import REFUSED_PATHS_CAP, RelayCounters
+from companion.relay.paths import ALLOWED, check_path, refused_path_name
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 READ = {"GET", "HEAD"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from companion.relay_scope import MAX_IDS, GrantScope
+from companion.relay.scope import MAX_IDS, GrantScope
 
 SHOW_SEASON = b"""<?xml version="1.0" encoding="UTF-8"?>
 <MediaContainer size="1">
@@ -77,3 +77,16 @@ def test_learning_is_bounded_and_ignores_dtds() -> None:
     evil = GrantScope.for_fling("/library/metadata/1")
     evil.learn(b'<!DOCTYPE x [<!ENTITY e "7">]><MediaContainer><Video ratingKey="&e;"/></MediaContainer>')
     assert evil.check("/library/metadata/7", "") != ""
+
+
+def test_a_dtd_teaches_nothing_whatever_the_encoding_of_the_answer() -> None:
+    # In UTF-16 the bytes "<!DOCTYPE" never appear, so only a parser's own refusal catches the DTD.
+    doc = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY e "7">]>'
+           '<MediaContainer><Video ratingKey="&e;"/><Video ratingKey="8"/></MediaContainer>')
+    scope = GrantScope.for_fling("/library/metadata/1")
+    scope.learn(doc.encode("utf-16-le"))
+    assert scope.check("/library/metadata/7", "") != "", "an entity from the answer widened the grant"
+    assert scope.check("/library/metadata/8", "") != "", "an answer with a DTD was learnt from"
+    plain = GrantScope.for_fling("/library/metadata/1")
+    plain.learn('<MediaContainer><Video ratingKey="8"/></MediaContainer>'.encode("utf-16-le"))
+    assert plain.check("/library/metadata/8", "") == "", "a UTF-16 answer without a DTD still teaches"

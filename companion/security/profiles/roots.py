@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,11 +18,11 @@ from pathlib import Path
 import certifi
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.utils import CryptographyDeprecationWarning
 
 from companion.errors import ProfileError, did_you_mean
 from companion.security.profiles.model import ID_RE
 from companion.security.profiles.reading import Reader, parse_yaml, read_text, split_errors
+from companion.security.tls import certifi_roots
 from companion.yamlsource import Node
 
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -91,31 +90,10 @@ def _slug(label: str) -> str:
 
 def _certifi_roots(origin: str) -> list[_Root]:
     """The certifi bundle's roots, named by their label (``"ISRG Root X1"`` -> ``isrg-root-x1``)."""
-    text = Path(certifi.where()).read_text(encoding="utf-8")
     roots: list[_Root] = []
-    label = ""
-    block: list[str] | None = None
-    for line in text.splitlines():
-        if line.startswith("# Label:"):
-            label = line.removeprefix("# Label:").strip().strip('"')
-        elif line.startswith("-----BEGIN CERTIFICATE-----"):
-            block = [line]
-        elif block is not None:
-            block.append(line)
-            if line.startswith("-----END CERTIFICATE-----"):
-                pem = "\n".join(block).encode("ascii")
-                block = None
-                # The bundle is third-party data; one root has a non-positive serial, which
-                # cryptography only warns about (and may refuse later): keep it while we can.
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-                    try:
-                        cert = x509.load_pem_x509_certificate(pem)
-                    except ValueError:
-                        continue
-                fingerprint = sha256_fingerprint(cert)
-                roots.append(_Root(_slug(label) or f"sha256-{fingerprint[:16]}", cert, fingerprint, origin))
-                label = ""
+    for label, cert in certifi_roots():
+        fingerprint = sha256_fingerprint(cert)
+        roots.append(_Root(_slug(label) or f"sha256-{fingerprint[:16]}", cert, fingerprint, origin))
     return roots
 
 

@@ -35,6 +35,8 @@ import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 
+from companion.security.tls import unverified_context
+
 CHUNK = 256 * 1024  # as large as helps; larger chunks cost memmoves in the 3.11 write buffer
 DEPTH = 4
 REPORT = 4 * 1024 * 1024  # direct send: bytes between progress reports to the loop
@@ -178,10 +180,7 @@ class UpstreamStream:
             self._loop.call_soon_threadsafe(settle)
 
     def _connect(self) -> http.client.HTTPConnection:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # trust is the pin below, checked before anything is sent
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx = unverified_context()  # trust is the pin below, checked before anything is sent
         raw = socket.create_connection((self._address, self._port), timeout=self._timeout)
         try:
             sock = ctx.wrap_socket(raw, server_hostname=self._sni)

@@ -1,6 +1,6 @@
 """What one relay grant may reach of the library: the flung item and what belongs to it, nothing else.
 
-The relay's path allow-list (relay.py ``ALLOWED``) says which *kinds* of Plex paths a player may
+The relay's path allow-list (``companion.relay.paths.ALLOWED``) says which *kinds* of Plex paths a player may
 use; a :class:`GrantScope` says which *items* (issue 12, Build 1): the item the fling named (its
 ``key``) and its children, its images, its media parts and streams, the transcode sessions started
 for it, and the play queue the fling named (its ``containerKey``) with the items in that queue.
@@ -17,7 +17,9 @@ import json
 import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, unquote, urlsplit
-from xml.etree import ElementTree
+
+from companion.errors import ProtocolError
+from companion.proto.safexml import parse_xml
 
 MAX_IDS = 4096  # per kind; a 200-item play queue of episodes with subtitles stays far below
 _ID = r"([^/?#]+)"
@@ -165,11 +167,11 @@ class GrantScope:
                 return
 
     def _learn_xml(self, body: bytes) -> None:
-        if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-            return  # Plex never sends a DTD; no entity expansion from the LAN's bytes
+        # Plex never sends a DTD: one (in any encoding) teaches nothing, so no entity from the
+        # LAN's bytes can name an item. Nothing is refused here: the answer is still forwarded.
         try:
-            root = ElementTree.fromstring(body)
-        except ElementTree.ParseError:
+            root = parse_xml(body, "a relayed answer")
+        except ProtocolError:
             return
         stack = [root]
         while stack:

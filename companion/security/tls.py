@@ -1,0 +1,120 @@
+"""The bridge's own TLS client pieces: the certifi roots, the one handshake, the sent chain.
+
+Shared by the probe (which measures what a server sends and accepts), the relay's upstream trust
+(which verifies and pins a server before the token goes to it) and the root stores of the
+profiles (``source: certifi``). A leaf: it imports nothing of :mod:`companion`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import certifi
+from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
+
+_DER = 2  # _ssl.ENCODING_DER
+
+
+def certifi_roots() -> list[tuple[str, x509.Certificate]]:
+    """The certifi bundle's roots with their labels (``"ISRG Root X1"``), in bundle order.
+
+    Read afresh on each call (an upgraded certifi is seen on the next reload). Raises OSError when
+    the bundle cannot be read.
+    """
+    text = Path(certifi.where()).read_text(encoding="utf-8")
+    roots: list[tuple[str, x509.Certificate]] = []
+    label = ""
+    block: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("# Label:"):
+            label = line.removeprefix("# Label:").strip().strip('"')
+        elif line.startswith("-----BEGIN CERTIFICATE-----"):
+            block = [line]
+        elif block is not None:
+            block.append(line)
+            if line.startswith("-----END CERTIFICATE-----"):
+                pem = "\n".join(block).encode("ascii")
+                block = None
+                # The bundle is third-party data; one root has a non-positive serial, which
+                # cryptography only warns about (and may refuse later): keep it while we can.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                    try:
+                        cert = x509.load_pem_x509_certificate(pem)
+                    except ValueError:
+                        continue
+                roots.append((label, cert))
+                label = ""
+    return roots
+
+
+def unverified_context() -> ssl.SSLContext:
+    """A TLS 1.2+ client context that verifies nothing: its user checks the chain or the pin itself."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def chain_der(obj: ssl.SSLObject) -> tuple[bytes, ...]:
+    """The certificates the server sent, leaf first, as DER.
+
+    Python 3.13 has ``SSLObject.get_unverified_chain()`` (DER bytes). On 3.10-3.12 the same call
+    exists on the private ``_sslobj`` and returns ``_ssl.Certificate`` objects. When neither is
+    there, only the leaf can be had (``getpeercert``); the verdict then treats every chain as
+    leaf-only, i.e. "intermediate missing" for servers that do send one.
+    """
+    getter: Any = getattr(obj, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None)
+    if getter is not None:
+        sent = getter() or []
+        ders = tuple(c if isinstance(c, bytes) else c.public_bytes(_DER) for c in sent)
+        if ders:
+            return ders
+    leaf = obj.getpeercert(binary_form=True)
+    return (leaf,) if leaf else ()
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What one completed handshake showed: the version, the cipher and the chain as sent."""
+
+    version: str
+    cipher: str
+    chain_der: tuple[bytes, ...]
+
+
+async def handshake(
+    address: str, port: int, ctx: ssl.SSLContext, server_name: str | None, timeout: float
+) -> Handshake:
+    """One TLS handshake, then the connection is closed; raises OSError, TimeoutError or ssl.SSLError."""
+    async with asyncio.timeout(timeout):
+        _reader, writer = await asyncio.open_connection(
+            address, port, ssl=ctx, server_hostname=server_name or "", ssl_handshake_timeout=timeout
+        )
+    try:
+        obj = writer.get_extra_info("ssl_object")
+        if not isinstance(obj, ssl.SSLObject):
+            raise ssl.SSLError("no TLS session after the handshake")
+        cipher = obj.cipher()
+        return Handshake(
+            version=obj.version() or "", cipher=cipher[0] if cipher else "", chain_der=chain_der(obj)
+        )
+    finally:
+        writer.close()
+        try:
+            async with asyncio.timeout(timeout):
+                await writer.wait_closed()
+        except (OSError, ssl.SSLError, TimeoutError):
+            pass  # the server may drop the connection first; the facts are already in hand
+
+
+__all__ = ["Handshake", "certifi_roots", "chain_der", "handshake", "unverified_context"]
