@@ -78,7 +78,7 @@ async def player_gdm_short(short: Config, player: FakeCompanionPlayer) -> AsyncI
 async def test_two_bridges_one_player_one_face_kept_by_the_first_ranked_then_taken_over_on_bye(
         short: Config, tmp_path: Path, player: FakeCompanionPlayer, player_gdm_short: FakeGdmPeer,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="companion.bridge")
+    caplog.set_level(logging.INFO, logger="companion")
     target_id = stable_id("companion", player.ident)
     first, second = _ranked(target_id)
     one = Bridge(_with_id(short, first))
@@ -114,7 +114,7 @@ async def test_two_bridges_one_player_one_face_kept_by_the_first_ranked_then_tak
 async def test_a_better_ranked_rival_face_keeps_this_bridge_out_until_it_falls_silent(
         short: Config, player: FakeCompanionPlayer, player_gdm_short: FakeGdmPeer,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="companion.bridge")
+    caplog.set_level(logging.INFO, logger="companion")
     target_id = stable_id("companion", player.ident)
     rival, ours = _ranked(target_id)
     rival_face = FakeGdmPeer("player", headers={
@@ -198,7 +198,7 @@ async def test_adverts_of_faces_are_never_bridged_marked_or_not(config: Config) 
 
 async def test_a_configured_target_pointing_at_a_face_is_refused_with_a_clear_line(
         tmp_path: Path, player: FakeCompanionPlayer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="companion.bridge")
+    caplog.set_level(logging.INFO, logger="companion")
     base = bridge_config(tmp_path / "one", f"targets:\n  - {{name: Den TV, address: 127.0.0.1, port: {player.port}}}\n")
     one = Bridge(base)
     await one.start()
@@ -231,7 +231,7 @@ async def test_a_configured_target_pointing_at_a_face_is_refused_with_a_clear_li
 
 async def test_a_configured_target_pointing_at_its_own_face_is_refused(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="companion.bridge")
+    caplog.set_level(logging.INFO, logger="companion")
     own_port = free_port_block(8)  # the first face this bridge opens takes this port
     config = bridge_config(tmp_path, f"targets:\n  - {{name: Loop, address: 127.0.0.1, port: {own_port}}}\n")
     bridge = Bridge(dataclasses.replace(config, http=dataclasses.replace(config.http, face_port_base=own_port)))

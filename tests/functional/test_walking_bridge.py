@@ -9,8 +9,9 @@ import aiohttp
 import pytest
 from plexapi.client import PlexClient
 
-from companion.bridge import Bridge, face_identifier
+from companion.bridge import Bridge
 from companion.config import Config
+from companion.proto.gdm import face_identifier
 from companion.proto.timeline import parse_player_timeline
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.controller import FakeController
