@@ -20,7 +20,7 @@ from xml.etree import ElementTree
 import aiohttp
 from aiohttp import web
 
-from companion.connections import ConnectionGate, GatedTCPSite
+from companion.connections import ConnectionGate, start_site
 from companion.errors import (
     CommandNotSupported,
     CompanionError,
@@ -108,11 +108,10 @@ class TimelineListener:
     async def start(self) -> None:
         app = web.Application(client_max_size=self._max_body)
         app.router.add_post("/:/timeline", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=60.0, handle_signals=False)
-        await self._runner.setup()
-        site = GatedTCPSite(self._runner, self._bind, self._want_port, gate=self._gate)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=60.0, handle_signals=False)
+        self.port = await start_site(runner, self._bind, self._want_port, gate=self._gate,
+                                     what="the timeline listener")
+        self._runner = runner
 
     async def stop(self) -> None:
         if self._runner is not None:
