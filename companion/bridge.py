@@ -46,7 +46,7 @@ from companion.model import (
     Sighting,
     stable_id,
 )
-from companion.parts import Parts
+from companion.parts import Parts, StartStopContext
 from companion.plextv.api import PlexTvApi
 from companion.plextv.devices import PlexTvRegistrar, plextv_off
 from companion.plextv.link import bridge_identity
@@ -84,7 +84,7 @@ def load_extra_roots(paths: tuple[str, ...]) -> list[x509.Certificate]:
     return roots
 
 
-class Bridge(LanGlue, FaceWiring, FlingCarrier):
+class Bridge(LanGlue, FaceWiring, FlingCarrier, StartStopContext):
     """One companion-bridge daemon instance (``async with Bridge(config) as bridge:`` runs one)."""
 
     def __init__(self, config: Config) -> None:
@@ -146,15 +146,6 @@ class Bridge(LanGlue, FaceWiring, FlingCarrier):
         except BaseException:
             await self.stop()
             raise
-
-    async def __aenter__(self) -> Bridge:
-        """Start the bridge for an ``async with`` block, which stops it on the way out."""
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Stop the bridge at the end of its ``async with`` block."""
-        await self.stop()
 
     def _own(self, parts: Parts, what: str, attr: str) -> None:
         """Stop the part held in ``self.<attr>`` at stop, then drop it.

@@ -1,5 +1,6 @@
 """The started parts of one owner, stopped in reverse order: every cleanup runs even when an
-earlier one fails, and each failure is logged (a failed stop must not leave the rest running).
+earlier one fails, and each failure is logged (a failed stop must not leave the rest running);
+and the ``async with`` form of every part that has ``start()`` and ``stop()``.
 """
 
 from __future__ import annotations
@@ -7,10 +8,37 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
 Cleanup = Callable[[], Awaitable[None] | None]
+
+
+class Startable(Protocol):
+    """A part with an async start and stop."""
+
+    async def start(self) -> None:
+        """Start the part (undoing what it did when it fails)."""
+
+    async def stop(self) -> None:
+        """Stop the part (idempotent)."""
+
+
+_Part = TypeVar("_Part", bound=Startable)
+
+
+class StartStopContext:
+    """``async with part:`` starts a part on entry and stops it on the way out (a mixin)."""
+
+    async def __aenter__(self: _Part) -> _Part:
+        """Start the part; a start that fails has undone itself, so there is nothing to stop."""
+        await self.start()
+        return self
+
+    async def __aexit__(self: Startable, *exc_info: object) -> None:
+        """Stop the part, however the block ended."""
+        await self.stop()
 
 
 class Parts:

@@ -50,6 +50,7 @@ from companion.faces.app import IDLE_TIMEOUT, QuietServerLog
 from companion.faces.middleware import host_allowed
 from companion.limits import ThrottledLog
 from companion.model import Server, Target
+from companion.parts import StartStopContext
 from companion.security.decide import Decision
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
                         content_type="application/json", charset="utf-8")
 
 
-class AdminServer:
+class AdminServer(StartStopContext):
     """The admin surface of one bridge (default port 32480)."""
 
     def __init__(self, bridge: Bridge, *, bind: str, port: int, token: str, allowed_hosts: Collection[str] = (),

@@ -33,6 +33,7 @@ from companion.faces.middleware import (
 from companion.faces.subscribers import Clock, Subscribers
 from companion.limits import ThrottledLog
 from companion.model import Command, redacted
+from companion.parts import StartStopContext
 from companion.proto.companion import (
     FaceIdentity,
     known_command,
@@ -118,7 +119,7 @@ def _plex_value(request: web.Request, name: str) -> str | None:
     return None
 
 
-class Face:
+class Face(StartStopContext):
     """The Companion HTTP endpoint of one bridged target."""
 
     def __init__(self, identity: FaceIdentity, handler: CommandHandler, *, bind: str, port: int,

@@ -43,6 +43,7 @@ from companion.lab.hello import (
     received_alert,
 )
 from companion.lab.pki import KeyType, LabPki
+from companion.parts import StartStopContext
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def _request_facts(data: bytes) -> tuple[list[tuple[str, str]], str]:
     return lines, agent.group(1).decode("ascii", "replace").strip() if agent else ""
 
 
-class LabServer:
+class LabServer(StartStopContext):
     """The lab endpoint on ``bind``:``port``, serving ``app`` to clients that complete a handshake."""
 
     def __init__(self, pki: LabPki, app: web.Application, *, bind: str, port: int,

@@ -31,6 +31,7 @@ from companion.errors import (
 )
 from companion.limits import ThrottledLog
 from companion.model import Command, FaceMarks, MediaRequest, Target, clean_params
+from companion.parts import StartStopContext
 from companion.proto.gdm import FACE_PRODUCT
 from companion.proto.safexml import parse_xml
 from companion.proto.timeline import parse_player_timeline
@@ -78,7 +79,7 @@ def face_marks_in(body: bytes) -> FaceMarks | None:
     return None
 
 
-class TimelineListener:
+class TimelineListener(StartStopContext):
     """The bridge's own ``/:/timeline`` endpoint: real players push their timelines here.
 
     Routed by the pushing player's X-Plex-Client-Identifier (its Resource-Identifier); one
@@ -144,7 +145,7 @@ def _same_ip(peer: str, expected: str) -> bool:
     return a == b
 
 
-class CompanionPlayerTarget:
+class CompanionPlayerTarget(StartStopContext):
     """TargetAdapter for a real Plex Companion player."""
 
     def __init__(self, target: Target, *, session: aiohttp.ClientSession, bridge_id: str,
