@@ -4,7 +4,8 @@ Ownership is visible here: the HTTP client session, the timeline listener, the G
 scanner, the mDNS discovery (the daemon's one AsyncZeroconf), one face + one target adapter per
 bridged target, the audit log, and the background tasks. Two Bridges can run in one process.
 What the bridge does with them lives beside it: its faces (bridge_faces.py), its LAN glue of
-discovery and face claims (bridge_lan.py), and its commands and flings (bridge_flings.py).
+discovery and face claims (bridge_lan.py), its faces on plex.tv and the servers' proxy
+(bridge_publish.py), and its commands and flings (bridge_flings.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from companion.audit import AuditLog
 from companion.bridge_faces import FaceSlot, FaceWiring, local_address_towards
 from companion.bridge_flings import FlingCarrier
 from companion.bridge_lan import LanGlue, claim_lapse
+from companion.bridge_publish import Publication
 from companion.config import Config
 from companion.connections import ConnectionLimits
 from companion.discovery.gdm import GdmResponder, GdmScanner
@@ -47,10 +49,7 @@ from companion.model import (
     stable_id,
 )
 from companion.parts import Parts, StartStopContext
-from companion.plextv.api import PlexTvApi
-from companion.plextv.devices import PlexTvRegistrar, plextv_off
-from companion.plextv.link import bridge_identity
-from companion.plextv.store import PlexTvStore
+from companion.plextv.devices import PlexTvRegistrar
 from companion.proto import plexdirect
 from companion.proto.gdm import is_mark
 from companion.proxy import ProxyService, ProxySettings, server_context
@@ -80,11 +79,11 @@ def load_extra_roots(paths: tuple[str, ...]) -> list[x509.Certificate]:
             roots += x509.load_pem_x509_certificates(Path(os.path.expanduser(path)).read_bytes())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load root certificates: {exc}", path=path,
-                              key="security.extra_roots") from None
+                              key="security.extra_roots") from exc
     return roots
 
 
-class Bridge(LanGlue, FaceWiring, FlingCarrier, StartStopContext):
+class Bridge(LanGlue, FaceWiring, Publication, FlingCarrier, StartStopContext):
     """One companion-bridge daemon instance (``async with Bridge(config) as bridge:`` runs one)."""
 
     def __init__(self, config: Config) -> None:
@@ -213,22 +212,9 @@ class Bridge(LanGlue, FaceWiring, FlingCarrier, StartStopContext):
         self._own(parts, "the timeline listener", "_listener")
         await self._listener.start()
         parts.on_stop("the faces", self._close_faces)
-        if cfg.proxy.enabled:
-            self.proxy = ProxyService(session=self._session, ssl_context=self._server_ssl,
-                                      servers=self.registry.servers, settings=self.proxy_settings)
-            self._own(parts, "the proxy", "proxy")  # before the faces: a proxied command must not outlive its face
+        self._open_proxy(parts)  # stopped before the faces: a proxied command must not outlive its face
         parts.on_stop("the background tasks", self._cancel_tasks)
-        if cfg.plextv.enabled:
-            self.plextv = PlexTvRegistrar(
-                api=PlexTvApi(cfg.plextv.url, timeout=max(cfg.timeouts.command, 10.0)),
-                store=PlexTvStore(self.state.path), identity=bridge_identity(cfg, self.bridge_id),
-                refresh_interval=cfg.plextv.refresh_interval)
-            # Stopped before the faces close; the devices stay registered: only a face going away deletes one.
-            self._own(parts, "the plex.tv registrar", "plextv")
-            await self.plextv.start()
-            self.visibility["plextv"] = self.plextv.view
-        else:
-            self.visibility["plextv"] = plextv_off
+        await self._open_plextv(parts)
         self.registry.on_added(self._target_added)
         self.registry.on_removed(self._target_removed)
         self.registry.on_changed(self._target_changed)

@@ -26,12 +26,9 @@ from companion.errors import CompanionError, StateError
 from companion.faces.app import Face, FaceLimits
 from companion.model import Command, FaceMarks, Target, TargetKind
 from companion.outcomes import OutcomeWatch
-from companion.plextv.devices import PlexTvRegistrar
-from companion.plextv.link import face_identity
 from companion.proto.companion import FaceIdentity
 from companion.proto.gdm import Advert, face_identifier
 from companion.proto.timeline import PlayerState
-from companion.proxy import ProxyService
 from companion.relay import Relay
 from companion.state import StateDir
 from companion.targets.base import TargetAdapter
@@ -83,8 +80,6 @@ class FaceWiring:
     claims: Claims
     mdns: MdnsDiscovery | None
     relay: Relay | None
-    proxy: ProxyService | None
-    plextv: PlexTvRegistrar | None
     _session: aiohttp.ClientSession | None
     _listener: TimelineListener | None
     _responder: GdmResponder | None
@@ -97,6 +92,10 @@ class FaceWiring:
     if TYPE_CHECKING:  # defined by the Bridge and its other mixins
         def _spawn(self, coro: Awaitable[None], name: str) -> None: ...
         def _yield(self, slot: FaceSlot, why: str) -> None: ...
+        def _publish(self, slot: FaceSlot) -> None: ...
+        async def _unpublish(self, slot: FaceSlot) -> None: ...
+        def _deregister(self, slot: FaceSlot, *, handed_over: bool = False) -> None: ...
+        def _target_moved(self) -> None: ...
         async def handle_command(self, target_id: str, command: Command) -> Decision | None:
             """Carry one command to a target (companion.bridge_flings)."""
 
@@ -123,8 +122,7 @@ class FaceWiring:
         slot = self.faces.pop(target.id, None)
         if slot is not None:
             log.info("target %s went away; closing its face", target.name)
-            if self.plextv is not None:
-                self.plextv.remove_face(slot.advert.resource_identifier)
+            self._deregister(slot)
             self._spawn(self._close_slot(slot, bye=slot.announced), f"face-close:{target.id}")
 
     def _target_changed(self, target: Target) -> None:
@@ -132,8 +130,7 @@ class FaceWiring:
         if slot is not None:
             slot.target = target
             slot.adapter.target = target  # a player that moved to another address is followed there
-            if self.plextv is not None:
-                self.plextv.poke()  # the bridge's address on the target's LAN may have changed with it
+            self._target_moved()
 
     async def _settle_faces(self) -> None:
         """Wait for the faces of targets known at start (configured ones) to be open."""
@@ -225,14 +222,7 @@ class FaceWiring:
         slot.announced = True
         if self._responder is not None:
             await self._responder.hello(slot.advert)
-        if self.proxy is not None:
-            self.proxy.add_face(slot)
-        if self.plextv is not None:
-            # Registered once this bridge owns the face, like its GDM announcement.
-            target_id = slot.target.id
-            self.plextv.add_face(slot.advert.resource_identifier,
-                                 face_identity(self.config, slot.advert.resource_identifier, slot.advert.name),
-                                 lambda: self.face_uri(target_id))
+        self._publish(slot)
 
     def face_uri(self, target_id: str) -> str:
         """Where a target's LAN reaches its face: ``http://<our address towards the target>:<face port>``."""
@@ -251,8 +241,7 @@ class FaceWiring:
                   "real player instead", target.name, target.address, target.port, whose)
         slot = self.faces.pop(target.id, None)
         if slot is not None:
-            if self.plextv is not None:
-                self.plextv.remove_face(slot.advert.resource_identifier)  # not a player: off plex.tv too
+            self._deregister(slot)  # not a player: off plex.tv too
             self._spawn(self._close_slot(slot, bye=slot.announced), f"face-close:{target.id}")
 
     async def _bind_face(self, target: Target, identity: FaceIdentity) -> tuple[Face, int]:
@@ -287,8 +276,7 @@ class FaceWiring:
             await self._responder.bye(slot.advert)
         if self.relay is not None and not keep_streams:
             self.relay.revoke_target(slot.target.address)
-        if self.proxy is not None:
-            await self.proxy.remove_face(slot.target.id)
+        await self._unpublish(slot)
         await slot.face.stop()
         await slot.adapter.stop()
 

@@ -21,7 +21,6 @@ from companion.election import Claims, outranks
 from companion.errors import StateError, TrustError
 from companion.metrics import Metrics
 from companion.model import FaceMarks, Server, Sighting, Target
-from companion.plextv.devices import PlexTvRegistrar
 from companion.proto.gdm import Advert
 from companion.registry import Registry
 from companion.security.probe import ProbeCache, leaf_fingerprint
@@ -53,7 +52,6 @@ class LanGlue:
     metrics: Metrics
     probe: ProbeCache
     audit: AuditLog
-    plextv: PlexTvRegistrar | None
     faces: dict[str, FaceSlot]
     bridge_id: str
     claims: Claims
@@ -68,6 +66,7 @@ class LanGlue:
         def _spawn(self, coro: Awaitable[None], name: str) -> None: ...
         def _wants_face(self, target: Target) -> bool: ...
         async def _open_face(self, target: Target) -> None: ...
+        def _deregister(self, slot: FaceSlot, *, handed_over: bool = False) -> None: ...
         async def _close_slot(self, slot: FaceSlot, *, bye: bool = False, keep_streams: bool = False) -> None: ...
 
     def _sighted(self, sighting: Sighting) -> None:
@@ -153,9 +152,7 @@ class LanGlue:
             return
         del self.faces[slot.target.id]
         log.info("face for %s: yielding it, %s", slot.target.name, why)
-        if self.plextv is not None:
-            # The bridge taking the face over registers the same identity: that device is not ours to delete.
-            self.plextv.forget_face(slot.advert.resource_identifier)
+        self._deregister(slot, handed_over=True)
         # A stream already relayed to the target plays on: only the face moves to the other bridge.
         self._spawn(self._close_slot(slot, bye=slot.announced, keep_streams=True), f"face-close:{slot.target.id}")
 
