@@ -35,19 +35,11 @@ from companion.connections import ConnectionLimits
 from companion.discovery.gdm import GdmResponder, GdmScanner
 from companion.discovery.mdns import MdnsDiscovery, MdnsSettings
 from companion.election import Claims
-from companion.errors import (
-    ConfigError,
-    ProtocolError,
-    StateError,
-)
+from companion.errors import ConfigError, ProtocolError, StateError
 from companion.flinging import FlingService
 from companion.limits import connection_budget, nofile_limit
 from companion.metrics import Metrics
-from companion.model import (
-    Server,
-    Sighting,
-    stable_id,
-)
+from companion.model import Server, Sighting, stable_id
 from companion.parts import Parts, StartStopContext
 from companion.plextv.devices import PlexTvRegistrar
 from companion.proto import plexdirect
