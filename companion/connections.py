@@ -223,10 +223,12 @@ class GatedTCPSite(web.TCPSite):
         self.stopped = False
 
     async def stop(self) -> None:
+        """Stop listening; a connection accepted before this but made after it is reset."""
         self.stopped = True
         await super().stop()
 
     async def start(self) -> None:
+        """Listen, every accepted connection asking the gate first."""
         if self._gate is None:
             await super().start()
             return

@@ -107,6 +107,7 @@ class TimelineListener(StartStopContext):
         self._routes.pop(player_ident, None)
 
     async def start(self) -> None:
+        """Listen on ``bind`` (any free port unless one was given); ``port`` is the bound one."""
         app = web.Application(client_max_size=self._max_body)
         app.router.add_post("/:/timeline", self._handle)
         runner = web.AppRunner(app, access_log=None, keepalive_timeout=60.0, handle_signals=False)
@@ -115,6 +116,7 @@ class TimelineListener(StartStopContext):
         self._runner = runner
 
     async def stop(self) -> None:
+        """Stop listening (idempotent)."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
