@@ -1,6 +1,7 @@
 """The inbound-connection gate: every accepted TCP connection of every listener (faces, admin,
 relay, timeline listener) holds a slot of one shared budget, within its listener's cap and its
-source address's cap; and :class:`GatedTCPSite`, the aiohttp site that asks the gate first.
+source address's cap; :class:`GatedTCPSite`, the aiohttp site that asks the gate first; and
+:func:`start_site`, the one way our HTTP servers start listening.
 
 A connection over a cap is reset at once (its descriptor freed), so accept() never meets EMFILE
 because of idle connections. When a listener or the whole budget is full, the oldest connection of
@@ -19,6 +20,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from companion.errors import StateError
 from companion.limits import ConnectionBudget, ThrottledLog, heaviest_source
 
 log = logging.getLogger(__name__)
@@ -221,10 +223,12 @@ class GatedTCPSite(web.TCPSite):
         self.stopped = False
 
     async def stop(self) -> None:
+        """Stop listening; a connection accepted before this but made after it is reset."""
         self.stopped = True
         await super().stop()
 
     async def start(self) -> None:
+        """Listen, every accepted connection asking the gate first."""
         if self._gate is None:
             await super().start()
             return
@@ -237,3 +241,43 @@ class GatedTCPSite(web.TCPSite):
             lambda: _GatedProtocol(gate, server(), self), self._host, self._port,
             backlog=gate.limits.budget.backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+
+class ListenError(StateError, OSError):
+    """A server could not listen on its address (most often: the port is in use).
+
+    Also an OSError with the cause's errno and strerror, so a caller that tries the next port
+    (a face) catches it as one.
+    """
+
+    def __init__(self, what: str, where: str, cause: OSError) -> None:
+        self.message = f"{what} cannot listen on {where}: {cause.strerror or cause}"
+        super().__init__(self.message)
+        self.errno = cause.errno
+        self.strerror = cause.strerror
+
+    def __str__(self) -> str:
+        return self.message
+
+
+async def start_site(runner: web.BaseRunner, bind: str = "", port: int = 0, *, what: str,
+                     gate: ConnectionGate | None = None, path: str | None = None) -> int:
+    """Set ``runner`` up and listen on ``bind:port`` through ``gate`` (or on the Unix socket ``path``).
+
+    Returns the bound TCP port (0 for a Unix socket). On failure the runner is cleaned up again;
+    an address that cannot be bound raises :class:`ListenError` naming ``what``.
+    """
+    await runner.setup()
+    where = path if path is not None else f"{bind}:{port}"
+    try:
+        if path is not None:
+            await web.UnixSite(runner, path).start()
+            return 0
+        await GatedTCPSite(runner, bind, port, gate=gate).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(what, where, exc) from exc
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return int(runner.addresses[0][1]) if runner.addresses else port

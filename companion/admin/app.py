@@ -27,7 +27,7 @@ from companion import __version__
 from companion.admin import api
 from companion.admin.page import render_page
 from companion.audit import record_to_json, scrub
-from companion.connections import ConnectionGate, GatedTCPSite
+from companion.connections import ConnectionGate, start_site
 from companion.doctor import (
     NO_SERVER_FINDING,
     Finding,
@@ -50,6 +50,7 @@ from companion.faces.app import IDLE_TIMEOUT, QuietServerLog
 from companion.faces.middleware import host_allowed
 from companion.limits import ThrottledLog
 from companion.model import Server, Target
+from companion.parts import StartStopContext
 from companion.security.decide import Decision
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
                         content_type="application/json", charset="utf-8")
 
 
-class AdminServer:
+class AdminServer(StartStopContext):
     """The admin surface of one bridge (default port 32480)."""
 
     def __init__(self, bridge: Bridge, *, bind: str, port: int, token: str, allowed_hosts: Collection[str] = (),
@@ -178,15 +179,8 @@ class AdminServer:
         runner = web.AppRunner(self._app, handle_signals=False, access_log=None, keepalive_timeout=IDLE_TIMEOUT,
                                logger=QuietServerLog(logging.getLogger("companion.admin.http"), {}),
                                shutdown_timeout=2.0, max_line_size=MAX_HEADER, max_field_size=MAX_HEADER)
-        await runner.setup()
-        try:
-            site = GatedTCPSite(runner, self._bind, self._port, gate=self._gate)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
+        self._bound_port = await start_site(runner, self._bind, self._port, gate=self._gate, what="the admin page")
         self._runner = runner
-        self._bound_port = int(runner.addresses[0][1])
         self._started_at = time.monotonic()
         if self._doctor_interval > 0:
             self._doctor_task = asyncio.get_running_loop().create_task(self._doctor_loop(), name="admin-doctor")

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from companion.connections import ConnectionGate, GatedTCPSite
+from companion.connections import ConnectionGate, start_site
 from companion.errors import ProtocolError
 from companion.faces.middleware import (
     XML_CONTENT_TYPE,
@@ -33,6 +33,7 @@ from companion.faces.middleware import (
 from companion.faces.subscribers import Clock, Subscribers
 from companion.limits import ThrottledLog
 from companion.model import Command, redacted
+from companion.parts import StartStopContext
 from companion.proto.companion import (
     FaceIdentity,
     known_command,
@@ -118,7 +119,7 @@ def _plex_value(request: web.Request, name: str) -> str | None:
     return None
 
 
-class Face:
+class Face(StartStopContext):
     """The Companion HTTP endpoint of one bridged target."""
 
     def __init__(self, identity: FaceIdentity, handler: CommandHandler, *, bind: str, port: int,
@@ -213,16 +214,9 @@ class Face:
             max_line_size=self._limits.max_header_size,
             max_field_size=self._limits.max_header_size,
         )
-        await runner.setup()
-        try:
-            site = GatedTCPSite(runner, self._bind, self._port, gate=self._gate)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
+        self._bound_port = await start_site(runner, self._bind, self._port, gate=self._gate,
+                                            what=f"face {self._identity.name!r}")
         self._runner = runner
-        address = runner.addresses[0]
-        self._bound_port = int(address[1])
         log.info("face %r (%s) listening on %s:%d", self._identity.name,
                  self._identity.machine_identifier, self._bind, self._bound_port)
 

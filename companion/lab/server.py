@@ -30,6 +30,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from companion.connections import start_site
 from companion.errors import ProtocolError
 from companion.lab.hello import (
     RECORD_ALERT,
@@ -42,6 +43,7 @@ from companion.lab.hello import (
     received_alert,
 )
 from companion.lab.pki import KeyType, LabPki
+from companion.parts import StartStopContext
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ def _request_facts(data: bytes) -> tuple[list[tuple[str, str]], str]:
     return lines, agent.group(1).decode("ascii", "replace").strip() if agent else ""
 
 
-class LabServer:
+class LabServer(StartStopContext):
     """The lab endpoint on ``bind``:``port``, serving ``app`` to clients that complete a handshake."""
 
     def __init__(self, pki: LabPki, app: web.Application, *, bind: str, port: int,
@@ -164,9 +166,9 @@ class LabServer:
     async def start(self) -> None:
         """Listen; raises OSError when the port is taken."""
         self._tmp = Path(tempfile.mkdtemp(prefix="companion-lab-"))
-        self._runner = web.AppRunner(self._app, access_log=None)
-        await self._runner.setup()
-        await web.UnixSite(self._runner, str(self._tmp / "app.sock")).start()
+        runner = web.AppRunner(self._app, access_log=None)
+        await start_site(runner, path=str(self._tmp / "app.sock"), what="the lab's app")
+        self._runner = runner
         try:
             self._server = await asyncio.start_server(self._accept, self._bind, self._port,
                                                       reuse_address=True)

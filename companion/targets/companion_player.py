@@ -20,7 +20,7 @@ from xml.etree import ElementTree
 import aiohttp
 from aiohttp import web
 
-from companion.connections import ConnectionGate, GatedTCPSite
+from companion.connections import ConnectionGate, start_site
 from companion.errors import (
     CommandNotSupported,
     CompanionError,
@@ -31,6 +31,7 @@ from companion.errors import (
 )
 from companion.limits import ThrottledLog
 from companion.model import Command, FaceMarks, MediaRequest, Target, clean_params
+from companion.parts import StartStopContext
 from companion.proto.gdm import FACE_PRODUCT
 from companion.proto.safexml import parse_xml
 from companion.proto.timeline import parse_player_timeline
@@ -78,7 +79,7 @@ def face_marks_in(body: bytes) -> FaceMarks | None:
     return None
 
 
-class TimelineListener:
+class TimelineListener(StartStopContext):
     """The bridge's own ``/:/timeline`` endpoint: real players push their timelines here.
 
     Routed by the pushing player's X-Plex-Client-Identifier (its Resource-Identifier); one
@@ -106,15 +107,16 @@ class TimelineListener:
         self._routes.pop(player_ident, None)
 
     async def start(self) -> None:
+        """Listen on ``bind`` (any free port unless one was given); ``port`` is the bound one."""
         app = web.Application(client_max_size=self._max_body)
         app.router.add_post("/:/timeline", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=60.0, handle_signals=False)
-        await self._runner.setup()
-        site = GatedTCPSite(self._runner, self._bind, self._want_port, gate=self._gate)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=60.0, handle_signals=False)
+        self.port = await start_site(runner, self._bind, self._want_port, gate=self._gate,
+                                     what="the timeline listener")
+        self._runner = runner
 
     async def stop(self) -> None:
+        """Stop listening (idempotent)."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -145,7 +147,7 @@ def _same_ip(peer: str, expected: str) -> bool:
     return a == b
 
 
-class CompanionPlayerTarget:
+class CompanionPlayerTarget(StartStopContext):
     """TargetAdapter for a real Plex Companion player."""
 
     def __init__(self, target: Target, *, session: aiohttp.ClientSession, bridge_id: str,

@@ -105,19 +105,13 @@ async def players() -> AsyncIterator[tuple[FakeCompanionPlayer, FakeCompanionPla
 async def running(tmp_path: Path, server: FakePlexServer, players: tuple[FakeCompanionPlayer, FakeCompanionPlayer],
                   *, doctor_interval: float = 0, extra_target: str = "") -> AsyncIterator[Rig]:
     secure, old = players
-    bridge = Bridge(admin_config(tmp_path, server, secure, old, extra_target=extra_target))
-    await bridge.start()
-    admin = AdminServer(bridge, bind="127.0.0.1", port=0, token=bridge.state.admin_token(),
-                        doctor_interval=doctor_interval)
-    try:
-        await admin.start()
-        async with aiohttp.ClientSession() as http:
+    async with Bridge(admin_config(tmp_path, server, secure, old, extra_target=extra_target)) as bridge:
+        admin = AdminServer(bridge, bind="127.0.0.1", port=0, token=bridge.state.admin_token(),
+                            doctor_interval=doctor_interval)
+        async with admin, aiohttp.ClientSession() as http:
             rig = Rig(bridge, admin, server, secure, old, http)
             await until(lambda: len(bridge.faces) >= 2, message="faces for the configured targets")
             yield rig
-    finally:
-        await admin.stop()
-        await bridge.stop()
 
 
 @pytest.fixture

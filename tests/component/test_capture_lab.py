@@ -53,12 +53,9 @@ class Lab:
 @pytest.fixture
 async def lab() -> AsyncIterator[Lab]:
     pki = LabPki()
-    server = LabServer(pki, lab_app("lab-test", {"100": "tone"}, make_tone(0.5), 500), bind=LOOPBACK, port=0)
-    await server.start()
-    try:
+    app = lab_app("lab-test", {"100": "tone"}, make_tone(0.5), 500)
+    async with LabServer(pki, app, bind=LOOPBACK, port=0) as server:
         yield Lab(server, pki, plexdirect.build_name(LOOPBACK, pki.hash))
-    finally:
-        await server.stop()
 
 
 # --- clients ---------------------------------------------------------------------------------

@@ -7,13 +7,16 @@ import asyncio
 import contextlib
 import errno
 import logging
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from companion.connections import ConnectionLimits, GatedTCPSite, quiet_loop_errors
+from companion.connections import ConnectionLimits, GatedTCPSite, ListenError, quiet_loop_errors, start_site
+from companion.errors import StateError
 from companion.limits import ConnectionBudget
 from tests.helpers import until
 
@@ -26,11 +29,9 @@ async def listener(limits: ConnectionLimits, name: str) -> AsyncIterator[int]:
     app = web.Application()
     app.router.add_get("/", hello)
     runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = GatedTCPSite(runner, "127.0.0.1", 0, gate=limits.gate(name))
-    await site.start()
+    port = await start_site(runner, "127.0.0.1", 0, gate=limits.gate(name), what=name)
     try:
-        yield int(runner.addresses[0][1])
+        yield port
     finally:
         await runner.cleanup()
 
@@ -121,3 +122,54 @@ async def test_stopping_closes_connections_that_raced_the_stop() -> None:
             left_open.append(turns)
         writer.close()
     assert left_open == [], f"stopped after {left_open} loop turns, the server kept the connection open"
+
+
+def hello_app() -> web.Application:
+    async def hello(_request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    return app
+
+
+async def test_a_site_on_a_port_in_use_says_which_server_and_where_and_frees_its_runner() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        runner = web.AppRunner(hello_app(), handle_signals=False)
+        with pytest.raises(ListenError) as caught:
+            await start_site(runner, "127.0.0.1", port, what="the admin page")
+    error = caught.value
+    assert str(error).startswith(f"the admin page cannot listen on 127.0.0.1:{port}: "), str(error)
+    assert "in use" in str(error)
+    assert isinstance(error, StateError), "a CompanionError: the CLI reports it as one line"
+    assert isinstance(error, OSError) and error.errno == errno.EADDRINUSE, "a face catches it to try the next port"
+    assert runner.server is None and not runner.sites, "the runner was cleaned up again"
+
+
+async def test_a_site_started_on_port_0_reports_its_port_and_passes_the_gate() -> None:
+    limits = ConnectionLimits(ConnectionBudget(nofile=64, total=8, per_listener=4, per_source=1))
+    runner = web.AppRunner(hello_app(), handle_signals=False)
+    port = await start_site(runner, "127.0.0.1", 0, gate=limits.gate("hello"), what="hello")
+    try:
+        assert port != 0
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/") as response:
+            assert await response.text() == "hello"
+            assert limits.count == 1, "the connection holds a slot of the gate"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_site_on_a_unix_socket(tmp_path: Path) -> None:
+    runner = web.AppRunner(hello_app(), handle_signals=False)
+    path = tmp_path / "app.sock"
+    assert await start_site(runner, path=str(path), what="the lab's app") == 0
+    try:
+        connector = aiohttp.UnixConnector(path=str(path))
+        async with aiohttp.ClientSession(connector=connector) as session, \
+                session.get("http://lab/") as response:
+            assert await response.text() == "hello"
+    finally:
+        await runner.cleanup()

@@ -84,12 +84,10 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 async def face(session, recorder, clock) -> AsyncIterator[Face]:
-    f = Face(IDENTITY, recorder, bind="127.0.0.1", port=0, session=session,
-             limits=FaceLimits(poll_hold=5.0, playing_push_interval=0.05, max_body=1024),
-             allowed_hosts=("bridge.lan",), clock=clock)
-    await f.start()
-    yield f
-    await f.stop()
+    async with Face(IDENTITY, recorder, bind="127.0.0.1", port=0, session=session,
+                    limits=FaceLimits(poll_hold=5.0, playing_push_interval=0.05, max_body=1024),
+                    allowed_hosts=("bridge.lan",), clock=clock) as f:
+        yield f
 
 
 @pytest.fixture
@@ -235,22 +233,17 @@ async def test_options_preflight_is_answered(base, phone):
 
 
 async def test_preflight_from_unlisted_origin_is_refused(session, recorder):
-    face = Face(IDENTITY, recorder, bind="127.0.0.1", port=0, session=session,
-                cors_origins=("https://app.plex.tv",))
-    await face.start()
-    try:
-        async with FakeController() as c:
-            base = f"http://127.0.0.1:{face.port}"
-            good = await c.request(base, "/player/playback/play", method="OPTIONS", command_id=None,
-                                   headers={"Origin": "https://app.plex.tv"})
-            assert good.status == 200
-            assert good.headers["Access-Control-Allow-Origin"] == "https://app.plex.tv"
-            bad = await c.request(base, "/player/playback/play", method="OPTIONS", command_id=None,
-                                  headers={"Origin": "https://evil.example"})
-            assert bad.status == 403
-            assert "Access-Control-Allow-Origin" not in bad.headers
-    finally:
-        await face.stop()
+    async with Face(IDENTITY, recorder, bind="127.0.0.1", port=0, session=session,
+                    cors_origins=("https://app.plex.tv",)) as face, FakeController() as c:
+        base = f"http://127.0.0.1:{face.port}"
+        good = await c.request(base, "/player/playback/play", method="OPTIONS", command_id=None,
+                               headers={"Origin": "https://app.plex.tv"})
+        assert good.status == 200
+        assert good.headers["Access-Control-Allow-Origin"] == "https://app.plex.tv"
+        bad = await c.request(base, "/player/playback/play", method="OPTIONS", command_id=None,
+                              headers={"Origin": "https://evil.example"})
+        assert bad.status == 403
+        assert "Access-Control-Allow-Origin" not in bad.headers
 
 
 async def test_foreign_host_header_is_421_and_logged(base, phone, recorder, caplog):

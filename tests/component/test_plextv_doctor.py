@@ -51,9 +51,7 @@ targets:
     assert finding.status == "FAIL" and "401" in finding.detail and "run `companion link` again" in finding.fix
 
     store.save(AccountToken(plextv.issue_account_token()))
-    bridge = Bridge(config)
-    await bridge.start()
-    try:
+    async with Bridge(config) as bridge:
         await until(lambda: bool(plextv.players()) and bool(plextv.players()[0].connections), timeout=15,
                     message="the face is registered")
         await until(lambda: bridge.plextv is not None and all(
@@ -62,8 +60,6 @@ targets:
         (slot,) = bridge.faces.values()
         (channel,) = [v for v in face_visibility(bridge, slot, datetime.now(UTC)) if v.channel == "plextv"]
         port = slot.face.port
-    finally:
-        await bridge.stop()
     # The running daemon's view (the `visible` findings of the doctor and the page come from it).
     assert (channel.state, channel.fix) == ("visible", "")
     assert channel.detail == f"a player of the plex.tv account 'Alice Example', named 'Den TV (bridge)', at " \

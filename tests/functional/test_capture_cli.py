@@ -30,19 +30,17 @@ targets:
   - {{name: Lab Den TV, address: 127.0.0.1, port: {player.port}, profile: roku}}
 """)
     config = dataclasses.replace(config, http=dataclasses.replace(config.http, admin_port=admin_port))
-    bridge = Bridge(config)
-    await bridge.start()
-    out = tmp_path / "den-tv.yaml"
     try:
-        await until(lambda: len(bridge.faces) == 1, message="the face")
-        cli_config = tmp_path / "cli.yaml"
-        cli_config.write_text(f"http: {{bind: 127.0.0.1, admin_port: {admin_port}}}\nlab: {{port: 0}}\n"
-                              f"state_dir: {tmp_path / 'cli-state'}\n")
-        code, stdout, err = await companion("--config", str(cli_config), "profiles", "capture", "lab den tv",
-                                            "--out", str(out), "--host", "ip", "--step-timeout", "10", "--json",
-                                            timeout=120)
+        async with Bridge(config) as bridge:
+            out = tmp_path / "den-tv.yaml"
+            await until(lambda: len(bridge.faces) == 1, message="the face")
+            cli_config = tmp_path / "cli.yaml"
+            cli_config.write_text(f"http: {{bind: 127.0.0.1, admin_port: {admin_port}}}\nlab: {{port: 0}}\n"
+                                  f"state_dir: {tmp_path / 'cli-state'}\n")
+            code, stdout, err = await companion("--config", str(cli_config), "profiles", "capture", "lab den tv",
+                                                "--out", str(out), "--host", "ip", "--step-timeout", "10", "--json",
+                                                timeout=120)
     finally:
-        await bridge.stop()
         await player.stop()
     assert code == 0, err
     assert f"capturing Lab Den TV (127.0.0.1:{player.port}) through the lab at 127.0.0.1:" in err

@@ -85,16 +85,12 @@ security: {{policy: preferred, relay: true, extra_roots: ["{root}"]}}
 async def bridged_cast(config: Config, device: FakeCastDevice,
                        announcer: AsyncZeroconf) -> AsyncIterator[tuple[Bridge, FaceSlot]]:
     """A running bridge with a connected face for ``device``, announced by mDNS."""
-    bridge = Bridge(config)
-    await bridge.start()
-    try:
+    async with Bridge(config) as bridge:
         await (await announcer.async_register_service(cast_service(device)))  # and its announcement
         await until(lambda: len(bridge.faces) == 1, timeout=2.0, message="a face for the Chromecast")
         slot = next(iter(bridge.faces.values()))
         await until(lambda: slot.adapter.available, timeout=5, message="the bridge connected to the device")
         yield bridge, slot
-    finally:
-        await bridge.stop()
 
 
 async def _fling(bridge: Bridge, server: FakePlexServer, tmp_path: Path) -> None:
@@ -118,9 +114,7 @@ async def _fling(bridge: Bridge, server: FakePlexServer, tmp_path: Path) -> None
 async def test_chromecast_gets_a_face_within_2s_takes_a_secure_fling_and_reports_its_status(
         tmp_path: Path, server: FakePlexServer, device: FakeCastDevice, announcer: AsyncZeroconf) -> None:
     config = cast_config(tmp_path, server, secure=True)
-    bridge = Bridge(config)
-    await bridge.start()
-    try:
+    async with Bridge(config) as bridge:
         announced = time.monotonic()
         broadcast = await announcer.async_register_service(cast_service(device))
         await until(lambda: len(bridge.faces) == 1, timeout=2.0, message="a face within 2 s of the announcement")
@@ -150,8 +144,6 @@ async def test_chromecast_gets_a_face_within_2s_takes_a_secure_fling_and_reports
                                         and p.state.active.time >= 90000, timeout=2.0)
             assert push.state.active is not None
             assert push.state.active.duration == 600000
-    finally:
-        await bridge.stop()
 
 
 async def test_chromecast_that_cannot_verify_plays_through_the_relay(

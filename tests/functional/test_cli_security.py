@@ -115,15 +115,13 @@ profiles_dirs: [{tmp_path / "profiles"}]
 security: {{policy: preferred, relay: false}}
 """
     config = bridge_config(tmp_path, config_text)
-    bridge = Bridge(config)
-    await bridge.start()
     try:
-        await until(lambda: len(bridge.faces) == 2, message="faces")
-        server_id = bridge.registry.servers()[0].id
-        for name in ("Lab Secure TV", "Lab Old TV"):
-            await bridge.fling_api(target_id=name, server_id=server_id, key="/library/metadata/501")
+        async with Bridge(config) as bridge:
+            await until(lambda: len(bridge.faces) == 2, message="faces")
+            server_id = bridge.registry.servers()[0].id
+            for name in ("Lab Secure TV", "Lab Old TV"):
+                await bridge.fling_api(target_id=name, server_id=server_id, key="/library/metadata/501")
     finally:
-        await bridge.stop()
         await secure.stop()
         await old.stop()
     cfg_file = tmp_path / "cli.yaml"
@@ -150,17 +148,15 @@ targets:
 profiles_dirs: [{tmp_path / "profiles"}]
 """)
     config = dataclasses.replace(config, http=dataclasses.replace(config.http, admin_port=admin_port))
-    bridge = Bridge(config)
-    await bridge.start()
     try:
-        await until(lambda: len(bridge.faces) == 1, message="the face")
-        cli_config = tmp_path / "cli.yaml"
-        cli_config.write_text(f"http: {{admin_port: {admin_port}}}\nprofiles_dirs: [{tmp_path / 'profiles'}]\n"
-                              f"state_dir: {tmp_path / 'cli-state'}\nsecurity: {{dns_check: false}}\n")
-        code, out, err = await companion("--config", str(cli_config), "explain", "lab old tv",
-                                         "--server", f"https://127.0.0.1:{server.port}")
+        async with Bridge(config) as bridge:
+            await until(lambda: len(bridge.faces) == 1, message="the face")
+            cli_config = tmp_path / "cli.yaml"
+            cli_config.write_text(f"http: {{admin_port: {admin_port}}}\nprofiles_dirs: [{tmp_path / 'profiles'}]\n"
+                                  f"state_dir: {tmp_path / 'cli-state'}\nsecurity: {{dns_check: false}}\n")
+            code, out, err = await companion("--config", str(cli_config), "explain", "lab old tv",
+                                             "--server", f"https://127.0.0.1:{server.port}")
     finally:
-        await bridge.stop()
         await player.stop()
     assert code == 1, err
     assert "device profile: lab-old-tv" in out

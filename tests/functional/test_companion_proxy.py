@@ -80,46 +80,44 @@ async def test_a_command_through_the_server_proxy_reaches_the_player_and_its_tim
         caplog: pytest.LogCaptureFixture) -> None:
     server = quick_server
     caplog.set_level(logging.DEBUG)
-    bridge = Bridge(proxy_config(tmp_path, server, player))
-    await bridge.start()
-    sessions: list[requests.Session] = []
-    try:
-        await until(lambda: len(bridge.faces) == 1, message="the configured target's face")
-        ident = face_id(bridge)
-        await until(lambda: ident in server.proxy.players, timeout=10, message="the face polls the server's proxy")
-        registered = server.proxy.players[ident]
-        assert registered.headers["X-Plex-Token"] == TOKEN, "the poll uses the token configured for this server"
-        assert "playback" in registered.params["protocolCapabilities"]
-        assert registered.params["timeout"] == "1"
+    async with Bridge(proxy_config(tmp_path, server, player)) as bridge:
+        sessions: list[requests.Session] = []
+        try:
+            await until(lambda: len(bridge.faces) == 1, message="the configured target's face")
+            ident = face_id(bridge)
+            await until(lambda: ident in server.proxy.players, timeout=10, message="the face polls the server's proxy")
+            registered = server.proxy.players[ident]
+            assert registered.headers["X-Plex-Token"] == TOKEN, "the poll uses the token configured for this server"
+            assert "playback" in registered.params["protocolCapabilities"]
+            assert registered.params["timeout"] == "1"
 
-        # python-plexapi finds the face among the server's clients and controls it through the server.
-        pms = await asyncio.to_thread(plex_server, server, tmp_path)
-        sessions.append(pms._session)
-        clients = await asyncio.to_thread(pms.clients)
-        client = next(c for c in clients if c.machineIdentifier == ident)
-        assert isinstance(client, PlexClient)
-        client.proxyThroughServer(True, server=pms)
-        movie = await asyncio.to_thread(pms.fetchItem, 501)
-        await asyncio.to_thread(client.playMedia, movie, offset=5000)
-        await until(lambda: bool(player.received("playMedia")), timeout=10,
-                    message="playMedia through the proxy reached the player")
-        got = player.received("playMedia")[0].params
-        # The same decision as a direct fling: the secure profile gets the plex.direct https base.
-        assert (got["protocol"], got["address"]) == ("https", f"127-0-0-1.{server.hash}.plex.direct")
+            # python-plexapi finds the face among the server's clients and controls it through the server.
+            pms = await asyncio.to_thread(plex_server, server, tmp_path)
+            sessions.append(pms._session)
+            clients = await asyncio.to_thread(pms.clients)
+            client = next(c for c in clients if c.machineIdentifier == ident)
+            assert isinstance(client, PlexClient)
+            client.proxyThroughServer(True, server=pms)
+            movie = await asyncio.to_thread(pms.fetchItem, 501)
+            await asyncio.to_thread(client.playMedia, movie, offset=5000)
+            await until(lambda: bool(player.received("playMedia")), timeout=10,
+                        message="playMedia through the proxy reached the player")
+            got = player.received("playMedia")[0].params
+            # The same decision as a direct fling: the secure profile gets the plex.direct https base.
+            assert (got["protocol"], got["address"]) == ("https", f"127-0-0-1.{server.hash}.plex.direct")
 
-        await asyncio.to_thread(client.pause, mtype="video")
-        await until(lambda: bool(player.received("pause")), timeout=10, message="pause reached the player")
+            await asyncio.to_thread(client.pause, mtype="video")
+            await until(lambda: bool(player.received("pause")), timeout=10, message="pause reached the player")
 
-        # The player's timeline (paused, the movie) comes back to the server through the proxy.
-        await until(lambda: ("paused", "/library/metadata/501") in timeline_states(server, ident), timeout=10,
-                    message="a paused timeline of the movie reported to /player/proxy/timeline")
-        answers = [r for r in server.requests_to("/player/proxy/response")]
-        assert len(answers) >= 2, "each handed-over command is answered"
-        assert all(r.query.get("commandID") for r in answers)
-    finally:
-        for session in sessions:
-            session.close()
-        await bridge.stop()
+            # The player's timeline (paused, the movie) comes back to the server through the proxy.
+            await until(lambda: ("paused", "/library/metadata/501") in timeline_states(server, ident), timeout=10,
+                        message="a paused timeline of the movie reported to /player/proxy/timeline")
+            answers = [r for r in server.requests_to("/player/proxy/response")]
+            assert len(answers) >= 2, "each handed-over command is answered"
+            assert all(r.query.get("commandID") for r in answers)
+        finally:
+            for session in sessions:
+                session.close()
 
     # Same audit as a direct fling; the controller is python-plexapi, seen through the server.
     db = sqlite3.connect(tmp_path / "state" / "audit.sqlite3")
@@ -141,9 +139,7 @@ async def test_the_page_says_where_the_face_is_visible_and_why_not(
     """Without a token the proxy is not polled (and the view says how to fix it); with one it is."""
     server = quick_server
 
-    bridge = Bridge(proxy_config(tmp_path, server, player, token=False))
-    await bridge.start()
-    try:
+    async with Bridge(proxy_config(tmp_path, server, player, token=False)) as bridge:
         await until(lambda: len(bridge.faces) == 1, message="the face")
         views = api.target_json(api.target_views(bridge, datetime.now(UTC))[0])["visible"]
         by_channel = {v["channel"]: v for v in views}
@@ -153,8 +149,6 @@ async def test_the_page_says_where_the_face_is_visible_and_why_not(
         assert by_channel["proxy"]["state"] == "missing"
         assert "token" in by_channel["proxy"]["fix"]
         assert server.proxy.players == {}, "no token configured: the server is not polled"
-    finally:
-        await bridge.stop()
 
 
 async def test_polls_back_off_on_errors_and_recover(
@@ -163,8 +157,7 @@ async def test_polls_back_off_on_errors_and_recover(
     server.proxy.offered = False
     bridge = Bridge(proxy_config(tmp_path, server, player))
     bridge.proxy_settings = ProxySettings(backoff_initial=0.05, backoff_max=0.2)
-    await bridge.start()
-    try:
+    async with bridge:
         await until(lambda: bridge.proxy is not None and bool(bridge.proxy.links()), message="a proxy link")
         assert bridge.proxy is not None
         link = bridge.proxy.links()[0]
@@ -176,8 +169,6 @@ async def test_polls_back_off_on_errors_and_recover(
         server.proxy.offered = True
         await until(lambda: link.state == "polling", timeout=5, message="registered once the proxy is there")
         assert link.view().state == "visible"
-    finally:
-        await bridge.stop()
 
 
 async def test_companion_doctor_shows_per_face_where_it_is_visible_with_the_fixes(
@@ -191,14 +182,10 @@ async def test_companion_doctor_shows_per_face_where_it_is_visible_with_the_fixe
     config = proxy_config(tmp_path, quick_server, player)
     config = dataclasses.replace(config, http=dataclasses.replace(config.http, admin_port=free_port()))
     assert visibility_from_daemon(config)[0].detail.startswith("no daemon answered"), "nothing runs yet"
-    bridge = Bridge(config)
-    await bridge.start()
-    try:
+    async with Bridge(config) as bridge:
         await until(lambda: bridge.proxy is not None and all(link.state == "polling" for link in bridge.proxy.links())
                     and bool(bridge.proxy.links()), timeout=10, message="the face registered on the proxy")
         [finding] = await asyncio.to_thread(visibility_from_daemon, config)
-    finally:
-        await bridge.stop()
     assert finding.check == "visible (Lab Secure TV (bridge))"
     assert finding.status == "WARN", "visible, but not everywhere"
     assert "gdm" in finding.detail and "proxy" in finding.detail

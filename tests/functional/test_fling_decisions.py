@@ -57,24 +57,22 @@ async def test_each_target_gets_the_stream_its_profile_allows_and_insecure_ones_
     secure, old = players
     config = fling_config(tmp_path, server, secure, old)
     caplog.set_level(logging.DEBUG)
-    bridge = Bridge(config)
-    await bridge.start()
-    sessions: list[requests.Session] = []
-    try:
-        await until(lambda: len(bridge.faces) == 2, message="faces for both configured targets")
-        pms = await asyncio.to_thread(plex_server, server, tmp_path)
-        sessions.append(pms._session)
-        movie = await asyncio.to_thread(pms.fetchItem, 501)
-        for player, name in ((secure, "Lab Secure TV"), (old, "Lab Old TV")):
-            client = await asyncio.to_thread(PlexClient, baseurl=f"http://127.0.0.1:{face_port(bridge, name)}",
-                                             timeout=10)
-            sessions.append(client._session)
-            await asyncio.to_thread(client.playMedia, movie, offset=5000)
-            await until(lambda p=player: bool(p.received("playMedia")), message=f"{name} received playMedia")
-    finally:
-        for session in sessions:
-            session.close()  # the controller hangs up before the servers stop, as a phone would
-        await bridge.stop()
+    async with Bridge(config) as bridge:
+        sessions: list[requests.Session] = []
+        try:
+            await until(lambda: len(bridge.faces) == 2, message="faces for both configured targets")
+            pms = await asyncio.to_thread(plex_server, server, tmp_path)
+            sessions.append(pms._session)
+            movie = await asyncio.to_thread(pms.fetchItem, 501)
+            for player, name in ((secure, "Lab Secure TV"), (old, "Lab Old TV")):
+                client = await asyncio.to_thread(PlexClient, baseurl=f"http://127.0.0.1:{face_port(bridge, name)}",
+                                                 timeout=10)
+                sessions.append(client._session)
+                await asyncio.to_thread(client.playMedia, movie, offset=5000)
+                await until(lambda p=player: bool(p.received("playMedia")), message=f"{name} received playMedia")
+        finally:
+            for session in sessions:
+                session.close()  # the controller hangs up before the servers stop, as a phone would
 
     got_secure = secure.received("playMedia")[0].params
     assert got_secure["protocol"] == "https"
@@ -119,27 +117,25 @@ async def test_policy_required_refuses_the_insecure_target_with_a_readable_error
         tmp_path: Path, server: FakePlexServer, players: tuple[FakeCompanionPlayer, FakeCompanionPlayer]) -> None:
     secure, old = players
     config = fling_config(tmp_path, server, secure, old, policy="required")
-    bridge = Bridge(config)
-    await bridge.start()
-    sessions: list[requests.Session] = []
-    try:
-        await until(lambda: len(bridge.faces) == 2, message="faces for both targets")
-        pms = await asyncio.to_thread(plex_server, server, tmp_path)
-        sessions.append(pms._session)
-        movie = await asyncio.to_thread(pms.fetchItem, 501)
-        client = await asyncio.to_thread(PlexClient, baseurl=f"http://127.0.0.1:{face_port(bridge, 'Lab Old TV')}",
-                                         timeout=10)
-        sessions.append(client._session)
-        with pytest.raises(Exception, match=r"\(403\)") as info:
-            await asyncio.to_thread(client.playMedia, movie)
-        assert "root" in str(info.value).lower(), "the controller is told why"
-        assert "security.policy" in str(info.value), "and what to change"
-        assert old.received("playMedia") == []
-        records = bridge.audit.recent(5)
-    finally:
-        for session in sessions:
-            session.close()
-        await bridge.stop()
+    async with Bridge(config) as bridge:
+        sessions: list[requests.Session] = []
+        try:
+            await until(lambda: len(bridge.faces) == 2, message="faces for both targets")
+            pms = await asyncio.to_thread(plex_server, server, tmp_path)
+            sessions.append(pms._session)
+            movie = await asyncio.to_thread(pms.fetchItem, 501)
+            client = await asyncio.to_thread(PlexClient, baseurl=f"http://127.0.0.1:{face_port(bridge, 'Lab Old TV')}",
+                                             timeout=10)
+            sessions.append(client._session)
+            with pytest.raises(Exception, match=r"\(403\)") as info:
+                await asyncio.to_thread(client.playMedia, movie)
+            assert "root" in str(info.value).lower(), "the controller is told why"
+            assert "security.policy" in str(info.value), "and what to change"
+            assert old.received("playMedia") == []
+            records = bridge.audit.recent(5)
+        finally:
+            for session in sessions:
+                session.close()
     assert records[0].mode == "refused"
     assert records[0].outcome == "refused"
     assert "policy-required-refused" in [code for code, _ in records[0].reasons]
@@ -148,9 +144,7 @@ async def test_policy_required_refuses_the_insecure_target_with_a_readable_error
 async def test_fling_to_an_unknown_server_is_refused_and_recorded(
         tmp_path: Path, server: FakePlexServer, players: tuple[FakeCompanionPlayer, FakeCompanionPlayer]) -> None:
     secure, old = players
-    bridge = Bridge(fling_config(tmp_path, server, secure, old))
-    await bridge.start()
-    try:
+    async with Bridge(fling_config(tmp_path, server, secure, old)) as bridge:
         await until(lambda: len(bridge.faces) == 2, message="faces")
         import aiohttp
 
@@ -165,8 +159,6 @@ async def test_fling_to_an_unknown_server_is_refused_and_recorded(
                 assert "not a Plex server this bridge knows" in body
                 assert TOKEN not in body
         records = bridge.audit.recent(10)
-    finally:
-        await bridge.stop()
     assert secure.received("playMedia") == []
     assert [r.mode for r in records] == ["refused"] * 4
     assert {r.reasons[0][0] for r in records} == {"unknown-server"}
@@ -188,26 +180,24 @@ targets:
 profiles_dirs: [{tmp_path / "profiles"}]
 security: {{policy: preferred, relay: true, extra_roots: ["{root_pem}"]}}
 """)
-    bridge = Bridge(config)
-    await bridge.start()
-    sessions: list[requests.Session] = []
-    try:
-        await until(lambda: len(bridge.faces) == 1, message="face for the old TV")
-        pms = await asyncio.to_thread(plex_server, server, tmp_path)
-        sessions.append(pms._session)
-        movie = await asyncio.to_thread(pms.fetchItem, 501)
-        client = await asyncio.to_thread(PlexClient, baseurl=f"http://127.0.0.1:{face_port(bridge, 'Lab Old TV')}",
-                                         timeout=10)
-        sessions.append(client._session)
-        await asyncio.to_thread(client.playMedia, movie)
-        await asyncio.wait_for(old.playback_done.wait(), 10)
-        assert bridge.relay is not None
-        relay_port = bridge.relay.port
-        records = bridge.audit.recent(5)
-    finally:
-        for session in sessions:
-            session.close()
-        await bridge.stop()
+    async with Bridge(config) as bridge:
+        sessions: list[requests.Session] = []
+        try:
+            await until(lambda: len(bridge.faces) == 1, message="face for the old TV")
+            pms = await asyncio.to_thread(plex_server, server, tmp_path)
+            sessions.append(pms._session)
+            movie = await asyncio.to_thread(pms.fetchItem, 501)
+            client = await asyncio.to_thread(PlexClient, baseurl=f"http://127.0.0.1:{face_port(bridge, 'Lab Old TV')}",
+                                             timeout=10)
+            sessions.append(client._session)
+            await asyncio.to_thread(client.playMedia, movie)
+            await asyncio.wait_for(old.playback_done.wait(), 10)
+            assert bridge.relay is not None
+            relay_port = bridge.relay.port
+            records = bridge.audit.recent(5)
+        finally:
+            for session in sessions:
+                session.close()
 
     got = old.received("playMedia")[0].params
     assert (got["protocol"], got["address"], got["port"]) == ("http", "127.0.0.1", str(relay_port))

@@ -91,10 +91,8 @@ async def test_a_direct_secure_fling_the_tv_cannot_play_fails_is_reflung_through
         tmp_path: Path, server: FakePlexServer, tv: FakeCompanionPlayer, caplog: pytest.LogCaptureFixture) -> None:
     tv.use_cases.report_playback = True
     admin_port = free_port()
-    bridge = Bridge(with_admin(outcome_config(tmp_path, server, tv), admin_port))
     caplog.set_level(logging.INFO)
-    await bridge.start()
-    try:
+    async with Bridge(with_admin(outcome_config(tmp_path, server, tv), admin_port)) as bridge:
         await fling_once(bridge, server, tmp_path)
 
         def settled() -> list[FlingRecord]:
@@ -106,8 +104,6 @@ async def test_a_direct_secure_fling_the_tv_cannot_play_fails_is_reflung_through
         metrics = bridge.metrics.render().decode()
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin_port}/") as resp:
             live_page = await resp.text()
-    finally:
-        await bridge.stop()
 
     # The TV got the secure stream first, then the relay, with the same media.
     first, second = (c.params for c in tv.received("playMedia"))
@@ -157,44 +153,32 @@ async def test_a_direct_secure_fling_the_tv_cannot_play_fails_is_reflung_through
 
     # After a restart the status page still marks the profile: the count comes back from the audit log.
     admin_port = free_port()
-    again = Bridge(with_admin(outcome_config(tmp_path, server, tv), admin_port))
-    await again.start()
-    try:
+    async with Bridge(with_admin(outcome_config(tmp_path, server, tv), admin_port)) as again:
         await until(lambda: len(again.faces) == 1, message="the TV's face is up again")
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin_port}/") as resp:
             page = await resp.text()
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin_port}/api/targets") as resp:
             [target] = await resp.json()
-    finally:
-        await again.stop()
     assert 'data-contradicted="1"' in page and "contradicted by 1 failed fling(s)" in page
     assert target["profile"]["contradicted_by_failed_flings"] == 1
 
 
 async def test_a_fling_that_plays_is_recorded_ok_and_not_reflung(
         tmp_path: Path, server: FakePlexServer, tv: FakeCompanionPlayer) -> None:
-    bridge = Bridge(outcome_config(tmp_path, server, tv))  # the fake plays whatever it is given
-    await bridge.start()
-    try:
+    async with Bridge(outcome_config(tmp_path, server, tv)) as bridge:  # the fake plays whatever it is given
         await fling_once(bridge, server, tmp_path)
         await until(lambda: [r.playback for r in bridge.audit.recent(10)] == ["ok"], timeout=15,
                     message="the fling is recorded as playing")
-    finally:
-        await bridge.stop()
     assert len(tv.received("playMedia")) == 1
 
 
 async def test_buffering_that_never_ends_fails_after_the_outcome_timeout_and_policy_required_does_not_refling(
         tmp_path: Path, server: FakePlexServer, tv: FakeCompanionPlayer) -> None:
     tv.use_cases.never_plays = True
-    bridge = Bridge(outcome_config(tmp_path, server, tv, policy="required", outcome=1.0))
-    await bridge.start()
-    try:
+    async with Bridge(outcome_config(tmp_path, server, tv, policy="required", outcome=1.0)) as bridge:
         await fling_once(bridge, server, tmp_path)
         await until(lambda: [r.playback for r in bridge.audit.recent(10)] == ["failed"], timeout=15,
                     message="the fling is recorded as failed")
         [record] = bridge.audit.recent(10)
-    finally:
-        await bridge.stop()
     assert (record.mode, record.playback_reason) == ("direct-secure", "the player was still buffering after 1 s")
     assert len(tv.received("playMedia")) == 1, "only 'preferred' re-flings through the relay"

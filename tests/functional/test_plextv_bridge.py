@@ -89,10 +89,8 @@ async def test_plexapi_lists_every_face_as_a_player_resource_and_plays_through_i
     config = linked_config(tmp_path, plextv, server, players)
     account_token = plextv.issue_account_token()
     PlexTvStore(config.state_path).save(AccountToken(account_token))
-    bridge = Bridge(config)
-    await bridge.start()
-    pages: list[str] = []
-    try:
+    async with Bridge(config) as bridge:
+        pages: list[str] = []
         await until(lambda: len([d for d in plextv.players() if d.connections]) == 2, timeout=15,
                     message="both faces registered on plex.tv with their connection")
         await until(lambda: bridge.plextv is not None and all(
@@ -137,8 +135,6 @@ async def test_plexapi_lists_every_face_as_a_player_resource_and_plays_through_i
         pages.append(page + json.dumps(rows) + json.dumps(health))
         assert "plex.tv account: <strong>Alice Example</strong>" in page
         assert page.count('data-channel="plextv" data-visible-state="visible"') == 2
-    finally:
-        await bridge.stop()
     secrets = plextv.tokens() | {account_token}
     assert account_token in secrets
     for p in players:
@@ -166,9 +162,7 @@ security: {{policy: preferred, relay: true}}
 """)
     account_token = plextv.issue_account_token()
     PlexTvStore(config.state_path).save(AccountToken(account_token))
-    bridge = Bridge(config)
-    await bridge.start()
-    try:
+    async with Bridge(config) as bridge:
         await until(lambda: len(plextv.players()) == 1 and bool(plextv.players()[0].connections), timeout=15,
                     message="the face is registered, so the account token is in use")
         (slot,) = bridge.faces.values()
@@ -177,8 +171,6 @@ security: {{policy: preferred, relay: true}}
         with pytest.raises(PolicyRefusal, match="the relay fetches the stream with the token the controller sends "
                                                 "with its fling, and this fling carried none"):
             await bridge.fling_api(target_id=slot.target.id, server_id=known.id, key="/library/metadata/501")
-    finally:
-        await bridge.stop()
     assert players[0].received("playMedia") == []
     assert not any(account_token in repr(r) for r in server.requests), "the account token never reached the server"
 

@@ -135,11 +135,9 @@ security: {{policy: preferred, relay: true, resolver: "{host}:{port}"}}
 async def rig(tmp_path: Path, server: FakePlexServer, config: Config, **shim_options: Any) -> AsyncIterator[Rig]:
     """Server, shim and bridge up; the bridge has found the shim by GDM and opened its face."""
     shim = MpvShim(tmp_path / "shim", name="Shim TV", port=SHIM_PORT, **shim_options)
-    bridge = Bridge(config)
     try:
         await shim.start()
-        await bridge.start()
-        async with FakeController() as controller:
+        async with Bridge(config) as bridge, FakeController() as controller:
             def shim_face() -> FaceSlot | None:
                 return next((s for s in bridge.faces.values() if s.target.product == "Plex MPV Shim"), None)
 
@@ -153,7 +151,6 @@ async def rig(tmp_path: Path, server: FakePlexServer, config: Config, **shim_opt
         print(f"plex-mpv-shim log (tail):\n{shim.log_tail(80)}")
         raise
     finally:
-        await bridge.stop()
         await shim.stop()
     assert not shim.killed and shim.returncode == 0, f"the shim did not stop cleanly:\n{shim.log_tail()}"
 

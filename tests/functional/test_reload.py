@@ -17,12 +17,11 @@ async def test_reload_adds_targets_and_servers_and_keeps_existing_faces(tmp_path
     await attic.start()
     one = f"targets:\n  - {{name: Den TV, address: 127.0.0.1, port: {den.port}}}\n"
     config = bridge_config(tmp_path, one)
-    bridge = Bridge(config)
-    await bridge.start()
     try:
-        await until(lambda: len(bridge.faces) == 1, message="the Den face")
-        den_face = next(iter(bridge.faces.values())).face
-        two = parse_config(f"""
+        async with Bridge(config) as bridge:
+            await until(lambda: len(bridge.faces) == 1, message="the Den face")
+            den_face = next(iter(bridge.faces.values())).face
+            two = parse_config(f"""
 security: {{policy: required}}
 servers:
   - {{url: "https://127.0.0.1:32999", token: "abcdefgh1234"}}
@@ -30,14 +29,13 @@ targets:
   - {{name: Den TV, address: 127.0.0.1, port: {den.port}}}
   - {{name: Attic TV, address: 127.0.0.1, port: {attic.port}}}
 """, "reloaded.yaml")
-        await bridge.reload(dataclasses.replace(two, state_dir=config.state_dir))
-        await until(lambda: len(bridge.faces) == 2, message="a face for the target added by the reload")
-        assert any(s.face is den_face for s in bridge.faces.values()), "the existing face was not replaced"
-        assert bridge.flings is not None
-        assert bridge.flings.config.security.policy == "required"
-        assert [s.port for s in bridge.registry.servers()] == [32999]
-        assert bridge.config.http == config.http, "listening addresses stay until a restart"
+            await bridge.reload(dataclasses.replace(two, state_dir=config.state_dir))
+            await until(lambda: len(bridge.faces) == 2, message="a face for the target added by the reload")
+            assert any(s.face is den_face for s in bridge.faces.values()), "the existing face was not replaced"
+            assert bridge.flings is not None
+            assert bridge.flings.config.security.policy == "required"
+            assert [s.port for s in bridge.registry.servers()] == [32999]
+            assert bridge.config.http == config.http, "listening addresses stay until a restart"
     finally:
-        await bridge.stop()
         await den.stop()
         await attic.stop()

@@ -34,16 +34,10 @@ from tests.lab import TOKEN, write_test_profiles
 @asynccontextmanager
 async def page(config: Config) -> AsyncIterator[tuple[Bridge, AdminServer, aiohttp.ClientSession]]:
     """A running bridge and its admin page; the background checks re-run only on a change."""
-    bridge = Bridge(config)
-    await bridge.start()
-    admin = AdminServer(bridge, bind="127.0.0.1", port=0, token=bridge.state.admin_token(), doctor_interval=600)
-    try:
-        await admin.start()
-        async with aiohttp.ClientSession() as http:
+    async with Bridge(config) as bridge:
+        admin = AdminServer(bridge, bind="127.0.0.1", port=0, token=bridge.state.admin_token(), doctor_interval=600)
+        async with admin, aiohttp.ClientSession() as http:
             yield bridge, admin, http
-    finally:
-        await admin.stop()
-        await bridge.stop()
 
 
 async def fetch(admin: AdminServer, http: aiohttp.ClientSession, path: str = "/") -> str:

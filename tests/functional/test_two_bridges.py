@@ -78,7 +78,7 @@ async def player_gdm_short(short: Config, player: FakeCompanionPlayer) -> AsyncI
 async def test_two_bridges_one_player_one_face_kept_by_the_first_ranked_then_taken_over_on_bye(
         short: Config, tmp_path: Path, player: FakeCompanionPlayer, player_gdm_short: FakeGdmPeer,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="companion.bridge")
+    caplog.set_level(logging.INFO, logger="companion")
     target_id = stable_id("companion", player.ident)
     first, second = _ranked(target_id)
     one = Bridge(_with_id(short, first))
@@ -114,7 +114,7 @@ async def test_two_bridges_one_player_one_face_kept_by_the_first_ranked_then_tak
 async def test_a_better_ranked_rival_face_keeps_this_bridge_out_until_it_falls_silent(
         short: Config, player: FakeCompanionPlayer, player_gdm_short: FakeGdmPeer,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="companion.bridge")
+    caplog.set_level(logging.INFO, logger="companion")
     target_id = stable_id("companion", player.ident)
     rival, ours = _ranked(target_id)
     rival_face = FakeGdmPeer("player", headers={
@@ -122,23 +122,21 @@ async def test_a_better_ranked_rival_face_keeps_this_bridge_out_until_it_falls_s
         "Product": "companion-bridge", "Bridge-Identifier": rival, "Bridged-Target": target_id,
     }, bind=("0.0.0.0", short.gdm.player_port), group=GROUP, interface="127.0.0.1")
     await rival_face.start()
-    bridge = Bridge(_with_id(short, ours))
-    await bridge.start()
     try:
-        await until(lambda: bridge.registry.target(target_id) is not None and bridge.claims.holder(target_id),
-                    timeout=3, message="the bridge sees the player and the rival's face")
-        await asyncio.wait_for(player_gdm_short.wait_for(lambda got: got.message is not None
-                                                        and got.message.kind == "search"), 3)
-        assert not bridge.faces
-        assert [t.id for t in bridge.registry.targets()] == [target_id]
-        await rival_face.stop()  # silent: no BYE
-        gone = asyncio.get_running_loop().time()
-        await until(lambda: _announced(bridge) == [target_id], timeout=short.timeouts.target_expiry + 1,
-                    message="takeover after the rival's claim lapsed")
-        took = asyncio.get_running_loop().time() - gone
-        assert took <= short.timeouts.target_expiry, f"takeover took {took:.1f} s"
+        async with Bridge(_with_id(short, ours)) as bridge:
+            await until(lambda: bridge.registry.target(target_id) is not None and bridge.claims.holder(target_id),
+                        timeout=3, message="the bridge sees the player and the rival's face")
+            await asyncio.wait_for(player_gdm_short.wait_for(lambda got: got.message is not None
+                                                            and got.message.kind == "search"), 3)
+            assert not bridge.faces
+            assert [t.id for t in bridge.registry.targets()] == [target_id]
+            await rival_face.stop()  # silent: no BYE
+            gone = asyncio.get_running_loop().time()
+            await until(lambda: _announced(bridge) == [target_id], timeout=short.timeouts.target_expiry + 1,
+                        message="takeover after the rival's claim lapsed")
+            took = asyncio.get_running_loop().time() - gone
+            assert took <= short.timeouts.target_expiry, f"takeover took {took:.1f} s"
     finally:
-        await bridge.stop()
         await rival_face.stop()
     messages = [r.getMessage() for r in caplog.records]
     assert sum("leaving it to bridge" in m for m in messages) == 1
@@ -149,9 +147,7 @@ async def test_an_outranked_rival_face_is_answered_with_a_hello_and_ours_stays(
         short: Config, player: FakeCompanionPlayer, player_gdm_short: FakeGdmPeer) -> None:
     target_id = stable_id("companion", player.ident)
     ours, loser = _ranked(target_id)
-    bridge = Bridge(_with_id(short, ours))
-    await bridge.start()
-    try:
+    async with Bridge(_with_id(short, ours)) as bridge:
         await until(lambda: _announced(bridge) == [target_id], timeout=3, message="our face is announced")
         async with FakeGdmPeer("player", bind=("0.0.0.0", short.gdm.announce_port), group=GROUP,
                                interface="127.0.0.1") as rival:
@@ -164,14 +160,10 @@ async def test_an_outranked_rival_face_is_answered_with_a_hello_and_ours_stays(
         assert hello.message is not None
         assert hello.message.get("Bridged-Target") == target_id
         assert _announced(bridge) == [target_id]
-    finally:
-        await bridge.stop()
 
 
 async def test_adverts_of_faces_are_never_bridged_marked_or_not(config: Config) -> None:
-    bridge = Bridge(config)
-    await bridge.start()
-    try:
+    async with Bridge(config) as bridge:
         marked_target = stable_id("companion", "somewhere")
         async with (
             FakeGdmPeer("player", headers={
@@ -192,35 +184,24 @@ async def test_adverts_of_faces_are_never_bridged_marked_or_not(config: Config) 
                         message="the marked face was heard (as a claim)")
         assert bridge.registry.targets() == []
         assert bridge.faces == {}
-    finally:
-        await bridge.stop()
 
 
 async def test_a_configured_target_pointing_at_a_face_is_refused_with_a_clear_line(
         tmp_path: Path, player: FakeCompanionPlayer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="companion.bridge")
+    caplog.set_level(logging.INFO, logger="companion")
     base = bridge_config(tmp_path / "one", f"targets:\n  - {{name: Den TV, address: 127.0.0.1, port: {player.port}}}\n")
-    one = Bridge(base)
-    await one.start()
-    try:
+    async with Bridge(base) as one:
         await until(lambda: len(_announced(one)) == 1, timeout=3, message="bridge one's face is announced")
         (face_port,) = (slot.face.port for slot in one.faces.values())
         two_config = bridge_config(
             tmp_path / "two", f"targets:\n  - {{name: Den again, address: 127.0.0.1, port: {face_port}}}\n")
         async with FakeGdmPeer("server", bind=("0.0.0.0", two_config.gdm.announce_port), group=GROUP,
-                               interface="127.0.0.1") as listener:
-            two = Bridge(two_config)
-            await two.start()
-            try:
-                await until(lambda: "is a face of bridge" in caplog.text, timeout=3,
-                            message="bridge two refuses the configured face")
-                await until(lambda: two.faces == {}, timeout=2, message="the refused face is closed")
-                await two._scanner.search_once()  # type: ignore[union-attr]
-            finally:
-                await two.stop()
+                               interface="127.0.0.1") as listener, Bridge(two_config) as two:
+            await until(lambda: "is a face of bridge" in caplog.text, timeout=3,
+                        message="bridge two refuses the configured face")
+            await until(lambda: two.faces == {}, timeout=2, message="the refused face is closed")
+            await two._scanner.search_once()  # type: ignore[union-attr]
         announced = [got.message.get("Name") for got in listener.received if got.message is not None]
-    finally:
-        await one.stop()
     assert "Den again (bridge)" not in announced, "a face of a face was announced"
     (line,) = [r for r in caplog.records if "is a face of" in r.getMessage()]
     assert line.levelno == logging.ERROR
@@ -231,17 +212,14 @@ async def test_a_configured_target_pointing_at_a_face_is_refused_with_a_clear_li
 
 async def test_a_configured_target_pointing_at_its_own_face_is_refused(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="companion.bridge")
+    caplog.set_level(logging.INFO, logger="companion")
     own_port = free_port_block(8)  # the first face this bridge opens takes this port
     config = bridge_config(tmp_path, f"targets:\n  - {{name: Loop, address: 127.0.0.1, port: {own_port}}}\n")
-    bridge = Bridge(dataclasses.replace(config, http=dataclasses.replace(config.http, face_port_base=own_port)))
-    await bridge.start()
-    try:
+    config = dataclasses.replace(config, http=dataclasses.replace(config.http, face_port_base=own_port))
+    async with Bridge(config) as bridge:
         await until(lambda: "is a face of this bridge" in caplog.text, timeout=3,
                     message="the bridge refuses a target that is its own face")
         await until(lambda: bridge.faces == {}, timeout=2, message="the refused face is closed")
-    finally:
-        await bridge.stop()
 
 
 async def test_a_face_from_this_bridges_earlier_run_is_neither_bridged_nor_a_rival(
@@ -249,16 +227,12 @@ async def test_a_face_from_this_bridges_earlier_run_is_neither_bridged_nor_a_riv
     # The same identity as ours (same state dir): an advert of our previous run still on the LAN.
     ours = str(uuid.uuid4())
     target_id = stable_id("companion", player.ident)
-    async with FakeGdmPeer("player", headers={
+    old_advert = FakeGdmPeer("player", headers={
         "Resource-Identifier": face_identifier(target_id), "Name": "Living Room TV (bridge)", "Port": "9",
         "Product": "companion-bridge", "Bridge-Identifier": ours, "Bridged-Target": target_id,
-    }, bind=("0.0.0.0", short.gdm.player_port), group=GROUP, interface="127.0.0.1"):
-        bridge = Bridge(_with_id(short, ours))
-        await bridge.start()
-        try:
-            await until(lambda: _announced(bridge) == [target_id], timeout=3,
-                        message="our face opens despite the old advert of the same bridge")
-            assert [t.id for t in bridge.registry.targets()] == [target_id]
-            assert len(bridge.claims) == 0
-        finally:
-            await bridge.stop()
+    }, bind=("0.0.0.0", short.gdm.player_port), group=GROUP, interface="127.0.0.1")
+    async with old_advert, Bridge(_with_id(short, ours)) as bridge:
+        await until(lambda: _announced(bridge) == [target_id], timeout=3,
+                    message="our face opens despite the old advert of the same bridge")
+        assert [t.id for t in bridge.registry.targets()] == [target_id]
+        assert len(bridge.claims) == 0

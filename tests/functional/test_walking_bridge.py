@@ -9,8 +9,9 @@ import aiohttp
 import pytest
 from plexapi.client import PlexClient
 
-from companion.bridge import Bridge, face_identifier
+from companion.bridge import Bridge
 from companion.config import Config
+from companion.proto.gdm import face_identifier
 from companion.proto.timeline import parse_player_timeline
 from tests.fakes.companion_player import FakeCompanionPlayer
 from tests.fakes.controller import FakeController
@@ -101,20 +102,12 @@ async def test_unreachable_player_gives_the_controller_an_error_and_the_bridge_c
 
 async def test_face_keeps_its_port_across_restarts(
         config: Config, player: FakeCompanionPlayer, player_gdm: FakeGdmPeer) -> None:
-    first = Bridge(config)
-    await first.start()
-    try:
+    async with Bridge(config) as first:
         port = await _face_port(first, player)
         ident = next(iter(first.faces.values())).face.identity.machine_identifier
-    finally:
-        await first.stop()
-    second = Bridge(config)
-    await second.start()
-    try:
+    async with Bridge(config) as second:
         assert await _face_port(second, player) == port
         assert next(iter(second.faces.values())).face.identity.machine_identifier == ident
-    finally:
-        await second.stop()
 
 
 async def test_faces_are_announced_with_hello_and_bye(
@@ -122,15 +115,11 @@ async def test_faces_are_announced_with_hello_and_bye(
     listener = FakeGdmPeer("server", bind=("0.0.0.0", config.gdm.announce_port), group=config.gdm.group,
                            interface="127.0.0.1", use_case=UseCase.SILENT)
     async with listener:
-        bridge = Bridge(config)
-        await bridge.start()
-        try:
+        async with Bridge(config) as bridge:
             await _face_port(bridge, player)
             face_id = next(iter(bridge.faces.values())).face.identity.machine_identifier
             await listener.wait_for(lambda got: got.message is not None and got.message.kind == "hello"
                                     and got.message.get("Resource-Identifier") == face_id)
-        finally:
-            await bridge.stop()
         await listener.wait_for(lambda got: got.message is not None and got.message.kind == "bye"
                                 and got.message.get("Resource-Identifier") == face_id)
 
@@ -141,16 +130,10 @@ async def test_silent_target_goes_away_with_its_face(
     peer = FakeGdmPeer("player", headers={"Resource-Identifier": player.ident, "Name": player.name,
                                           "Port": str(player.port)},
                        bind=("0.0.0.0", config.gdm.player_port), group=config.gdm.group, interface="127.0.0.1")
-    bridge = Bridge(config)
-    await peer.start()
-    await bridge.start()
-    try:
+    async with peer, Bridge(config) as bridge:
         port = await _face_port(bridge, player)
         peer.use_case = UseCase.SILENT  # the TV is switched off: it stops answering searches
         await until(lambda: not bridge.faces, timeout=4, message="the face of a silent target closes")
         async with FakeController() as phone:
             with pytest.raises(aiohttp.ClientConnectionError):
                 await phone.request(f"http://127.0.0.1:{port}", "/resources", timeout=1)
-    finally:
-        await bridge.stop()
-        await peer.stop()

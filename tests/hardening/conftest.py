@@ -22,13 +22,9 @@ TOKEN = "HARDENING-TOKEN-b7e41f0c93"
 async def running_bridge(tmp_path: Path, extra: str = "", *, faces: int = 1,
                          timeouts: dict[str, float] | None = None) -> AsyncIterator[Bridge]:
     """A started Bridge from ``bridge_config``; stopped (and the wait for its faces bounded) after."""
-    bridge = Bridge(bridge_config(tmp_path, extra, timeouts=timeouts))
-    await bridge.start()
-    try:
+    async with Bridge(bridge_config(tmp_path, extra, timeouts=timeouts)) as bridge:
         await until(lambda: len(bridge.faces) >= faces, message=f"{faces} face(s) open")
         yield bridge
-    finally:
-        await bridge.stop()
 
 
 def face_port(bridge: Bridge, name: str | None = None) -> int:

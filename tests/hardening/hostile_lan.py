@@ -240,19 +240,17 @@ async def lan_lab(tmp_path: Path, extra: str = "", *, every_interface: bool = Fa
                             cors_origins=origins)
         if plextv is not None:
             PlexTvStore(config.state_path).save(AccountToken(plextv.issue_account_token()))  # `companion link`
-        bridge = Bridge(config)
         try:
-            await bridge.start()
-            await until(lambda: any(s.target.name == TV for s in bridge.faces.values()), timeout=10,
-                        message="the owner's TV has its face")
-            if plextv is not None:
-                tv = next(s.advert.resource_identifier for s in bridge.faces.values() if s.target.name == TV)
-                await until(lambda: bool((d := plextv.device_by_client(tv)) and d.connections), timeout=15,
-                            message="the owner's TV registered on plex.tv with the account token")
-            lab = Lab(lan, bridge, config, server, player, lan["attacker"], me, capture, plextv)
-            yield lab
+            async with Bridge(config) as bridge:
+                await until(lambda: any(s.target.name == TV for s in bridge.faces.values()), timeout=10,
+                            message="the owner's TV has its face")
+                if plextv is not None:
+                    tv = next(s.advert.resource_identifier for s in bridge.faces.values() if s.target.name == TV)
+                    await until(lambda: bool((d := plextv.device_by_client(tv)) and d.connections), timeout=15,
+                                message="the owner's TV registered on plex.tv with the account token")
+                lab = Lab(lan, bridge, config, server, player, lan["attacker"], me, capture, plextv)
+                yield lab
         finally:
-            await bridge.stop()
             await player.stop()
             await server.stop()
         await lab.assert_secrets_stayed_home()

@@ -70,13 +70,9 @@ async def scene(tmp_path: Path, extra: str = "", *, timeouts: dict[str, float] |
             config = dataclasses.replace(config, interfaces=(lan.self_address,),
                                          http=dataclasses.replace(config.http, bind="0.0.0.0",
                                                                   admin_port=free_port() if admin else 0))
-            bridge = Bridge(config)
-            await bridge.start()
-            try:
+            async with Bridge(config) as bridge:
                 await until(lambda: len(bridge.faces) >= 1, timeout=10, message="the TV's face open")
                 yield Scene(lan=lan, bridge=bridge, player=player, attacker=lan[hosts[0]])
-            finally:
-                await bridge.stop()
         finally:
             await player.stop()
 

@@ -138,20 +138,16 @@ async def test_a_connection_that_never_finishes_its_headers_is_closed_by_the_fac
     async def handler(_command: object) -> None:
         return None
 
-    async with aiohttp.ClientSession() as session:
-        face = Face(identity, handler, bind="127.0.0.1", port=0, session=session, limits=limits)
-        await face.start()
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", face.port)
-            writer.write(b"GET /resources HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: s")
-            await writer.drain()
-            started = time.monotonic()
-            async with asyncio.timeout(3):
-                assert await reader.read() == b""
-            assert time.monotonic() - started < 2.0
-            writer.close()
-        finally:
-            await face.stop()
+    async with aiohttp.ClientSession() as session, \
+            Face(identity, handler, bind="127.0.0.1", port=0, session=session, limits=limits) as face:
+        reader, writer = await asyncio.open_connection("127.0.0.1", face.port)
+        writer.write(b"GET /resources HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: s")
+        await writer.drain()
+        started = time.monotonic()
+        async with asyncio.timeout(3):
+            assert await reader.read() == b""
+        assert time.monotonic() - started < 2.0
+        writer.close()
 
 
 async def test_a_flood_of_long_polls_beyond_the_limit_is_answered_at_once(
@@ -226,16 +222,12 @@ async def test_a_configured_host_name_is_accepted_and_look_alikes_are_not() -> N
     async def handler(_command: object) -> None:
         return None
 
-    async with aiohttp.ClientSession() as session:
-        face = Face(identity, handler, bind="127.0.0.1", port=0, session=session, allowed_hosts=("bridge.lan",))
-        await face.start()
-        try:
-            for host, want in (("bridge.lan", 200), ("BRIDGE.LAN:1234", 200), ("bridge.lan.", 200),
-                               ("bridge.lan.evil.example", 421), ("evil-bridge.lan", 421), ("lan", 421)):
-                async with session.get(f"http://127.0.0.1:{face.port}/resources", headers={"Host": host}) as resp:
-                    assert resp.status == want, f"Host {host!r}"
-        finally:
-            await face.stop()
+    async with aiohttp.ClientSession() as session, \
+            Face(identity, handler, bind="127.0.0.1", port=0, session=session, allowed_hosts=("bridge.lan",)) as face:
+        for host, want in (("bridge.lan", 200), ("BRIDGE.LAN:1234", 200), ("bridge.lan.", 200),
+                           ("bridge.lan.evil.example", 421), ("evil-bridge.lan", 421), ("lan", 421)):
+            async with session.get(f"http://127.0.0.1:{face.port}/resources", headers={"Host": host}) as resp:
+                assert resp.status == want, f"Host {host!r}"
 
 
 async def test_cors_headers_only_for_configured_origins(tmp_path: Path, player: FakeCompanionPlayer) -> None:

@@ -90,11 +90,9 @@ async def test_the_token_appears_in_no_log_audit_file_answer_or_metric(
     config = dataclasses.replace(config, http=dataclasses.replace(config.http, admin_port=free_port()))
     account_token = plextv.issue_account_token()  # linked: the account token is in use throughout
     PlexTvStore(config.state_path).save(AccountToken(account_token))
-    bridge = Bridge(config)
     answers: list[str] = []
     files_running: dict[str, bytes] = {}
-    await bridge.start()
-    try:
+    async with Bridge(config) as bridge:
         await until(lambda: len(bridge.faces) == len(PLAYERS), message="every face open")
         await until(lambda: len([d for d in plextv.players() if d.connections]) == len(PLAYERS), timeout=20,
                     message="every face registered on plex.tv")
@@ -145,8 +143,6 @@ async def test_the_token_appears_in_no_log_audit_file_answer_or_metric(
         metrics = bridge.metrics.render().decode()
         files_running = database_bytes(tmp_path / "state")
         modes = sorted(f.decision.mode for f in bridge.flings.recent) if bridge.flings else []
-    finally:
-        await bridge.stop()
     files_stopped = database_bytes(tmp_path / "state")
 
     assert statuses == {"Secure TV": 200, "Old TV": 200, "Insecure TV": 200, "Strict TV": 403, "Broken TV": 502,

@@ -32,7 +32,7 @@ async def test_a_discovered_server_moves_only_where_its_certificate_is(
     impostor = FakePlexServer(token="impostor-token", host="127.0.0.3", machine_identifier=IDENT)
     for fake in (real, moved, impostor):
         await fake.start()
-    caplog.set_level(logging.INFO, logger="companion.bridge")
+    caplog.set_level(logging.INFO, logger="companion")
     try:
         async with running_bridge(tmp_path, faces=0) as bridge:
             port = bridge.config.gdm.announce_port
