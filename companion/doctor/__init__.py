@@ -9,7 +9,6 @@ server's ``/identity``, which Plex answers without one).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
@@ -19,7 +18,6 @@ import socket
 import ssl
 import struct
 import sys
-import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -699,25 +697,5 @@ async def run_doctor(config: Config, *, server_url: str | None = None, bridge: B
     return stamped(findings, datetime.now(UTC))
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
-    """``companion doctor [--server URL] [--json]``: exit 0 all PASS, 1 worst WARN, 2 any FAIL."""
-    from companion.cli import _config_from_args
-
-    config = _config_from_args(args)
-    server_url: str | None = getattr(args, "server", None)
-    as_json = bool(getattr(args, "json", False))
-    if server_url:
-        parse_server_url(server_url)  # a bad URL is a usage error before any check runs
-    started = time.monotonic()
-    findings = asyncio.run(run_doctor(config, server_url=server_url))
-    if as_json:
-        json.dump({"findings": findings_to_json(findings), "exit_code": exit_code(findings)}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(format_findings(findings))
-        print(f"({time.monotonic() - started:.1f} s)", file=sys.stderr)
-    return exit_code(findings)
-
-
-__all__ = ["Finding", "KnownServer", "cmd_doctor", "exit_code", "findings_to_json", "format_findings",
+__all__ = ["Finding", "KnownServer", "exit_code", "findings_to_json", "format_findings",
            "parse_server_url", "run_doctor"]

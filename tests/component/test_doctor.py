@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from companion.commands.doctor import cmd_doctor
 from companion.config import Config
 from companion.doctor import (
     Finding,
     check_clock,
     check_gdm_multicast,
     check_ports,
-    cmd_doctor,
     exit_code,
     format_findings,
     parse_server_url,
