@@ -16,7 +16,6 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -43,6 +42,7 @@ from companion.errors import (
     TrustError,
 )
 from companion.faces.app import Face, FaceLimits
+from companion.faceslot import FaceSlot
 from companion.flinging import Fling, FlingService, Prepared
 from companion.limits import connection_budget, nofile_limit
 from companion.metrics import Metrics
@@ -121,22 +121,6 @@ def claim_lapse(target_expiry: float, search_interval: float) -> float:
     if target_expiry >= 3 * search_interval:
         return target_expiry - search_interval
     return target_expiry
-
-
-@dataclass
-class FaceSlot:
-    """One bridged target: its adapter, its face and the GDM advert that announces the face."""
-
-    target: Target
-    adapter: TargetAdapter
-    face: Face
-    advert: Advert
-    commands: int = 0
-    errors: int = 0
-    last_error: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
-    watches: list[OutcomeWatch] = field(default_factory=list)  # flings whose outcome is being watched
-    announced: bool = False  # in GDM answers and HELLOs (a face is quiet until then)
 
 
 class Bridge:
