@@ -13,7 +13,9 @@ from companion.config import config_from_args
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """``companion doctor [--server URL] [--json]``: exit 0 all PASS, 1 worst WARN, 2 any FAIL."""
-    from companion.doctor import exit_code, findings_to_json, format_findings, parse_server_url, run_doctor
+    from companion.doctor.findings import exit_code, findings_to_json, format_findings
+    from companion.doctor.run import run_doctor
+    from companion.doctor.servers import parse_server_url
 
     config = config_from_args(args)
     server_url: str | None = getattr(args, "server", None)
