@@ -54,6 +54,7 @@ class _JournalFormatter(logging.Formatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``companion`` and every subcommand; each sets ``func``, the command to run."""
     parser = argparse.ArgumentParser(prog="companion", description=(
         "companion-bridge: presents LAN players as Plex Companion players and secures every fling."))
     parser.add_argument("--version", action="version", version=f"companion-bridge {__version__}")
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, set up logging and run the command; returns the exit code (78 on a config error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "explain" and not args.target and not args.profile:

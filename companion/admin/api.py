@@ -54,6 +54,8 @@ class LockView:
 
 @dataclass(frozen=True)
 class TargetView:
+    """One bridged target as the page and ``/api/targets`` show it: face, profile, counters, locks, channels."""
+
     id: str
     name: str
     kind: str
@@ -78,6 +80,7 @@ class TargetView:
 
     @property
     def assumed(self) -> bool:
+        """True when the profile is only assumed (nothing measured or reported backs it)."""
         return self.confidence == "assumed"
 
 
@@ -182,12 +185,14 @@ def _iso(moment: datetime) -> str:
 
 
 def lock_json(lock: LockView) -> dict[str, Any]:
+    """The JSON shape of one lock (a target and a server: secure or not, and why)."""
     return {"server": {"id": lock.server_id, "name": lock.server_name}, "lock": lock.state,
             "secure": lock.state == "closed", "mode": lock.mode, "source": lock.source,
             "token_exposed": lock.token_exposed, "reasons": _reasons(lock.reasons)}
 
 
 def target_json(view: TargetView) -> dict[str, Any]:
+    """The ``/api/targets`` shape of one target view."""
     return {
         "id": view.id, "name": view.name, "kind": view.kind, "address": view.address, "port": view.port,
         "available": view.available,
@@ -223,6 +228,7 @@ def chain_json(facts: ServerFacts) -> dict[str, Any]:
 
 
 def server_json(bridge: BridgeView, server: Server) -> dict[str, Any]:
+    """One known server with its measured TLS and the probe's state (never its token)."""
     probed = bridge.probe.status(server.id, server.address, server.port)
     facts = probed.facts
     at = datetime.fromtimestamp(probed.checked_at, UTC) if probed.checked_at is not None else None
@@ -235,6 +241,7 @@ def server_json(bridge: BridgeView, server: Server) -> dict[str, Any]:
 
 
 def servers_json(bridge: BridgeView) -> list[dict[str, Any]]:
+    """Every known server, by name (``/api/servers``)."""
     return [server_json(bridge, s) for s in sorted(bridge.registry.servers(), key=lambda s: (s.name, s.id))]
 
 
@@ -250,6 +257,7 @@ def fling_json(fling: Fling) -> dict[str, Any]:
 
 
 def profiles_json(bridge: BridgeView) -> list[dict[str, Any]]:
+    """Every loaded profile as ``describe`` gives it (``/api/profiles``)."""
     return [describe(p) for p in bridge.profiles.profiles.values()]
 
 

@@ -350,9 +350,9 @@ class AdminServer:
         self._authorize(request)
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, "the body must be a JSON object: {\"target\": ..., \"server\": ..., \"key\": "
-                                "\"/library/metadata/1\", \"offset\": 0}") from None
+                                "\"/library/metadata/1\", \"offset\": 0}") from exc
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
         target = self._find_target(_text(body, "target", required=True))

@@ -15,6 +15,7 @@ from companion.errors import CompanionError, ConfigError
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """Probe the server and judge it for the target's profile; 0 when secure, 1 when not."""
     config = config_from_args(args)
     return asyncio.run(_explain(config, args))
 

@@ -12,6 +12,7 @@ from companion.config import config_from_args
 
 
 def cmd_profiles_lint(args: argparse.Namespace) -> int:
+    """Lint profile and root-store files (default: the shipped ones); 1 when any has an error."""
     from companion.security.profiles import lint
 
     paths = [Path(p) for p in args.paths]
@@ -26,6 +27,7 @@ def cmd_profiles_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles_list(args: argparse.Namespace) -> int:
+    """List the loaded profiles: transport, TLS, roots, DNS, confidence, what they match."""
     from companion.security.profiles import describe
     from companion.security.trust import root_outlook
 
@@ -48,6 +50,7 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles_evidence(args: argparse.Namespace) -> int:
+    """Per profile, from the audit log: flings, failures on the device, and the claims they contradict."""
     from companion.audit import AuditLog
     from companion.security.claims import evidence_to_json, summarize
 

@@ -69,8 +69,8 @@ def parse_server_url(url: str) -> KnownServer:
         raise ConfigError(f"--server: expected http(s)://host:port, got {url!r}")
     try:
         port = parts.port or 32400
-    except ValueError:
-        raise ConfigError(f"--server: bad port in {url!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--server: bad port in {url!r}") from exc
     host = parts.hostname
     try:
         parsed = plexdirect.parse_name(host)
@@ -209,6 +209,7 @@ async def server_date(session: aiohttp.ClientSession, server: KnownServer) -> da
 
 async def check_clock(servers: Sequence[KnownServer], leaves: Sequence[ServerFacts], now: datetime,
                       *, timeout: float = HTTP_TIMEOUT) -> Finding:
+    """Is this machine's clock plausible, and close to the servers' (their certificates, their Date header)?"""
     if now < BUILD_DATE:
         return Finding("clock", "FAIL", f"the clock says {now:%Y-%m-%d %H:%M} UTC, before this release was built",
                        "enable time synchronisation (e.g. `timedatectl set-ntp true`)")
