@@ -26,7 +26,7 @@ from cryptography import x509
 from companion import __version__
 from companion.admin.app import AdminServer
 from companion.audit import AuditLog
-from companion.bridge_faces import FaceSlot, FaceWiring, local_address_towards
+from companion.bridge_faces import FaceWiring, local_address_towards
 from companion.bridge_flings import FlingCarrier
 from companion.bridge_lan import LanGlue, claim_lapse
 from companion.bridge_publish import Publication
@@ -36,6 +36,7 @@ from companion.discovery.gdm import GdmResponder, GdmScanner
 from companion.discovery.mdns import MdnsDiscovery, MdnsSettings
 from companion.election import Claims
 from companion.errors import ConfigError, ProtocolError, StateError
+from companion.faceslot import FaceSlot
 from companion.flinging import FlingService
 from companion.limits import connection_budget, nofile_limit
 from companion.metrics import Metrics

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -24,8 +23,8 @@ from companion.discovery.mdns import MdnsDiscovery
 from companion.election import Claims
 from companion.errors import CompanionError, StateError
 from companion.faces.app import Face, FaceLimits
+from companion.faceslot import FaceSlot
 from companion.model import Command, FaceMarks, Target, TargetKind
-from companion.outcomes import OutcomeWatch
 from companion.proto.companion import FaceIdentity
 from companion.proto.gdm import Advert, face_identifier
 from companion.proto.timeline import PlayerState
@@ -51,22 +50,6 @@ def local_address_towards(address: str) -> str:
             return str(probe.getsockname()[0])
     except OSError:
         return "127.0.0.1" if family == socket.AF_INET else "::1"
-
-
-@dataclass
-class FaceSlot:
-    """One bridged target: its adapter, its face and the GDM advert that announces the face."""
-
-    target: Target
-    adapter: TargetAdapter
-    face: Face
-    advert: Advert
-    commands: int = 0
-    errors: int = 0
-    last_error: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
-    watches: list[OutcomeWatch] = field(default_factory=list)  # flings whose outcome is being watched
-    announced: bool = False  # in GDM answers and HELLOs (a face is quiet until then)
 
 
 class FaceWiring:

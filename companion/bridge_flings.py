@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from companion.bridge_faces import FaceSlot, local_address_towards
+from companion.bridge_faces import local_address_towards
 from companion.config import Config
 from companion.errors import CompanionError, PolicyRefusal, ProtocolError, TargetError, TargetUnavailable
+from companion.faceslot import FaceSlot
 from companion.flinging import Fling, FlingService, Prepared
 from companion.metrics import Metrics
 from companion.model import Command, Controller, MediaRequest, Target, TargetKind

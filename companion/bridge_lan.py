@@ -26,7 +26,7 @@ from companion.registry import Registry
 from companion.security.probe import ProbeCache, leaf_fingerprint
 
 if TYPE_CHECKING:
-    from companion.bridge_faces import FaceSlot
+    from companion.faceslot import FaceSlot
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from companion.state import StateDir
 from companion.visibility import Channel, Provider
 
 if TYPE_CHECKING:
-    from companion.bridge_faces import FaceSlot
+    from companion.faceslot import FaceSlot
 
 
 class Publication:

@@ -7,7 +7,9 @@ only, every value with its line), the same reader as the device profiles'.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -521,3 +523,18 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 
 def default_name() -> str:
     return f"companion-bridge on {socket.gethostname()}"
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config a command runs with: ``--config FILE``, else $COMPANION_CONFIG, else the embedded defaults."""
+    path = args.config or os.environ.get("COMPANION_CONFIG") or None  # set but empty = not set
+    if path and not args.config and not os.path.exists(path):
+        # COMPANION_CONFIG from the service unit names the usual place; no file there = defaults.
+        logging.getLogger(__name__).info("no config file at %s (COMPANION_CONFIG); running on the embedded "
+                                         "defaults", path)
+        path = None
+    config = load_config(path)
+    state_env = os.environ.get("STATE_DIRECTORY")  # systemd's StateDirectory=: the first one is ours
+    if state_env and config.state_dir == DEFAULT_STATE_DIR:
+        config = replace(config, state_dir=state_env.split(":")[0])
+    return config

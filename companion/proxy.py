@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 from urllib.parse import urlencode
 
 import aiohttp
@@ -34,14 +34,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from companion.errors import CompanionError, ProtocolError
 from companion.faces.app import Face
 from companion.faces.middleware import status_for
+from companion.faceslot import FaceSlot
 from companion.model import Server, redacted, scrub
 from companion.proto import plexdirect
 from companion.proto.companion import parse_request, response_xml
 from companion.proto.proxy import MAX_POLL_BYTES, ProxyCommand, command_request_values, parse_poll, poll_params
 from companion.visibility import ChannelView
-
-if TYPE_CHECKING:
-    from companion.bridge import FaceSlot
 
 log = logging.getLogger(__name__)
 

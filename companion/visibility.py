@@ -11,13 +11,14 @@ poller) can put its own provider in place of the default one here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
-if TYPE_CHECKING:
-    from companion.bridge import Bridge, FaceSlot
+from companion.config import Config
+from companion.discovery.gdm import GdmResponder
+from companion.faceslot import FaceSlot
 
 Channel = Literal["gdm", "plextv", "proxy"]
 CHANNELS: tuple[Channel, ...] = ("gdm", "plextv", "proxy")
@@ -39,10 +40,38 @@ class ChannelView:
 
     @property
     def visible(self) -> bool:
+        """True when a controller looking through this channel finds the face now."""
         return self.state == "visible"
 
 
-Provider = Callable[["Bridge", "FaceSlot", datetime], Sequence[ChannelView]]
+class ProxyViews(Protocol):
+    """The servers' companion proxy poller, as far as visibility reads it."""
+
+    def views(self, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:
+        """One view per known server of one face."""
+
+
+class VisibilitySource(Protocol):
+    """What the providers read of the running bridge (the Bridge has it; the admin's view too)."""
+
+    @property
+    def config(self) -> Config:
+        """The configuration the bridge runs with."""
+
+    @property
+    def gdm_responder(self) -> GdmResponder | None:
+        """The GDM responder while it runs."""
+
+    @property
+    def proxy(self) -> ProxyViews | None:
+        """The companion proxy poller, when proxy.enabled."""
+
+    @property
+    def visibility(self) -> Mapping[Channel, Provider]:
+        """The provider of each channel."""
+
+
+Provider = Callable[[VisibilitySource, FaceSlot, datetime], Sequence[ChannelView]]
 
 
 def age_text(moment: datetime | None, now: datetime) -> str:
@@ -63,7 +92,7 @@ def _at(wall: float | None) -> datetime | None:
     return datetime.fromtimestamp(wall, UTC) if wall is not None else None
 
 
-def gdm_view(bridge: Bridge, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:
+def gdm_view(bridge: VisibilitySource, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:
     """LAN GDM: the responder answers searches for every face and announces HELLO."""
     cfg = bridge.config.gdm
     if not cfg.enabled:
@@ -84,14 +113,14 @@ def gdm_view(bridge: Bridge, slot: FaceSlot, now: datetime) -> Sequence[ChannelV
     return [ChannelView("gdm", "visible", detail, "", latest)]
 
 
-def plextv_not_linked(bridge: Bridge, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:
+def plextv_not_linked(bridge: VisibilitySource, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:
     """plex.tv until an account is linked: the apps that list players from plex.tv do not see it."""
     return [ChannelView("plextv", "missing",
                         "not linked to a Plex account, so plex.tv does not list this face (the Plex mobile "
                         "apps, Plexamp and app.plex.tv may not show it)", "run `companion link`")]
 
 
-def proxy_view(bridge: Bridge, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:
+def proxy_view(bridge: VisibilitySource, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:
     """The servers' companion proxy: one view per known server."""
     service = bridge.proxy
     if service is None:
@@ -105,7 +134,7 @@ def default_providers() -> dict[Channel, Provider]:
     return {"gdm": gdm_view, "plextv": plextv_not_linked, "proxy": proxy_view}
 
 
-def face_visibility(bridge: Bridge, slot: FaceSlot, now: datetime) -> tuple[ChannelView, ...]:
+def face_visibility(bridge: VisibilitySource, slot: FaceSlot, now: datetime) -> tuple[ChannelView, ...]:
     """Every channel's view of one face, in CHANNELS order."""
     views: list[ChannelView] = []
     for channel in CHANNELS:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from companion import __version__
 from companion.audit import scrub
+from companion.bridge_view import BridgeView
 from companion.errors import CompanionError
 from companion.flinging import Fling
 from companion.model import Server, Target
@@ -25,8 +26,7 @@ from companion.security.trust import display_name
 from companion.visibility import ChannelView, channel_json, face_visibility
 
 if TYPE_CHECKING:
-    from companion.bridge import Bridge
-    from companion.doctor import Finding
+    from companion.doctor.findings import Finding
     from companion.security.facts import ServerFacts
 
 LockState = Literal["closed", "open", "unknown"]
@@ -54,6 +54,8 @@ class LockView:
 
 @dataclass(frozen=True)
 class TargetView:
+    """One bridged target as the page and ``/api/targets`` show it: face, profile, counters, locks, channels."""
+
     id: str
     name: str
     kind: str
@@ -78,6 +80,7 @@ class TargetView:
 
     @property
     def assumed(self) -> bool:
+        """True when the profile is only assumed (nothing measured or reported backs it)."""
         return self.confidence == "assumed"
 
 
@@ -100,7 +103,7 @@ def _server_name(server: Server) -> str:
     return server.name or f"{server.address}:{server.port}"
 
 
-def _predict(bridge: Bridge, target: Target, server: Server, now: datetime) -> LockView:
+def _predict(bridge: BridgeView, target: Target, server: Server, now: datetime) -> LockView:
     name = _server_name(server)
     probed = bridge.probe.status(server.id, server.address, server.port)
     facts = probed.facts
@@ -121,7 +124,7 @@ def _predict(bridge: Bridge, target: Target, server: Server, now: datetime) -> L
                     decision.reasons)
 
 
-def target_views(bridge: Bridge, now: datetime) -> list[TargetView]:
+def target_views(bridge: BridgeView, now: datetime) -> list[TargetView]:
     """One view per bridged target (face), sorted by name, each with a lock per known server."""
     last: dict[tuple[str, str], Fling] = {}
     if bridge.flings is not None:
@@ -163,7 +166,7 @@ def target_views(bridge: Bridge, now: datetime) -> list[TargetView]:
     return views
 
 
-def plextv_account(bridge: Bridge) -> str:
+def plextv_account(bridge: BridgeView) -> str:
     """The linked account's name for the page header ("" when not linked)."""
     if bridge.plextv is None or bridge.plextv.account is None:
         return ""
@@ -182,12 +185,14 @@ def _iso(moment: datetime) -> str:
 
 
 def lock_json(lock: LockView) -> dict[str, Any]:
+    """The JSON shape of one lock (a target and a server: secure or not, and why)."""
     return {"server": {"id": lock.server_id, "name": lock.server_name}, "lock": lock.state,
             "secure": lock.state == "closed", "mode": lock.mode, "source": lock.source,
             "token_exposed": lock.token_exposed, "reasons": _reasons(lock.reasons)}
 
 
 def target_json(view: TargetView) -> dict[str, Any]:
+    """The ``/api/targets`` shape of one target view."""
     return {
         "id": view.id, "name": view.name, "kind": view.kind, "address": view.address, "port": view.port,
         "available": view.available,
@@ -222,7 +227,8 @@ def chain_json(facts: ServerFacts) -> dict[str, Any]:
     }
 
 
-def server_json(bridge: Bridge, server: Server) -> dict[str, Any]:
+def server_json(bridge: BridgeView, server: Server) -> dict[str, Any]:
+    """One known server with its measured TLS and the probe's state (never its token)."""
     probed = bridge.probe.status(server.id, server.address, server.port)
     facts = probed.facts
     at = datetime.fromtimestamp(probed.checked_at, UTC) if probed.checked_at is not None else None
@@ -234,7 +240,8 @@ def server_json(bridge: Bridge, server: Server) -> dict[str, Any]:
                       "checked_at": _iso(at) if at is not None else None}}
 
 
-def servers_json(bridge: Bridge) -> list[dict[str, Any]]:
+def servers_json(bridge: BridgeView) -> list[dict[str, Any]]:
+    """Every known server, by name (``/api/servers``)."""
     return [server_json(bridge, s) for s in sorted(bridge.registry.servers(), key=lambda s: (s.name, s.id))]
 
 
@@ -249,11 +256,12 @@ def fling_json(fling: Fling) -> dict[str, Any]:
             "playback": {"result": fling.playback or None, "reason": scrub(fling.playback_reason) or None}}
 
 
-def profiles_json(bridge: Bridge) -> list[dict[str, Any]]:
+def profiles_json(bridge: BridgeView) -> list[dict[str, Any]]:
+    """Every loaded profile as ``describe`` gives it (``/api/profiles``)."""
     return [describe(p) for p in bridge.profiles.profiles.values()]
 
 
-def health_json(bridge: Bridge, *, uptime: float, findings: Sequence[Finding], findings_at: datetime | None,
+def health_json(bridge: BridgeView, *, uptime: float, findings: Sequence[Finding], findings_at: datetime | None,
                 ) -> dict[str, Any]:
     """``ok`` unless a target is unavailable, a doctor check FAILed or a profile failed to load."""
     slots = list(bridge.faces.values())

@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -27,16 +27,12 @@ from companion import __version__
 from companion.admin import api
 from companion.admin.page import render_page
 from companion.audit import record_to_json, scrub
+from companion.bridge_view import BridgeView
 from companion.connections import ConnectionGate, start_site
-from companion.doctor import (
-    NO_SERVER_FINDING,
-    Finding,
-    findings_to_json,
-    mdns_from_bridge,
-    run_doctor,
-    stamped,
-    visibility_findings,
-)
+from companion.doctor.findings import NO_SERVER_FINDING, Finding, findings_to_json, stamped
+from companion.doctor.lan import mdns_from_bridge
+from companion.doctor.run import run_doctor
+from companion.doctor.visible import visibility_findings
 from companion.errors import (
     CommandNotSupported,
     CompanionError,
@@ -51,12 +47,8 @@ from companion.faces.middleware import host_allowed
 from companion.limits import ThrottledLog
 from companion.model import Server, Target
 from companion.parts import StartStopContext
-from companion.security.decide import Decision
 
-if TYPE_CHECKING:
-    from companion.bridge import Bridge
-
-log = logging.getLogger("companion.admin")
+log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024
 MAX_HEADER = 8190
@@ -96,7 +88,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 class AdminServer(StartStopContext):
     """The admin surface of one bridge (default port 32480)."""
 
-    def __init__(self, bridge: Bridge, *, bind: str, port: int, token: str, allowed_hosts: Collection[str] = (),
+    def __init__(self, bridge: BridgeView, *, bind: str, port: int, token: str, allowed_hosts: Collection[str] = (),
                  doctor_interval: float = DOCTOR_INTERVAL, gate: ConnectionGate | None = None) -> None:
         self._bridge = bridge
         self._gate = gate
@@ -177,7 +169,7 @@ class AdminServer(StartStopContext):
         if self._runner is not None:
             return
         runner = web.AppRunner(self._app, handle_signals=False, access_log=None, keepalive_timeout=IDLE_TIMEOUT,
-                               logger=QuietServerLog(logging.getLogger("companion.admin.http"), {}),
+                               logger=QuietServerLog(log.getChild("http"), {}),
                                shutdown_timeout=2.0, max_line_size=MAX_HEADER, max_field_size=MAX_HEADER)
         self._bound_port = await start_site(runner, self._bind, self._port, gate=self._gate, what="the admin page")
         self._runner = runner
@@ -352,9 +344,9 @@ class AdminServer(StartStopContext):
         self._authorize(request)
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, "the body must be a JSON object: {\"target\": ..., \"server\": ..., \"key\": "
-                                "\"/library/metadata/1\", \"offset\": 0}") from None
+                                "\"/library/metadata/1\", \"offset\": 0}") from exc
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
         target = self._find_target(_text(body, "target", required=True))
@@ -365,11 +357,7 @@ class AdminServer(StartStopContext):
         offset = body.get("offset", 0)
         if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 86_400_000 * 7:
             raise ApiError(400, "offset: expected whole milliseconds from 0")
-        fling_api = getattr(self._bridge, "fling_api", None)
-        if fling_api is None:
-            raise ApiError(501, "this bridge cannot fling from the admin API")
-        decision = cast(Decision, await fling_api(target_id=target.id, server_id=server.id, key=key,
-                                                  offset_ms=offset))
+        decision = await self._bridge.fling_api(target_id=target.id, server_id=server.id, key=key, offset_ms=offset)
         return _json({"target": {"id": target.id, "name": target.name}, "server": {"id": server.id},
                       "key": scrub(key), "offset": offset, "mode": decision.mode, "secure": decision.secure,
                       "flag": api.fling_flag(decision), "token_exposed": decision.token_exposed,

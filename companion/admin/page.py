@@ -19,7 +19,7 @@ from companion.flinging import Fling
 from companion.visibility import age_text
 
 if TYPE_CHECKING:
-    from companion.doctor import Finding
+    from companion.doctor.findings import Finding
 
 REFRESH_SECONDS = 10
 

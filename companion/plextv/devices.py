@@ -24,16 +24,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from companion.errors import CompanionError, PlexTvError, PlexTvUnauthorized, StateError
+from companion.faceslot import FaceSlot
 from companion.plextv.api import PlexTvApi
 from companion.plextv.store import AccountToken, DeviceRecord, PlexTvStore
 from companion.proto.plextv import Account, Identity
-from companion.visibility import ChannelView
-
-if TYPE_CHECKING:
-    from companion.bridge import Bridge, FaceSlot
+from companion.visibility import ChannelView, VisibilitySource
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +94,7 @@ def channel_view(status: FacePlexTv) -> ChannelView:
     return ChannelView("plextv", "pending", f"being registered on plex.tv{account}", "")
 
 
-def plextv_off(bridge: Bridge, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:
+def plextv_off(bridge: VisibilitySource, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:
     """The plex.tv channel when ``plextv.enabled`` is false."""
     return [ChannelView("plextv", "off", "registering faces on plex.tv is turned off in the config",
                         "set plextv.enabled: true, then run `companion link`")]
@@ -168,7 +165,7 @@ class PlexTvRegistrar:
         """Whether an account token is stored."""
         return self._token is not None
 
-    def view(self, bridge: Bridge, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:
+    def view(self, bridge: VisibilitySource, slot: FaceSlot, now: datetime) -> Sequence[ChannelView]:
         """This face's plex.tv channel (the bridge's visibility provider for ``plextv``)."""
         return [channel_view(self.status(slot.advert.resource_identifier))]
 

@@ -8,7 +8,6 @@ it ever had), then the token. Every failure is a PlexTvError with a message that
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import platform
 import sys
@@ -28,7 +27,7 @@ from companion.errors import (
     PlexTvUnreachable,
 )
 from companion.plextv.api import PlexTvApi
-from companion.plextv.store import AccountToken, PlexTvStore, give_to_directory_owner
+from companion.plextv.store import AccountToken, PlexTvStore
 from companion.proto.plextv import Account, Identity, Pin
 
 POLL_INTERVAL = 1.0  # python-plexapi's MyPlexPinLogin polls once a second too
@@ -189,59 +188,3 @@ async def unlink(api: PlexTvApi, store: PlexTvStore, identity: Identity, face_id
     await asyncio.to_thread(store.save_devices, {})
     removed = await asyncio.to_thread(store.remove)
     return Unlinked(tuple(deleted), removed)
-
-
-# -- the commands -----------------------------------------------------------------------------------
-
-
-def _store_and_ids(args: argparse.Namespace) -> tuple[Config, PlexTvStore, str, set[str]]:
-    from companion.cli import _config_from_args
-    from companion.proto.gdm import face_identifier
-    from companion.state import StateDir
-
-    config = _config_from_args(args)
-    state = StateDir(config.state_path)
-    token_file = Path(args.token_file) if getattr(args, "token_file", None) else None
-    store = PlexTvStore(config.state_path, token_file=token_file)
-    face_ids = {face_identifier(target_id) for target_id in state.face_ports()}
-    bridge_id = state.bridge_id()  # created here if the daemon never ran: the daemon must be able to read it
-    give_to_directory_owner(state.path / StateDir.IDENTITY)
-    return config, store, bridge_id, face_ids
-
-
-def cmd_link(args: argparse.Namespace) -> int:
-    """``companion link [--timeout S] [--token-file PATH]``: 0 linked, 1 expired/denied/401/unreachable."""
-    config, store, bridge_id, _ids = _store_and_ids(args)
-    if not config.plextv.enabled:
-        print("note: plextv.enabled is false in the config; the daemon registers no faces until it is true",
-              file=sys.stderr)
-
-    async def run() -> Linked:
-        async with PlexTvApi(config.plextv.url) as api:
-            return await link(api, store, bridge_identity(config, bridge_id), timeout=args.timeout)
-
-    result = asyncio.run(run())
-    print(f"linked to the Plex account {result.account.name!r}; token saved in {result.saved_to} (mode 0600)")
-    if store.credential is not None and store.credential.is_file():
-        print(f"note: the systemd credential {store.credential} takes precedence over that file", file=sys.stderr)
-    print("the running daemon registers its faces on plex.tv within a minute (no restart needed)")
-    return 0
-
-
-def cmd_unlink(args: argparse.Namespace) -> int:
-    """``companion unlink``: delete the bridge's plex.tv devices, then the token."""
-    config, store, bridge_id, face_ids = _store_and_ids(args)
-
-    async def run() -> Unlinked:
-        async with PlexTvApi(config.plextv.url) as api:
-            return await unlink(api, store, bridge_identity(config, bridge_id), face_ids)
-
-    result = asyncio.run(run())
-    for name in result.deleted:
-        print(f"deleted the plex.tv device {name!r}")
-    print(f"{len(result.deleted)} device(s) deleted; "
-          + (f"token removed from {store.token_file}" if result.token_removed else "no token file to remove"))
-    if store.credential is not None and store.credential.is_file():
-        print(f"the token also comes from the systemd credential {store.credential}: remove LoadCredential= "
-              "from the unit (and the file it names), or the daemon stays linked", file=sys.stderr)
-    return 0

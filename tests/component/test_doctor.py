@@ -14,18 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from companion.commands.doctor import cmd_doctor
 from companion.config import Config
-from companion.doctor import (
-    Finding,
-    check_clock,
-    check_gdm_multicast,
-    check_ports,
-    cmd_doctor,
-    exit_code,
-    format_findings,
-    parse_server_url,
-    run_doctor,
-)
+from companion.doctor.findings import Finding, exit_code, format_findings
+from companion.doctor.lan import check_gdm_multicast, check_ports
+from companion.doctor.run import run_doctor
+from companion.doctor.servers import check_clock, parse_server_url
 from companion.errors import ConfigError
 from companion.security.probe import probe_server
 from tests.component.test_dnscheck import upstream  # noqa: F401  (fixture)
@@ -243,7 +237,7 @@ async def test_mdns_check_counts_the_chromecasts_that_answer(tmp_path: Path) -> 
 
     from companion.config import MdnsConfig
     from companion.discovery.mdns import CAST_SERVICE
-    from companion.doctor import check_mdns
+    from companion.doctor.lan import check_mdns
 
     config = dataclasses.replace(config_of(tmp_path, resolver=None), mdns=MdnsConfig(enabled=True))
     (quiet,) = await check_mdns(config, wait=0.5)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from companion.bridge import Bridge
-from companion.doctor import check_plextv
+from companion.doctor.visible import check_plextv
 from companion.plextv.store import AccountToken, PlexTvStore
 from companion.visibility import face_visibility
 from tests.fakes.companion_player import FakeCompanionPlayer

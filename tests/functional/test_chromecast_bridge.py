@@ -17,9 +17,10 @@ from plexapi.client import PlexClient
 from zeroconf import ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
-from companion.bridge import Bridge, FaceSlot
+from companion.bridge import Bridge
 from companion.config import Config, MdnsConfig
 from companion.discovery.mdns import CAST_SERVICE
+from companion.faceslot import FaceSlot
 from companion.proto.timeline import parse_player_timeline
 from tests.fakes.cast_device import FakeCastDevice
 from tests.fakes.controller import FakeController

@@ -176,7 +176,7 @@ async def test_companion_doctor_shows_per_face_where_it_is_visible_with_the_fixe
     """The doctor CLI asks the running daemon (its admin API on loopback) and gives a finding per face."""
     import dataclasses
 
-    from companion.doctor import visibility_from_daemon
+    from companion.doctor.visible import visibility_from_daemon
     from tests.helpers import free_port
 
     config = proxy_config(tmp_path, quick_server, player)

@@ -18,7 +18,8 @@ import requests
 from plexapi.client import PlexClient
 from plexapi.server import PlexServer
 
-from companion.bridge import Bridge, FaceSlot
+from companion.bridge import Bridge
+from companion.faceslot import FaceSlot
 from tests.fakes.mpv_shim import MpvShim
 from tests.fakes.plex_server import FakePlexServer
 from tests.functional.test_real_player import SHIM_PORT, WAIT, loopback_config, make_server, shim_requests

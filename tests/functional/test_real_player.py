@@ -37,8 +37,9 @@ import requests
 from plexapi.client import PlexClient
 from plexapi.server import PlexServer
 
-from companion.bridge import Bridge, FaceSlot
+from companion.bridge import Bridge
 from companion.config import Config, parse_config
+from companion.faceslot import FaceSlot
 from companion.proto.timeline import TimelineEntry
 from tests.fakes.controller import FakeController, Push
 from tests.fakes.dns import PlexDirectResolver
