@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import unquote
 
 import aiohttp
@@ -29,12 +28,12 @@ from cryptography import x509
 from multidict import CIMultiDict
 from yarl import URL
 
-from companion.connections import ConnectionGate, GatedTCPSite
-from companion.errors import StateError
+from companion.connections import ConnectionGate, start_site
 from companion.faces.app import IDLE_TIMEOUT, QuietServerLog
 from companion.faces.middleware import host_allowed
 from companion.limits import ThrottledLog
 from companion.model import SECRET_PARAMS
+from companion.parts import StartStopContext
 from companion.relay.counters import RelayCounters
 from companion.relay.grants import Grant, GrantTable, Live, ip_of, unmapped
 from companion.relay.paths import PathRule, check_path, filter_query, refused_path_name
@@ -61,7 +60,7 @@ _RESPONSE_HEADERS = frozenset({
 _PUMPED_PREFIX = "/library/parts/"
 
 
-class Relay:
+class Relay(StartStopContext):
     """The relay's HTTP server, its grants, and its verified connections to Plex servers.
 
     ``async with Relay(...) as relay:`` starts it and stops it (ending every grant) on the way out.
@@ -103,43 +102,26 @@ class Relay:
 
     # -- lifecycle --
 
-    async def __aenter__(self) -> Relay:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         """Listen and open the upstream session; a second call does nothing."""
         if self._runner is not None:
             return
-        runner = await self._listen()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1]) if runner.addresses else self._requested_port
+        self._runner, self._port = await self._listen()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64, enable_cleanup_closed=False),
             auto_decompress=True,
         )
         log.info("relay listening on %s:%d", self._bind, self._port)
 
-    async def _listen(self) -> web.AppRunner:
-        """The relay's app on its gated site: the one place the relay starts listening."""
+    async def _listen(self) -> tuple[web.AppRunner, int]:
+        """The relay's app on its gated site, and the port it got: the one place the relay listens."""
         app = web.Application(client_max_size=REQUEST_BODY_CAP)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # No access log: request lines carry capabilities. Streams are cut on shutdown quickly.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handle_signals=False,
                                keepalive_timeout=IDLE_TIMEOUT, logger=QuietServerLog(log, {}))
-        await runner.setup()
-        site = GatedTCPSite(runner, self._bind, self._requested_port, gate=self._gate)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise StateError(f"relay cannot listen on {self._bind}:{self._requested_port}: "
-                             f"{exc.strerror or exc}") from exc
-        return runner
+        port = await start_site(runner, self._bind, self._requested_port, gate=self._gate, what="relay")
+        return runner, port
 
     async def stop(self) -> None:
         """End every grant, stop listening and close the upstream session."""
