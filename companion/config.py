@@ -43,17 +43,23 @@ class GdmConfig:
 
 @dataclass(frozen=True)
 class MdnsConfig:
+    """The ``mdns:`` section: Chromecast discovery over mDNS."""
+
     enabled: bool = True
 
 
 @dataclass(frozen=True)
 class ProxyConfig:
+    """The ``proxy:`` section: the faces on the servers' companion proxy."""
+
     # Register each face on the companion proxy of every configured server that has a token.
     enabled: bool = True
 
 
 @dataclass(frozen=True)
 class HttpConfig:
+    """The ``http:`` section: where the admin page, the faces and the relay listen."""
+
     bind: str = "0.0.0.0"
     admin_port: int = 32480
     face_port_base: int = 32500
@@ -64,6 +70,8 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class SecurityConfig:
+    """The ``security:`` section: the policy, the relay, the DNS check and extra roots."""
+
     policy: Policy = "preferred"
     relay: bool = True
     dns_check: bool = True
@@ -77,6 +85,8 @@ class SecurityConfig:
 
 @dataclass(frozen=True)
 class TimeoutsConfig:
+    """The ``timeouts:`` section, in seconds."""
+
     command: float = 5.0
     target_expiry: float = 120.0
     push: float = 5.0
@@ -104,6 +114,8 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class LabConfig:
+    """The ``lab:`` section: the capture lab of ``companion profiles capture``."""
+
     # The port `companion profiles capture` listens on for the devices it measures; nothing
     # listens there otherwise (the daemon never opens it). 0: any free port.
     port: int = 32482
@@ -111,6 +123,8 @@ class LabConfig:
 
 @dataclass(frozen=True)
 class PlexTvConfig:
+    """The ``plextv:`` section: the plex.tv account link and device registration."""
+
     enabled: bool = True
     url: str = "https://plex.tv"
     refresh_interval: float = 300.0
@@ -118,26 +132,33 @@ class PlexTvConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """One entry of ``servers:``: a Plex server named by URL, with its token if given."""
+
     url: str
     token: str | None = field(default=None, repr=False)
     line: int | None = None
 
     @property
     def scheme(self) -> str:
+        """``http`` or ``https``."""
         return urlsplit(self.url).scheme
 
     @property
     def host(self) -> str:
+        """The host part of the URL: an IP literal or a plex.direct name."""
         return urlsplit(self.url).hostname or ""
 
     @property
     def port(self) -> int:
+        """The URL's port, else the scheme's Plex default (443 for https, 32400 for http)."""
         parts = urlsplit(self.url)
         return parts.port or (443 if parts.scheme == "https" else 32400)
 
 
 @dataclass(frozen=True)
 class TargetConfig:
+    """One entry of ``targets:``: a player the owner names, with its profile and policy."""
+
     name: str
     address: str
     port: int
@@ -148,6 +169,8 @@ class TargetConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration, validated (built by :func:`parse_config` or the defaults)."""
+
     name: str = "companion-bridge"
     interfaces: tuple[str, ...] = ()
     face_suffix: str = " (bridge)"
@@ -171,6 +194,7 @@ class Config:
 
     @property
     def state_path(self) -> Path:
+        """``state_dir`` with ``~`` expanded."""
         return Path(os.path.expanduser(self.state_dir))
 
 
@@ -310,8 +334,8 @@ def _ip(ctx: _Ctx, node: Node, key: str) -> str:
     value = _str(ctx, node, key)
     try:
         return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ctx.error(node, key, f"expected an IP address, got {value!r}") from None
+    except ValueError as exc:
+        raise ctx.error(node, key, f"expected an IP address, got {value!r}") from exc
 
 
 def _multicast_or_ip(ctx: _Ctx, node: Node, key: str) -> str:
@@ -330,8 +354,8 @@ def _resolver(ctx: _Ctx, node: Node, key: str) -> str | None:
         ipaddress.ip_address(host or value)
         if port and not 1 <= int(port) <= 65535:
             raise ValueError(port)
-    except ValueError:
-        raise ctx.error(node, key, f"expected 'system', an IP address or IP:port, got {value!r}") from None
+    except ValueError as exc:
+        raise ctx.error(node, key, f"expected 'system', an IP address or IP:port, got {value!r}") from exc
     return value
 
 
@@ -412,19 +436,19 @@ def _server(ctx: _Ctx, node: Node, key: str) -> ServerConfig:
     try:
         parts = urlsplit(server.url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ctx.error(node, f"{key}.url", f"is not a valid URL: {server.url[:80]!r}") from None
+    except ValueError as exc:
+        raise ctx.error(node, f"{key}.url", f"is not a valid URL: {server.url[:80]!r}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ctx.error(node, f"{key}.url", f"expected http(s)://host:port, got {server.url!r}")
     host = parts.hostname
     try:
         ipaddress.ip_address(host)
-    except ValueError:
+    except ValueError as exc:
         # The bridge never resolves names itself (no SSRF through DNS): the server is named by its
         # IP, or by its plex.direct name, which carries the IP.
         if not host.lower().endswith(".plex.direct"):
             raise ctx.error(node, f"{key}.url", f"use the server's IP address or its plex.direct name, "
-                                                f"not {host!r}") from None
+                                                f"not {host!r}") from exc
     return server
 
 
@@ -433,8 +457,8 @@ def _plextv_url(ctx: _Ctx, node: Node, key: str) -> str:
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ctx.error(node, key, f"is not a valid URL: {value[:80]!r}") from None
+    except ValueError as exc:
+        raise ctx.error(node, key, f"is not a valid URL: {value[:80]!r}") from exc
     if parts.scheme != "https" or not parts.hostname or parts.username or parts.password or parts.query \
             or parts.fragment:
         # The account token travels to this URL: never in clear, never with extra parts that could hide a host.
@@ -522,6 +546,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 
 
 def default_name() -> str:
+    """The bridge's name when the config gives none: it names the host."""
     return f"companion-bridge on {socket.gethostname()}"
 
 

@@ -101,7 +101,7 @@ async def leaf_fingerprint(
     try:
         shake = await handshake(address, port, ctx, server_name, timeout)
     except (OSError, TimeoutError, ssl.SSLError) as exc:
-        raise _unreachable(address, port, exc, timeout) from None
+        raise _unreachable(address, port, exc, timeout) from exc
     if not shake.chain_der:
         raise TrustError(f"server {address}:{port} sent no certificate")
     return hashlib.sha256(shake.chain_der[0]).hexdigest()
@@ -119,7 +119,7 @@ async def probe_server(
     try:
         shake = await handshake(address, port, first, server_name, timeout)
     except (OSError, TimeoutError, ssl.SSLError) as exc:
-        raise _unreachable(address, port, exc, timeout) from None
+        raise _unreachable(address, port, exc, timeout) from exc
 
     limit = asyncio.Semaphore(_CIPHER_CONCURRENCY)
     untestable: set[str] = set()
