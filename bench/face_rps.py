@@ -193,6 +193,7 @@ def _sample(port: int) -> tuple[bytes, str]:
 
 
 def run(options: Options) -> Result:
+    """Measure a face's poll throughput against a bare aiohttp handler, alternating rounds."""
     concurrency = 8 if options.smoke else 64
     duration = 2.0 if options.smoke else 6.0
     rounds = 1 if options.smoke else 5

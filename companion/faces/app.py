@@ -60,6 +60,7 @@ class QuietServerLog(logging.LoggerAdapter[logging.Logger]):
 
     def log(self, level: int, msg: object, *args: object, exc_info: object = None,
             **kwargs: Any) -> None:
+        """Log as the adapted logger does, but an exception only by its type (throttled)."""
         exc = exc_info if isinstance(exc_info, BaseException) else None
         if exc_info is True:
             exc = sys.exc_info()[1]
@@ -158,6 +159,7 @@ class Face(StartStopContext):
 
     @property
     def identity(self) -> FaceIdentity:
+        """Who this face says it is."""
         return self._identity
 
     def update_identity(self, identity: FaceIdentity) -> None:
@@ -167,10 +169,12 @@ class Face(StartStopContext):
 
     @property
     def state(self) -> PlayerState:
+        """The current timeline state."""
         return self._state
 
     @property
     def available(self) -> bool:
+        """False while the target is unreachable."""
         return self._available
 
     @property
@@ -180,14 +184,17 @@ class Face(StartStopContext):
 
     @property
     def subscriber_count(self) -> int:
+        """Live push subscribers."""
         return self._subscribers.count
 
     @property
     def long_poll_count(self) -> int:
+        """Long-polls currently held."""
         return self._subscribers.open_polls
 
     @property
     def subscribers(self) -> Subscribers:
+        """The face's timeline audience."""
         return self._subscribers
 
     async def start(self) -> None:
@@ -198,7 +205,7 @@ class Face(StartStopContext):
             self._handle,
             request_factory=self._make_request,
             access_log=None,
-            logger=QuietServerLog(logging.getLogger("companion.faces.http"), {}),
+            logger=QuietServerLog(log, {}),
             keepalive_timeout=self._limits.idle_timeout,
             max_line_size=self._limits.max_header_size,
             max_field_size=self._limits.max_header_size,

@@ -126,6 +126,7 @@ class Subscribers:
             self._command_ids.popitem(last=False)
 
     def command_id(self, client_id: str) -> int | None:
+        """That controller's latest commandID, if known."""
         return self._command_ids.get(client_id)
 
     def render_for(self, client_id: str) -> bytes:
@@ -146,6 +147,7 @@ class Subscribers:
         return self._open_polls
 
     def subscribed(self, client_id: str) -> bool:
+        """True while that controller holds a live push subscription."""
         self._expire()
         return client_id in self._subs
 
@@ -194,6 +196,7 @@ class Subscribers:
         self._drop(oldest.client_id, f"gave way to a subscriber from {peer} ({source} held the most)")
 
     def unsubscribe(self, client_id: str, command_id: int | None = None) -> None:
+        """Drop that controller's push subscription (remembering its commandID)."""
         self.note_command(client_id, command_id)
         self._drop(client_id, "unsubscribed")
 
