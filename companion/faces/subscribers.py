@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from companion.errors import CompanionError, ProtocolError
-from companion.faces.push import PushConnection, PushFailed, open_push_connection, request_head
+from companion.faces.push import PushConnection, PushFailed, open_push_connection, push_request
 from companion.limits import ThrottledLog, heaviest_source
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ class Subscribers:
     async def _post(self, sub: _Subscriber, address: tuple[str, int, str], body: bytes) -> int:
         """A plain-http push on the subscriber's kept connection (one new connection if it was closed)."""
         host, port, host_header = address
-        data = request_head(host_header, self._headers(), len(body)) + body
+        data = push_request(host_header, self._headers(), body)
         connection = sub.connection
         if connection is not None and connection.reusable:
             try:

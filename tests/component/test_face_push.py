@@ -1,4 +1,5 @@
-"""The hand-written timeline push client against real listeners on 127.0.0.1 answering in every HTTP/1.x way."""
+"""The timeline push client (h11 on an asyncio protocol) against real listeners on 127.0.0.1,
+answering in every HTTP/1.x way."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from companion.faces.push import PushFailed, open_push_connection, request_head
+from companion.faces.push import PushFailed, open_push_connection, push_request
 from companion.faces.subscribers import Subscribers
 from tests.helpers import until
 
@@ -73,7 +74,7 @@ async def subscribers() -> AsyncIterator[Subscribers]:
 async def test_every_framing_of_an_answer_completes_the_push(answer: bytes) -> None:
     async with Listener(lambda n: answer) as listener:
         connection = await open_push_connection("127.0.0.1", listener.port)
-        status = await asyncio.wait_for(connection.push(request_head("x", {}, len(BODY)) + BODY), 2)
+        status = await asyncio.wait_for(connection.push(push_request("x", {}, BODY)), 2)
         assert status in (200, 204)
         # HTTP/1.0 answers close; HTTP/1.1 ones keep the connection for the next push.
         assert connection.reusable is answer.startswith(b"HTTP/1.1")
@@ -83,7 +84,7 @@ async def test_every_framing_of_an_answer_completes_the_push(answer: bytes) -> N
 async def test_an_answer_that_ends_at_close_completes_the_push() -> None:
     async with Listener(lambda n: b"HTTP/1.1 200 OK\r\n\r\nno length", close_after=True) as listener:
         connection = await open_push_connection("127.0.0.1", listener.port)
-        assert await asyncio.wait_for(connection.push(request_head("x", {}, 1) + b"x"), 2) == 200
+        assert await asyncio.wait_for(connection.push(push_request("x", {}, b"x")), 2) == 200
         assert not connection.reusable
 
 
@@ -93,13 +94,13 @@ async def test_a_malformed_answer_fails_the_push_and_closes(answer: bytes) -> No
     async with Listener(lambda n: answer) as listener:
         connection = await open_push_connection("127.0.0.1", listener.port)
         with pytest.raises(PushFailed):
-            await asyncio.wait_for(connection.push(request_head("x", {}, 1) + b"x"), 2)
+            await asyncio.wait_for(connection.push(push_request("x", {}, b"x")), 2)
         assert not connection.reusable
 
 
 def test_a_header_with_a_line_break_is_refused() -> None:
     with pytest.raises(PushFailed, match="line break"):
-        request_head("127.0.0.1:1", {"X-Plex-Device-Name": "TV\r\nX-Evil: 1"}, 0)
+        push_request("127.0.0.1:1", {"X-Plex-Device-Name": "TV\r\nX-Evil: 1"}, b"")
 
 
 async def test_pushes_to_one_subscriber_share_one_connection_and_carry_the_headers(subscribers: Subscribers) -> None:
