@@ -107,6 +107,7 @@ async def _client(face: str, direct: str, count: int) -> tuple[list[float], list
 
 
 def run(options: Options) -> Result:
+    """Measure face and direct command round trips; judge the face p50 against twice the direct one."""
     count = 100 if options.smoke else 2000
     with Child(_player, name="rtt-player") as player:
         direct_base = f"http://127.0.0.1:{player.recv()}"

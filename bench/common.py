@@ -49,6 +49,7 @@ class Result:
     note: str = ""
 
     def verdict(self, smoke: bool) -> str:
+        """The table's verdict column."""
         if self.note:
             return self.note
         if smoke:
@@ -87,6 +88,7 @@ def raise_fd_limit() -> None:
 
 
 def ms(seconds: float) -> str:
+    """Seconds as milliseconds, with three decimals below 10 ms."""
     return f"{seconds * 1e3:.3f} ms" if seconds < 0.01 else f"{seconds * 1e3:.1f} ms"
 
 
@@ -113,16 +115,18 @@ class Child:
 
     @property
     def pid(self) -> int:
+        """The helper's process id."""
         assert self._proc.pid is not None
         return self._proc.pid
 
     def recv(self, timeout: float = 60.0) -> Any:
+        """The helper's next message (BenchError on timeout, an ended helper or an error reply)."""
         if not self._here.poll(timeout):
             raise BenchError(f"{self.name}: no answer within {timeout:g} s")
         try:
             reply = self._here.recv()
-        except EOFError:
-            raise BenchError(f"{self.name}: the helper process ended (exit code {self._proc.exitcode})") from None
+        except EOFError as exc:
+            raise BenchError(f"{self.name}: the helper process ended (exit code {self._proc.exitcode})") from exc
         if isinstance(reply, tuple) and reply and reply[0] == "error":
             raise BenchError(f"{self.name}: {reply[1]}")
         return reply
@@ -133,6 +137,7 @@ class Child:
         return self.recv(timeout)
 
     def close(self) -> None:
+        """Ask the helper to stop, then join it (terminate, then kill, if it does not end)."""
         try:
             self._here.send(("stop",))
         except (BrokenPipeError, OSError):
@@ -214,4 +219,5 @@ def cpu_seconds() -> float:
 
 
 def in_netns() -> bool:
+    """True inside scripts/netns-run's private network namespace."""
     return os.environ.get("COMPANION_IN_NETNS") == "1"

@@ -91,6 +91,7 @@ def _plexapi() -> tuple[float, int]:
 
 
 def run(options: Options) -> Result:
+    """Time our GdmScanner and python-plexapi's scan over the same fake peers."""
     from tests.helpers import free_port
 
     count = 10 if options.smoke else 100

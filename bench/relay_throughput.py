@@ -324,6 +324,7 @@ def run(options: Options) -> Result:
 
 
 def main() -> None:
+    """Run the relay benchmark alone from the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("size", nargs="?", type=int, default=int(os.environ.get("RELAY_BENCH_SIZE", 2**30)))
     parser.add_argument("--smoke", action="store_true", help="8 MiB, for a quick check")

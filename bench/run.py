@@ -49,6 +49,7 @@ COLUMNS = ("name", "figure", "baseline", "ratio", "goal", "verdict")
 
 
 def table(results: list[Result], smoke: bool) -> str:
+    """The results as an aligned text table."""
     rows = [(r.name, r.figure, r.baseline, r.ratio, r.goal, r.verdict(smoke)) for r in results]
     widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [COLUMNS, *rows]]
@@ -57,6 +58,7 @@ def table(results: list[Result], smoke: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the chosen benchmarks, print the table, write the JSON results; the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="small sizes, quick; nothing is judged")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), metavar="NAME",

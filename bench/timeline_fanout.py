@@ -7,10 +7,13 @@ Method. Two helper processes on loopback, orchestrated by the runner:
   session like the bridge's (256 connections); on command it records ``time.monotonic()`` and
   calls ``update_state`` with a new paused video entry whose key names the round;
 * the audience: SUBS controllers subscribed with distinct X-Plex-Client-Identifiers, their
-  ``/:/timeline`` pushes received by 8 aiohttp listeners, plus POLLS long-polls
-  (``poll?wait=1``) on keep-alive connections; every delivery carrying the round's key is
-  stamped with ``time.monotonic()`` on arrival (CLOCK_MONOTONIC is system-wide on Linux, so the
-  stamps of the two processes compare).
+  ``/:/timeline`` pushes received on 8 listening sockets, plus POLLS long-polls
+  (``poll?wait=1``) on POLLS keep-alive connections; every delivery carrying the round's key is
+  stamped with ``time.monotonic()`` when its last byte has arrived (CLOCK_MONOTONIC is
+  system-wide on Linux, so the stamps of the two processes compare). The audience speaks
+  HTTP/1.1 on raw asyncio protocols (subscribing, which is not timed, uses aiohttp): on two
+  cores the 2,000 deliveries of a round land on one core, and a client library there would
+  time its own parsing, not the face (1,000 real controllers are 1,000 devices).
 
 Per round: the audience re-arms its long-polls; the runner waits until the face holds all of
 them; the face changes state; the audience waits for SUBS pushes and POLLS answers of that round.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from common import BenchError, Child, Options, Result, in_child, ms, percentile, progress, serve
@@ -30,6 +34,7 @@ from common import BenchError, Child, Options, Result, in_child, ms, percentile,
 LISTENERS = 8
 GOAL_S = 0.250
 KEY = re.compile(rb'key="/library/metadata/bench-(\d+)"')
+_OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK"
 
 
 def _face(conn: Connection, subs: int, polls: int) -> None:
@@ -84,8 +89,8 @@ def _audience(conn: Connection, port: int, subs: int, polls: int) -> None:
 
 async def _audience_main(conn: Connection, port: int, subs: int, polls: int) -> None:
     import aiohttp
-    from aiohttp import web
 
+    loop = asyncio.get_running_loop()
     arrivals: dict[int, list[float]] = {}
     pushes_total = [0]
     changed = asyncio.Event()
@@ -98,42 +103,34 @@ async def _audience_main(conn: Connection, port: int, subs: int, polls: int) -> 
             arrivals.setdefault(int(found.group(1)), []).append(now)
         changed.set()
 
-    async def on_push(request: web.Request) -> web.Response:
+    def on_push(body: bytes) -> None:
         pushes_total[0] += 1
-        note(await request.read())
-        return web.Response(text="OK")
+        note(body)
 
-    app = web.Application()
-    app.router.add_post("/:/timeline", on_push)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    listener_ports: list[int] = []
-    for _ in range(LISTENERS):
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-    listener_ports = [int(address[1]) for address in runner.addresses]
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False),
-                                    timeout=aiohttp.ClientTimeout(total=None))
-    polling: set[asyncio.Task[None]] = set()
-
-    async def long_poll(i: int) -> None:
-        async with session.get(f"{base}/player/timeline/poll", params={"wait": "1", "commandID": "1"},
-                               headers={"X-Plex-Client-Identifier": f"bench-poll-{i}"}) as resp:
-            note(await resp.read())
+    servers = [await loop.create_server(lambda: _PushListener(on_push), "127.0.0.1", 0, backlog=1024)
+               for _ in range(LISTENERS)]
+    listener_ports = [int(server.sockets[0].getsockname()[1]) for server in servers]
+    pollers: list[_LongPoll] = []
+    for i in range(polls):
+        request = (f"GET /player/timeline/poll?wait=1&commandID=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                   f"X-Plex-Client-Identifier: bench-poll-{i}\r\n\r\n").encode()
+        _, poller = await loop.create_connection(lambda r=request: _LongPoll(r, note), "127.0.0.1", port)
+        pollers.append(poller)
 
     async def subscribe() -> int:
         limit = asyncio.Semaphore(64)
+        async with aiohttp.ClientSession() as session:
 
-        async def one(i: int) -> None:
-            async with limit, session.get(
-                    f"{base}/player/timeline/subscribe",
-                    params={"protocol": "http", "port": str(listener_ports[i % LISTENERS]), "commandID": "1"},
-                    headers={"X-Plex-Client-Identifier": f"bench-sub-{i}", "X-Plex-Device-Name": f"sub {i}"}) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    raise RuntimeError(f"subscribe {i}: HTTP {resp.status}")
+            async def one(i: int) -> None:
+                params = {"protocol": "http", "port": str(listener_ports[i % LISTENERS]), "commandID": "1"}
+                headers = {"X-Plex-Client-Identifier": f"bench-sub-{i}", "X-Plex-Device-Name": f"sub {i}"}
+                async with limit, session.get(f"{base}/player/timeline/subscribe", params=params,
+                                              headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"subscribe {i}: HTTP {resp.status}")
 
-        await asyncio.gather(*(one(i) for i in range(subs)))
+            await asyncio.gather(*(one(i) for i in range(subs)))
         # Each subscription is answered with a push of the current timeline; wait for them all.
         async with asyncio.timeout(60):
             while pushes_total[0] < subs:
@@ -142,11 +139,9 @@ async def _audience_main(conn: Connection, port: int, subs: int, polls: int) -> 
         return pushes_total[0]
 
     async def arm() -> int:
-        for i in range(polls):
-            task = asyncio.get_running_loop().create_task(long_poll(i), name=f"long-poll-{i}")
-            polling.add(task)
-            task.add_done_callback(polling.discard)
-        return len(polling)
+        for poller in pollers:
+            poller.arm()
+        return len(pollers)
 
     async def collect(round_no: int, timeout: float) -> list[float]:
         want = subs + polls
@@ -155,20 +150,94 @@ async def _audience_main(conn: Connection, port: int, subs: int, polls: int) -> 
                 while len(arrivals.get(round_no, [])) < want:
                     changed.clear()
                     await changed.wait()
-        except TimeoutError:
+        except TimeoutError as exc:
             raise RuntimeError(f"round {round_no}: {len(arrivals.get(round_no, []))} of {want} deliveries "
-                               f"within {timeout:g} s") from None
+                               f"within {timeout:g} s") from exc
         return arrivals.pop(round_no)
 
     try:
         conn.send("ready")
         await serve(conn, {"subscribe": subscribe, "arm": arm, "collect": collect})
     finally:
-        for task in list(polling):
-            task.cancel()
-        await asyncio.gather(*polling, return_exceptions=True)
-        await session.close()
-        await runner.cleanup()
+        for poller in pollers:
+            poller.close()
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+
+
+def _message(buf: bytearray) -> tuple[bytes, bytes] | None:
+    """Take one complete HTTP/1.1 message (head, body) off the front of ``buf``; None until one is whole."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end]).lower()
+    start = head.find(b"\r\ncontent-length:")
+    if start < 0:
+        raise RuntimeError(f"a message without Content-Length: {head[:60]!r}")
+    line_end = head.find(b"\r\n", start + 2)
+    length = int(head[start + 17:line_end if line_end >= 0 else len(head)])
+    if len(buf) < end + 4 + length:
+        return None
+    body = bytes(buf[end + 4:end + 4 + length])
+    del buf[:end + 4 + length]
+    return head, body
+
+
+class _PushListener(asyncio.Protocol):
+    """A controller's ``/:/timeline`` listener: each POST is read whole, noted, and answered 200 (keep-alive)."""
+
+    def __init__(self, on_push: Callable[[bytes], None]) -> None:
+        self._on_push = on_push
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        while (message := _message(self._buf)) is not None:
+            head, body = message
+            if not head.startswith(b"post /:/timeline "):
+                raise RuntimeError(f"unexpected push request {head[:60]!r}")
+            self._on_push(body)
+            assert self._transport is not None
+            self._transport.write(_OK)
+
+
+class _LongPoll(asyncio.Protocol):
+    """One keep-alive connection holding a ``poll?wait=1``: :meth:`arm` sends it, the answer is noted."""
+
+    def __init__(self, request: bytes, on_answer: Callable[[bytes], None]) -> None:
+        self._request = request
+        self._on_answer = on_answer
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def arm(self) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise RuntimeError("a long-poll connection was closed by the face")
+        self._transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        while (message := _message(self._buf)) is not None:
+            head, body = message
+            if not head.startswith(b"http/1.1 200"):
+                raise RuntimeError(f"long-poll answered {head[:40]!r}")
+            self._on_answer(body)
+
+    def close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
 
 
 def _measure(subs: int, polls: int, rounds: int, label: str) -> list[float]:
@@ -197,6 +266,7 @@ def _measure(subs: int, polls: int, rounds: int, label: str) -> list[float]:
 
 
 def run(options: Options) -> Result:
+    """Measure fan-out latency to 1,000 subscribers and 1,000 long-polls against one subscriber."""
     subs, polls = (50, 50) if options.smoke else (1000, 1000)
     rounds = 3 if options.smoke else 10
     base = _measure(1, 0, 5 if options.smoke else 20, "one subscriber")

@@ -16,10 +16,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from zeroconf import IPVersion, ServiceStateChange, Zeroconf
-from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+# zeroconf is imported where it is used: with mDNS off, the daemon never loads it (3.8 MB of RSS).
+if TYPE_CHECKING:
+    from zeroconf import ServiceStateChange, Zeroconf
+    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from companion.model import Sighting
 
@@ -74,6 +76,9 @@ class MdnsDiscovery:
         """Create the zeroconf instance and start browsing (a no-op when mDNS is disabled)."""
         if not self._settings.enabled or self._aiozc is not None:
             return
+        from zeroconf import IPVersion
+        from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
+
         # IPv4 only: python-zeroconf cannot listen on ::1, and every Cast device and Plex
         # server we bridge is reachable over IPv4 on a home LAN.
         if self._settings.interfaces:
@@ -106,6 +111,8 @@ class MdnsDiscovery:
     def _on_change(self, *, zeroconf: Zeroconf, service_type: str, name: str,
                    state_change: ServiceStateChange) -> None:
         # Called by zeroconf in the event loop; it must not await, so resolving is a task.
+        from zeroconf import ServiceStateChange
+
         if state_change is ServiceStateChange.Removed:
             gone = self._seen.pop(name, None)
             if gone is not None:
@@ -118,6 +125,8 @@ class MdnsDiscovery:
         task.add_done_callback(self._tasks.discard)
 
     async def _resolve(self, zc: Zeroconf, service_type: str, name: str) -> None:
+        from zeroconf.asyncio import AsyncServiceInfo
+
         info = AsyncServiceInfo(service_type, name)
         if not await info.async_request(zc, RESOLVE_TIMEOUT_MS):
             log.debug("mDNS: %s did not resolve within %d ms", name, RESOLVE_TIMEOUT_MS)
@@ -156,6 +165,8 @@ def _instance_name(service_type: str, name: str) -> str:
 
 def sighting_from_service(service_type: str, name: str, info: AsyncServiceInfo) -> Sighting | None:
     """A Sighting from a resolved mDNS service, or None when it lacks an IPv4 address or a port."""
+    from zeroconf import IPVersion
+
     addresses = info.parsed_addresses(IPVersion.V4Only)
     if not addresses or not info.port:
         log.debug("mDNS: %s resolved without an IPv4 address or port; ignored", name)

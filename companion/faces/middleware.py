@@ -1,4 +1,4 @@
-"""The face's aiohttp middlewares: common headers and CORS, the Host allow-list, and error mapping.
+"""The face's request guard: the Host allow-list, CORS (preflight, cross-site refusal, headers), error mapping.
 
 Every domain error becomes an HTTP status here and nowhere else, always with a
 ``<Response code status/>`` body that says what went wrong. No message leaves with a token in it:
@@ -10,11 +10,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from companion.errors import (
     CommandNotSupported,
@@ -31,6 +30,8 @@ from companion.model import SECRET_PARAMS
 from companion.proto.companion import response_xml
 
 log = logging.getLogger(__name__)
+
+FaceHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 XML_CONTENT_TYPE = "text/xml"
 PREFLIGHT_METHODS = "POST, GET, OPTIONS, DELETE, PUT, HEAD"
@@ -62,7 +63,7 @@ def xml_response(code: int, status: str, *, http_status: int | None = None) -> w
                         content_type=XML_CONTENT_TYPE, charset="utf-8")
 
 
-def _secrets(request: web.Request) -> list[str]:
+def _secrets(request: web.BaseRequest) -> list[str]:
     values = [v for k, v in request.query.items() if k.lower() in SECRET_PARAMS]
     values += [v for k, v in request.headers.items() if k.lower() in SECRET_PARAMS]
     return [v for v in values if len(v) >= 4]
@@ -73,32 +74,6 @@ def scrub(message: str, secrets: Collection[str]) -> str:
     for secret in secrets:
         message = message.replace(secret, "<redacted>")
     return message
-
-
-def error_middleware() -> Middleware:
-    """Map CompanionError (and aiohttp's own HTTP errors) to statuses with a Response XML body."""
-
-    refusals = ThrottledLog(log)  # a flood of bad requests: one line a minute per status, with counts
-
-    @web.middleware
-    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except CompanionError as exc:
-            code = status_for(exc)
-            message = scrub(str(exc), _secrets(request)) or type(exc).__name__
-            refusals.log(code, time.monotonic(), logging.INFO, "%s %s -> %d: %s", request.method,
-                         request.path[:100], code, message)
-            return xml_response(code, message)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return xml_response(exc.status, exc.reason)
-        except Exception:
-            log.exception("%s %s: unexpected error", request.method, request.path)
-            return xml_response(500, "Internal error in the bridge (see its log)")
-
-    return errors
 
 
 def host_allowed(host: str | None, allowed_hosts: Collection[str]) -> bool:
@@ -134,32 +109,6 @@ def host_allowed(host: str | None, allowed_hosts: Collection[str]) -> bool:
     return name in {h.lower().rstrip(".") for h in allowed_hosts}
 
 
-def host_middleware(allowed_hosts: Collection[str]) -> Middleware:
-    """421 for any Host that is not an address of ours (DNS-rebinding defence, SECURITY.md 5)."""
-    allowed = frozenset(allowed_hosts)
-    verdicts: dict[str | None, bool] = {}  # a controller sends the same Host on every request
-    refusals = ThrottledLog(log)
-
-    @web.middleware
-    async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        host = request.headers.get("Host")
-        ok = verdicts.get(host)
-        if ok is None:
-            ok = host_allowed(host, allowed)
-            if len(verdicts) < 256:
-                verdicts[host] = ok
-        if ok:
-            return await handler(request)
-        shown = (host or "")[:100]
-        refusals.log(421, time.monotonic(), logging.WARNING,
-                     "refused %s %s from %s: Host %r is not an address of this player "
-                     "(possible DNS rebinding; add it to http allowed hosts if it is yours)",
-                     request.method, request.path[:100], request.remote, shown)
-        return xml_response(421, f"Misdirected Request: Host {shown!r} is not an address of this player")
-
-    return host_check
-
-
 class _Origins:
     """Which Origin gets which Access-Control-Allow-Origin (``*`` allows every origin)."""
 
@@ -172,25 +121,6 @@ class _Origins:
         if origin is not None and origin in self._origins:
             return origin
         return None
-
-
-def headers_middleware(face_id: Callable[[], str], cors_origins: Collection[str]) -> Middleware:
-    """The face id and CORS headers on every response, errors and 421 included (outermost)."""
-    origins = _Origins(cors_origins)
-
-    @web.middleware
-    async def face_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await handler(request)
-        response.headers["X-Plex-Client-Identifier"] = face_id()
-        response.headers["Access-Control-Expose-Headers"] = "X-Plex-Client-Identifier"
-        allowed = origins.allow(request.headers.get("Origin"))
-        if allowed is not None:
-            response.headers["Access-Control-Allow-Origin"] = allowed
-            if allowed != "*":
-                response.headers["Vary"] = "Origin"
-        return response
-
-    return face_headers
 
 
 # Who sends what (issue 12 row 6): python-plexapi sends only X-Plex-* headers (plexapi/config.py
@@ -210,53 +140,100 @@ def _origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url
 
 
-def origin_middleware(cors_origins: Collection[str]) -> Middleware:
-    """403 for a request from a web page of an origin outside ``http.cors_origins`` (cross-site requests):
+def cross_site_refusal(request: web.BaseRequest, origins: _Origins) -> str | None:
+    """Why a request from a web page of an origin outside ``http.cors_origins`` is refused (None: allowed):
     by its Origin, else its Referer, else its Sec-Fetch-Site."""
-    origins = _Origins(cors_origins)
-
-    @web.middleware
-    async def origin_check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method == "OPTIONS":
-            return await handler(request)  # the preflight answers (and refuses) on its own
-        origin = request.headers.get("Origin")
-        referer = request.headers.get("Referer")
-        if origin is not None:
-            if origins.allow(origin) is not None:
-                return await handler(request)
-            why = f"Origin {origin[:100]!r} is not allowed (http.cors_origins)"
-        elif referer is not None:
-            if origins.allow(_origin_of(referer)) is not None:
-                return await handler(request)
-            why = f"a web page of {_origin_of(referer)[:100]!r} (Referer) is not an allowed origin (http.cors_origins)"
-        elif request.headers.get("Sec-Fetch-Site", "").lower() in _CROSS_SITE:
-            why = "a request another web site's page made (Sec-Fetch-Site) without an allowed Origin"
-        else:
-            return await handler(request)
-        log.info("refused %s %s from %s: %s", request.method, request.path, request.remote, why)
-        return xml_response(403, f"Forbidden: {why}")
-
-    return origin_check
+    headers = request.headers
+    origin = headers.get("Origin")
+    if origin is not None:
+        if origins.allow(origin) is not None:
+            return None
+        return f"Origin {origin[:100]!r} is not allowed (http.cors_origins)"
+    referer = headers.get("Referer")
+    if referer is not None:
+        if origins.allow(_origin_of(referer)) is not None:
+            return None
+        return f"a web page of {_origin_of(referer)[:100]!r} (Referer) is not an allowed origin (http.cors_origins)"
+    if headers.get("Sec-Fetch-Site", "").lower() in _CROSS_SITE:
+        return "a request another web site's page made (Sec-Fetch-Site) without an allowed Origin"
+    return None
 
 
-def preflight_middleware(cors_origins: Collection[str]) -> Middleware:
+def preflight(request: web.BaseRequest, origins: _Origins) -> web.Response:
     """Answer CORS preflight (OPTIONS) as PMP does: 200, methods, echoed headers, max-age."""
-    origins = _Origins(cors_origins)
+    origin = request.headers.get("Origin")
+    if origin is not None and origins.allow(origin) is None:
+        return xml_response(403, f"Origin {origin[:100]!r} is not allowed")
+    response = web.Response(status=200, text="", content_type="text/plain")
+    response.headers["Access-Control-Allow-Methods"] = PREFLIGHT_METHODS
+    response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+    requested = request.headers.get("Access-Control-Request-Headers")
+    if requested:
+        response.headers["Access-Control-Allow-Headers"] = requested
+    response.force_close()
+    return response
 
-    @web.middleware
-    async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method != "OPTIONS":
-            return await handler(request)
-        origin = request.headers.get("Origin")
-        if origin is not None and origins.allow(origin) is None:
-            return xml_response(403, f"Origin {origin[:100]!r} is not allowed")
-        response = web.Response(status=200, text="", content_type="text/plain")
-        response.headers["Access-Control-Allow-Methods"] = PREFLIGHT_METHODS
-        response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
-        requested = request.headers.get("Access-Control-Request-Headers")
-        if requested:
-            response.headers["Access-Control-Allow-Headers"] = requested
-        response.force_close()
+
+def guarded(dispatch: FaceHandler, *, face_id: Callable[[], str], allowed_hosts: Collection[str],
+            cors_origins: Collection[str]) -> FaceHandler:
+    """``dispatch`` behind the face's checks, as one handler (one call per request, not a middleware chain).
+
+    In order: a Host that is not an address of ours gets 421 (DNS-rebinding defence, SECURITY.md 5);
+    OPTIONS gets the CORS preflight answer; a request from a web page of an origin outside
+    ``http.cors_origins`` gets 403; every other one goes to ``dispatch``, whose CompanionError (and
+    aiohttp's own HTTP errors) become statuses with a Response XML body. Every answer, refusals
+    included, carries the face id and the CORS headers.
+    """
+    origins = _Origins(cors_origins)
+    allowed = frozenset(allowed_hosts)
+    verdicts: dict[str | None, bool] = {}  # a controller sends the same Host on every request
+    host_refusals = ThrottledLog(log)
+    refusals = ThrottledLog(log)  # a flood of bad requests: one line a minute per status, with counts
+
+    async def guard(request: web.BaseRequest) -> web.StreamResponse:
+        response: web.StreamResponse
+        host = request.headers.get("Host")
+        ok = verdicts.get(host)
+        if ok is None:
+            ok = host_allowed(host, allowed)
+            if len(verdicts) < 256:
+                verdicts[host] = ok
+        if not ok:
+            shown = (host or "")[:100]
+            host_refusals.log(421, time.monotonic(), logging.WARNING,
+                              "refused %s %s from %s: Host %r is not an address of this player "
+                              "(possible DNS rebinding; add it to http allowed hosts if it is yours)",
+                              request.method, request.path[:100], request.remote, shown)
+            response = xml_response(421, f"Misdirected Request: Host {shown!r} is not an address of this player")
+        elif request.method == "OPTIONS":
+            response = preflight(request, origins)
+        elif (why := cross_site_refusal(request, origins)) is not None:
+            log.info("refused %s %s from %s: %s", request.method, request.path, request.remote, why)
+            response = xml_response(403, f"Forbidden: {why}")
+        else:
+            try:
+                response = await dispatch(request)
+            except CompanionError as exc:
+                code = status_for(exc)
+                message = scrub(str(exc), _secrets(request)) or type(exc).__name__
+                refusals.log(code, time.monotonic(), logging.INFO, "%s %s -> %d: %s", request.method,
+                             request.path[:100], code, message)
+                response = xml_response(code, message)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                response = xml_response(exc.status, exc.reason)
+            except Exception:
+                log.exception("%s %s: unexpected error", request.method, request.path)
+                response = xml_response(500, "Internal error in the bridge (see its log)")
+        headers = response.headers
+        headers["X-Plex-Client-Identifier"] = face_id()
+        headers["Access-Control-Expose-Headers"] = "X-Plex-Client-Identifier"
+        allowed_origin = origins.allow(request.headers.get("Origin"))
+        if allowed_origin is not None:
+            headers["Access-Control-Allow-Origin"] = allowed_origin
+            if allowed_origin != "*":
+                headers["Vary"] = "Origin"
         return response
 
-    return preflight
+    return guard

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from companion.errors import CompanionError, ProtocolError
+from companion.faces.push import PushConnection, PushFailed, open_push_connection, push_request
 from companion.limits import ThrottledLog, heaviest_source
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,15 @@ class _Subscriber:
     task: asyncio.Task[None] | None = None
     dirty: bool = False
     failures: int = 0
+    # Where plain-http pushes go (host, port, Host header), and the connection kept for them.
+    address: tuple[str, int, str] | None = None
+    connection: PushConnection | None = None
+
+    def close(self) -> None:
+        """Close the kept push connection, if any."""
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
 
 def callback_url(protocol: str, peer: str, port: int) -> str:
@@ -56,6 +66,16 @@ def callback_url(protocol: str, peer: str, port: int) -> str:
         peer = peer[len("::ffff:"):]
     host = f"[{peer}]" if ":" in peer else peer
     return f"{protocol}://{host}:{port}/:/timeline"
+
+
+def _push_address(protocol: str, peer: str, port: int) -> tuple[str, int, str] | None:
+    """(host, port, Host header) of a plain-http callback; None for https (sent through the session)."""
+    if protocol != "http":
+        return None
+    if peer.startswith("::ffff:") and "." in peer:
+        peer = peer[len("::ffff:"):]
+    host = f"[{peer}]" if ":" in peer else peer
+    return peer, port, host if port == 80 else f"{host}:{port}"
 
 
 class Subscribers:
@@ -106,6 +126,7 @@ class Subscribers:
             self._command_ids.popitem(last=False)
 
     def command_id(self, client_id: str) -> int | None:
+        """That controller's latest commandID, if known."""
         return self._command_ids.get(client_id)
 
     def render_for(self, client_id: str) -> bytes:
@@ -126,6 +147,7 @@ class Subscribers:
         return self._open_polls
 
     def subscribed(self, client_id: str) -> bool:
+        """True while that controller holds a live push subscription."""
         self._expire()
         return client_id in self._subs
 
@@ -139,16 +161,21 @@ class Subscribers:
         if self._closing:
             raise FaceBusy("subscribe: this player is shutting down")
         url = callback_url(protocol, peer, port)
+        address = _push_address(protocol, peer, port)
         self.note_command(client_id, command_id)
         self._expire()
         sub = self._subs.get(client_id)
         if sub is None:
             self._make_room(peer)
-            sub = _Subscriber(client_id=client_id, url=url, name=name, last_seen=self._clock(), source=peer)
+            sub = _Subscriber(client_id=client_id, url=url, name=name, last_seen=self._clock(), source=peer,
+                              address=address)
             self._subs[client_id] = sub
             log.info("%s: controller %r (%s) subscribed, pushing to %s", self._name, name, client_id, url)
         else:
+            if address != sub.address:
+                sub.close()
             sub.url, sub.name, sub.last_seen, sub.failures = url, name, self._clock(), 0
+            sub.address = address
         self._kick(sub)
 
     def _make_room(self, peer: str) -> None:
@@ -169,6 +196,7 @@ class Subscribers:
         self._drop(oldest.client_id, f"gave way to a subscriber from {peer} ({source} held the most)")
 
     def unsubscribe(self, client_id: str, command_id: int | None = None) -> None:
+        """Drop that controller's push subscription (remembering its commandID)."""
         self.note_command(client_id, command_id)
         self._drop(client_id, "unsubscribed")
 
@@ -178,6 +206,7 @@ class Subscribers:
             log.info("%s: controller %r (%s) %s", self._name, sub.name, client_id, why)
             if sub.task is not None:
                 sub.task.cancel()
+            sub.close()
 
     def touch(self, client_id: str) -> None:
         """A poll counts as a sign of life for that controller's push subscription."""
@@ -198,8 +227,10 @@ class Subscribers:
             event = self._changed
             self._open_polls += 1
             try:
+                # asyncio.timeout, not wait_for: no task per held poll, one wake-up step per answer.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), self._poll_hold)
+                    async with asyncio.timeout(self._poll_hold):
+                        await event.wait()
             finally:
                 self._open_polls -= 1
             self.touch(client_id)
@@ -226,6 +257,8 @@ class Subscribers:
         """Answer every held long-poll now, cancel every push and the ticker, and wait for them."""
         self._closing = True
         self._wake()
+        for sub in self._subs.values():
+            sub.close()
         self._subs.clear()
         tasks = list(self._tasks)
         for task in tasks:
@@ -276,17 +309,15 @@ class Subscribers:
 
     async def _push(self, sub: _Subscriber) -> None:
         body = self._render(self.command_id(sub.client_id), False)
-        headers = dict(self._headers())
-        headers["Content-Type"] = "application/xml"
         try:
-            async with self._session.post(
-                sub.url, data=body, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self._push_timeout),
-            ) as resp:
-                await resp.read()
-                if resp.status >= 400:
-                    raise aiohttp.ClientResponseError(resp.request_info, resp.history, status=resp.status)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            async with asyncio.timeout(self._push_timeout):
+                if sub.address is not None:
+                    status = await self._post(sub, sub.address, body)
+                else:
+                    status = await self._post_tls(sub, body)
+            if status >= 400:
+                raise PushFailed(f"the controller answered HTTP {status}")
+        except (aiohttp.ClientError, PushFailed, OSError) as exc:  # OSError includes TimeoutError
             sub.failures += 1
             # PMP keeps failing subscribers until expiry; log the first failure of a run only, and
             # those of all subscribers at most once a minute (anyone can subscribe a dead address).
@@ -298,6 +329,37 @@ class Subscribers:
                 log.debug("%s: timeline push to %r (%s) failed: %s", self._name, sub.name, sub.url, reason)
         else:
             sub.failures = 0
+
+    async def _post(self, sub: _Subscriber, address: tuple[str, int, str], body: bytes) -> int:
+        """A plain-http push on the subscriber's kept connection (one new connection if it was closed)."""
+        host, port, host_header = address
+        data = push_request(host_header, self._headers(), body)
+        connection = sub.connection
+        if connection is not None and connection.reusable:
+            try:
+                return await connection.push(data)
+            except PushFailed:
+                if connection.answered:
+                    raise
+                # The controller had closed the idle connection as we wrote: one fresh try, as
+                # HTTP clients do for a kept-alive connection.
+        sub.connection = None
+        connection = await open_push_connection(host, port)
+        if sub.address == address and self._subs.get(sub.client_id) is sub:
+            sub.connection = connection
+            return await connection.push(data)
+        try:  # dropped or moved while connecting: this push still goes, the connection is not kept
+            return await connection.push(data)
+        finally:
+            connection.close()
+
+    async def _post_tls(self, sub: _Subscriber, body: bytes) -> int:
+        """An https push, through the bridge's aiohttp session (its TLS settings)."""
+        headers = dict(self._headers())
+        headers["Content-Type"] = "application/xml"
+        async with self._session.post(sub.url, data=body, headers=headers) as resp:
+            await resp.read()
+            return resp.status
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,183 @@
+"""The timeline push client: one kept-alive HTTP/1.1 connection per subscribed controller.
+
+A state change pushes to every subscriber at once; through a general client library each push
+cost about five times what writing it does (URL and header objects, connector bookkeeping, a
+response object), which on one core made a thousand pushes take longer than a controller
+notices. A push is always the same exchange (a small POST, an answer we only need the status
+of), so it runs on an asyncio protocol with h11, the sans-I/O HTTP/1.1 state machine, doing the
+framing both ways: h11 validates the request's headers, reads answers framed by Content-Length,
+chunked coding or the end of the connection, skips interim 1xx answers, and says whether the
+connection may carry the next push. Answer bodies are dropped, never kept. A connection idle for
+``IDLE_CLOSE`` seconds is closed, as an HTTP client pool does. Only plain ``http`` callbacks come
+here; ``https`` ones keep going through the bridge's aiohttp session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import h11
+
+log = logging.getLogger(__name__)
+
+# Seconds an idle push connection is kept for the next push (aiohttp's pool default).
+IDLE_CLOSE = 15.0
+# A controller's answer head (status line and headers, or a chunk header) larger than this is refused.
+MAX_HEAD = 16 * 1024
+
+
+class PushFailed(Exception):
+    """A push got no usable answer (connection refused or closed, a malformed answer, an error status)."""
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """One ``POST /:/timeline``, validated: the request head as h11 holds it, and the body."""
+
+    head: h11.Request
+    body: bytes
+
+
+def push_request(host: str, headers: Mapping[str, str], body: bytes) -> PushRequest:
+    """``POST /:/timeline`` with Host, the face's headers, Content-Type and Content-Length.
+
+    A header that could start another one (a line break or NUL in a name or value) is refused
+    with PushFailed, as h11 refuses it.
+    """
+    fields = [("Host", host), *headers.items(), ("Content-Type", "application/xml"),
+              ("Content-Length", str(len(body)))]
+    try:
+        head = h11.Request(method="POST", target="/:/timeline", headers=fields)
+    except h11.LocalProtocolError as exc:
+        # h11's message repeats the value; say what is wrong, not what the value was.
+        raise PushFailed("a push header holds a line break or NUL, or is not a valid header") from exc
+    return PushRequest(head, body)
+
+
+class PushConnection(asyncio.Protocol):
+    """One connection to a controller's timeline listener; one push at a time."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self._status = 0
+        self._waiter: asyncio.Future[int] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self.answered = False  # some answer byte arrived for the push in flight
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport (asyncio callback)."""
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    @property
+    def reusable(self) -> bool:
+        """Open, idle and kept alive by the controller."""
+        return not self.closed and self._waiter is None and self._transport is not None \
+            and not self._transport.is_closing() and self._http.our_state is h11.IDLE
+
+    async def push(self, request: PushRequest) -> int:
+        """Send one request and return the answer's status once the answer is complete."""
+        if not self.reusable or self._transport is None:
+            raise PushFailed("the push connection is closed")
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        try:
+            data = self._http.send(request.head) or b""
+            data += self._http.send(h11.Data(data=request.body)) or b""
+            data += self._http.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError as exc:
+            self.close()
+            raise PushFailed(f"the push could not be written: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        self._status = 0
+        self.answered = False
+        waiter: asyncio.Future[int] = loop.create_future()
+        self._waiter = waiter
+        self._transport.write(data)
+        try:
+            status = await waiter
+        except BaseException:
+            self.close()  # cancelled or failed half way: the connection's state is unknown
+            raise
+        finally:
+            self._waiter = None
+        if self.reusable:
+            self._idle = loop.call_later(IDLE_CLOSE, self.close)
+        return status
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the answer in flight (asyncio callback); anything unasked for closes the connection."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            self.close()
+            return
+        self.answered = True
+        self._http.receive_data(data)
+        self._read()
+
+    def eof_received(self) -> bool | None:
+        """The controller closed its side: an answer without a length ends here (asyncio callback)."""
+        self._http.receive_data(b"")
+        self._read()
+        self.close()
+        return None
+
+    def _read(self) -> None:
+        """Run h11 over what arrived: settle the push in flight once its answer is complete."""
+        waiter = self._waiter
+        while waiter is not None and not waiter.done():
+            try:
+                event = self._http.next_event()
+            except h11.RemoteProtocolError as exc:
+                waiter.set_exception(PushFailed(f"the controller's answer is not valid HTTP/1.1: {exc}"))
+                self.close()
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Response):
+                self._status = event.status_code
+            elif isinstance(event, h11.EndOfMessage):
+                if self._http.our_state is h11.DONE and self._http.their_state is h11.DONE:
+                    self._http.start_next_cycle()
+                else:  # the controller closes (HTTP/1.0, Connection: close, or an answer ended by close)
+                    self.close()
+                if self._http.trailing_data[0]:
+                    self.close()  # bytes nobody asked for: the connection's state is unknown
+                waiter.set_result(self._status)
+            elif isinstance(event, h11.ConnectionClosed):
+                waiter.set_exception(PushFailed("the controller closed the connection before answering"))
+                self.close()
+            # InformationalResponse (1xx) and Data (the body, dropped): read on
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail the push in flight, if any (asyncio callback)."""
+        self.closed = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            why = f": {exc}" if exc is not None else ""
+            waiter.set_exception(PushFailed(f"the controller closed the connection before answering{why}"))
+
+    def close(self) -> None:
+        """Close the connection now (idempotent)."""
+        self.closed = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def open_push_connection(host: str, port: int) -> PushConnection:
+    """Connect to a controller's listener (OSError when it cannot be reached)."""
+    loop = asyncio.get_running_loop()
+    _, connection = await loop.create_connection(PushConnection, host, port)
+    return connection

@@ -1,0 +1,137 @@
+"""The timeline push client (h11 on an asyncio protocol) against real listeners on 127.0.0.1,
+answering in every HTTP/1.x way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from companion.faces.push import PushFailed, open_push_connection, push_request
+from companion.faces.subscribers import Subscribers
+from tests.helpers import until
+
+BODY = b'<MediaContainer commandID="3"/>'
+
+
+class Listener:
+    """A controller's listener that records each request and answers with ``answer(n)`` (n from 0)."""
+
+    def __init__(self, answer: Callable[[int], bytes], *, close_after: bool = False) -> None:
+        self.answer = answer
+        self.close_after = close_after
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Listener:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self.writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                self.requests.append(head + await reader.readexactly(length))
+                writer.write(self.answer(len(self.requests) - 1))
+                await writer.drain()
+                if self.close_after:
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@pytest.fixture
+async def subscribers() -> AsyncIterator[Subscribers]:
+    subs = Subscribers(render=lambda command_id, metadata: BODY, headers=lambda: {"X-Plex-Client-Identifier": "face-1"},
+                       session=None, push_timeout=2.0)  # type: ignore[arg-type]  # https only, unused here
+    yield subs
+    await subs.stop()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nOK\r\n3;x=y\r\nabc\r\n0\r\nTrailer: 1\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+])
+async def test_every_framing_of_an_answer_completes_the_push(answer: bytes) -> None:
+    async with Listener(lambda n: answer) as listener:
+        connection = await open_push_connection("127.0.0.1", listener.port)
+        status = await asyncio.wait_for(connection.push(push_request("x", {}, BODY)), 2)
+        assert status in (200, 204)
+        # HTTP/1.0 answers close; HTTP/1.1 ones keep the connection for the next push.
+        assert connection.reusable is answer.startswith(b"HTTP/1.1")
+        connection.close()
+
+
+async def test_an_answer_that_ends_at_close_completes_the_push() -> None:
+    async with Listener(lambda n: b"HTTP/1.1 200 OK\r\n\r\nno length", close_after=True) as listener:
+        connection = await open_push_connection("127.0.0.1", listener.port)
+        assert await asyncio.wait_for(connection.push(push_request("x", {}, b"x")), 2) == 200
+        assert not connection.reusable
+
+
+@pytest.mark.parametrize("answer", [b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"])
+async def test_a_malformed_answer_fails_the_push_and_closes(answer: bytes) -> None:
+    async with Listener(lambda n: answer) as listener:
+        connection = await open_push_connection("127.0.0.1", listener.port)
+        with pytest.raises(PushFailed):
+            await asyncio.wait_for(connection.push(push_request("x", {}, b"x")), 2)
+        assert not connection.reusable
+
+
+def test_a_header_with_a_line_break_is_refused() -> None:
+    with pytest.raises(PushFailed, match="line break"):
+        push_request("127.0.0.1:1", {"X-Plex-Device-Name": "TV\r\nX-Evil: 1"}, b"")
+
+
+async def test_pushes_to_one_subscriber_share_one_connection_and_carry_the_headers(subscribers: Subscribers) -> None:
+    async with Listener(lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") as listener:
+        subscribers.subscribe("phone", protocol="http", peer="127.0.0.1", port=listener.port)
+        await until(lambda: len(listener.requests) == 1)
+        subscribers.push_to("phone")
+        await until(lambda: len(listener.requests) == 2)
+        assert listener.connections == 1
+        head = listener.requests[0]
+        assert head.startswith(b"POST /:/timeline HTTP/1.1\r\n")
+        assert f"Host: 127.0.0.1:{listener.port}\r\n".encode() in head
+        assert b"X-Plex-Client-Identifier: face-1\r\n" in head
+        assert b"Content-Type: application/xml\r\n" in head
+        assert head.endswith(BODY)
+
+
+async def test_a_connection_the_controller_closed_while_idle_is_replaced(subscribers: Subscribers) -> None:
+    async with Listener(lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") as listener:
+        subscribers.subscribe("phone", protocol="http", peer="127.0.0.1", port=listener.port)
+        await until(lambda: len(listener.requests) == 1)
+        listener.writers[0].close()  # the controller drops its idle keep-alive connection
+        subscribers.push_to("phone")
+        await until(lambda: len(listener.requests) == 2)
+        assert listener.connections == 2
+
+
+async def test_an_error_status_counts_as_a_failed_push(subscribers: Subscribers) -> None:
+    async with Listener(lambda n: b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n") as listener:
+        subscribers.subscribe("phone", protocol="http", peer="127.0.0.1", port=listener.port)
+        await until(lambda: len(listener.requests) == 1)
+        await until(lambda: subscribers._subs["phone"].failures == 1)
+        subscribers.push_to("phone")
+        await until(lambda: subscribers._subs["phone"].failures == 2)
