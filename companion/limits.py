@@ -137,7 +137,8 @@ def nofile_limit() -> int:
 
 def connection_budget(nofile: int, *, per_listener: int, per_source: int) -> ConnectionBudget:
     """Inbound connections get half the file limit. The other half is for the listening sockets,
-    the outbound pools (the bridge's session up to 256, the relay's up to 64), GDM and mDNS
+    the outbound pools (the bridge's session up to 256, timeline pushes up to 256, the relay's up to
+    64), GDM and mDNS
     sockets, the audit database and logs; so accepting never runs the process out of descriptors,
     and raising LimitNOFILE= raises the budget with it.
 

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 # Seconds an idle push connection is kept for the next push (aiohttp's pool default).
 IDLE_CLOSE = 15.0
+# Push connections open at once in the whole process: the bound the bridge's aiohttp session kept
+# on them before (its connector limit), inside the half of the file limit that is not for inbound
+# connections (limits.connection_budget).
+MAX_OPEN = 256
 # A controller's answer head (status line and headers, or a chunk header) larger than this is refused.
 MAX_HEAD = 16 * 1024
 
@@ -60,7 +64,8 @@ def push_request(host: str, headers: Mapping[str, str], body: bytes) -> PushRequ
 class PushConnection(asyncio.Protocol):
     """One connection to a controller's timeline listener; one push at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: PushBudget | None = None) -> None:
+        self._budget = budget
         self._transport: asyncio.Transport | None = None
         self._http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self._status = 0
@@ -158,6 +163,8 @@ class PushConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Fail the push in flight, if any (asyncio callback)."""
         self.closed = True
+        if self._budget is not None:
+            self._budget.release(self)
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -169,6 +176,8 @@ class PushConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection now (idempotent)."""
         self.closed = True
+        if self._budget is not None:
+            self._budget.release(self)
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -176,8 +185,76 @@ class PushConnection(asyncio.Protocol):
             self._transport.close()
 
 
-async def open_push_connection(host: str, port: int) -> PushConnection:
-    """Connect to a controller's listener (OSError when it cannot be reached)."""
-    loop = asyncio.get_running_loop()
-    _, connection = await loop.create_connection(PushConnection, host, port)
-    return connection
+class PushBudget:
+    """At most ``limit`` push connections open (or opening) at once: at the limit, the longest-idle
+    kept connection is closed for a new one, and when none is idle the push waits for one to close."""
+
+    def __init__(self, limit: int = MAX_OPEN) -> None:
+        self.limit = limit
+        self._open: dict[PushConnection, None] = {}  # insertion order: oldest first
+        self._opening = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def open(self) -> int:
+        """Push connections open or being opened now."""
+        return len(self._open) + self._opening
+
+    @property
+    def waiting(self) -> int:
+        """Pushes waiting for room."""
+        return sum(not w.done() for w in self._waiters)
+
+    async def _reserve(self) -> None:
+        while self.open >= self.limit:
+            idle = next((c for c in self._open if c.reusable), None)
+            if idle is not None:
+                idle.close()
+                continue
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self._opening += 1
+
+    def release(self, connection: PushConnection) -> None:
+        """A connection closed: uncount it and wake one waiting push (idempotent)."""
+        if connection in self._open:
+            del self._open[connection]
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def connect(self, host: str, port: int) -> PushConnection:
+        """Open a counted connection to ``host:port`` (OSError when it cannot be reached)."""
+        await self._reserve()
+        try:
+            loop = asyncio.get_running_loop()
+            _, connection = await loop.create_connection(lambda: PushConnection(self), host, port)
+        except BaseException:
+            self._opening -= 1
+            self._wake()
+            raise
+        self._opening -= 1
+        if connection.closed:  # lost while connecting
+            self._wake()
+        else:
+            self._open[connection] = None
+        return connection
+
+
+_PROCESS_BUDGET = PushBudget()
+
+
+async def open_push_connection(host: str, port: int, budget: PushBudget | None = None) -> PushConnection:
+    """Connect to a controller's listener within ``budget`` (the whole process's by default);
+    OSError when it cannot be reached."""
+    return await (budget or _PROCESS_BUDGET).connect(host, port)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from companion.faces.push import PushFailed, open_push_connection, push_request
+from companion.faces.push import PushBudget, PushFailed, open_push_connection, push_request
 from companion.faces.subscribers import Subscribers
 from tests.helpers import until
 
@@ -135,3 +135,45 @@ async def test_an_error_status_counts_as_a_failed_push(subscribers: Subscribers)
         await until(lambda: subscribers._subs["phone"].failures == 1)
         subscribers.push_to("phone")
         await until(lambda: subscribers._subs["phone"].failures == 2)
+
+
+OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+async def test_at_the_limit_a_new_connection_takes_the_place_of_the_longest_idle_one() -> None:
+    budget = PushBudget(limit=2)
+    async with Listener(lambda n: OK_ANSWER) as listener:
+        first = await open_push_connection("127.0.0.1", listener.port, budget)
+        second = await open_push_connection("127.0.0.1", listener.port, budget)
+        for connection in (first, second):
+            assert await asyncio.wait_for(connection.push(push_request("x", {}, b"x")), 2) == 200
+        third = await open_push_connection("127.0.0.1", listener.port, budget)
+        assert first.closed and not second.closed and budget.open == 2
+        assert await asyncio.wait_for(third.push(push_request("x", {}, b"x")), 2) == 200
+        second.close()
+        third.close()
+        assert budget.open == 0
+
+
+async def test_at_the_limit_with_every_connection_busy_a_push_waits_for_one_to_close() -> None:
+    budget = PushBudget(limit=1)
+
+    def answer(n: int) -> bytes:
+        return OK_ANSWER
+
+    async with Listener(answer) as listener:
+        busy = await open_push_connection("127.0.0.1", listener.port, budget)
+        listener.answer = lambda n: b""  # the controller takes its time: the push stays in flight
+        in_flight = asyncio.ensure_future(busy.push(push_request("x", {}, b"x")))
+        await until(lambda: len(listener.requests) == 1)
+        opening = asyncio.ensure_future(open_push_connection("127.0.0.1", listener.port, budget))
+        await until(lambda: budget.waiting == 1)
+        assert not opening.done() and budget.open == 1
+        in_flight.cancel()  # a cancelled push closes its connection, which makes room
+        with pytest.raises(asyncio.CancelledError):
+            await in_flight
+        fresh = await asyncio.wait_for(opening, 2)
+        assert busy.closed and budget.open == 1
+        listener.answer = answer
+        assert await asyncio.wait_for(fresh.push(push_request("x", {}, b"x")), 2) == 200
+        fresh.close()
