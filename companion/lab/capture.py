@@ -24,10 +24,12 @@ import aiohttp
 from aiohttp import web
 
 from companion import __version__
+from companion.connections import ConnectionLimits
 from companion.errors import CompanionError, ProtocolError, TargetError
 from companion.lab import media
 from companion.lab.pki import LabPki
 from companion.lab.server import ENDPOINTS, Endpoint, Handshake, LabServer, PlainFetch
+from companion.limits import connection_budget, nofile_limit
 from companion.model import Command, Controller, MediaRequest, Target, TargetKind
 from companion.proto import plexdirect
 from companion.proto.safexml import parse_xml
@@ -223,7 +225,10 @@ class Capture:
         lab = LabServer(self.pki, app, bind=self._lab_bind, port=self._lab_port)
         lab.on_change = self._changed
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self.command_timeout))
-        listener = TimelineListener(bind=self._listener_bind)
+        # Gated, as the daemon's: bounded, and a push accepted just as the capture stops is reset
+        # rather than left open (an ungated aiohttp site never closes one made after its shutdown).
+        limits = ConnectionLimits(connection_budget(nofile_limit(), per_listener=64, per_source=64))
+        listener = TimelineListener(bind=self._listener_bind, gate=limits.gate("capture timeline listener"))
         adapter: CompanionPlayerTarget | None = None
         try:
             try:
