@@ -24,14 +24,16 @@ import aiohttp
 from aiohttp import web
 
 from companion import __version__
+from companion.connections import ConnectionLimits
 from companion.errors import CompanionError, ProtocolError, TargetError
 from companion.lab import media
 from companion.lab.pki import LabPki
 from companion.lab.server import ENDPOINTS, Endpoint, Handshake, LabServer, PlainFetch
+from companion.limits import connection_budget, nofile_limit
 from companion.model import Command, Controller, MediaRequest, Target, TargetKind
 from companion.proto import plexdirect
 from companion.proto.safexml import parse_xml
-from companion.proto.timeline import PlayerState
+from companion.proto.timeline import PlayerState, TimelineEntry
 from companion.targets.companion_player import CompanionPlayerTarget, TimelineListener
 
 log = logging.getLogger(__name__)
@@ -191,6 +193,7 @@ class Capture:
         self.machine_id = f"companion-lab-{self.pki.hash[:12]}"
         self._titles = {str(100 + i): f"companion-bridge capture: {e.title}" for i, e in enumerate(endpoints)}
         self._states: list[str] = []
+        self._item: tuple[str, str] = ("", "")  # (key, ratingKey) of the item the current step flung
         self._wake = asyncio.Event()
         self._last_change = time.monotonic()
 
@@ -222,7 +225,10 @@ class Capture:
         lab = LabServer(self.pki, app, bind=self._lab_bind, port=self._lab_port)
         lab.on_change = self._changed
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self.command_timeout))
-        listener = TimelineListener(bind=self._listener_bind)
+        # Gated, as the daemon's: bounded, and a push accepted just as the capture stops is reset
+        # rather than left open (an ungated aiohttp site never closes one made after its shutdown).
+        limits = ConnectionLimits(connection_budget(nofile_limit(), per_listener=64, per_source=64))
+        listener = TimelineListener(bind=self._listener_bind, gate=limits.gate("capture timeline listener"))
         adapter: CompanionPlayerTarget | None = None
         try:
             try:
@@ -282,8 +288,16 @@ class Capture:
         self._wake.set()
 
     def _on_state(self, state: PlayerState) -> None:
-        entry = state.active
+        entry = state.active or next((e for e in state.entries.values() if e.key or e.rating_key), None)
         name = entry.state if entry is not None else "stopped"
+        if entry is not None and _names_another_item(entry, *self._item):
+            # An earlier step's item, reported after the next fling (a player may send a state
+            # more than once, from a pool of senders, in any order). It says nothing about this
+            # step's item: counted, it would end the step before its item started, or call it
+            # played on another item's report.
+            log.debug("timeline report about %s (%s) ignored in the step for %s",
+                      entry.key or entry.rating_key, name, self._item[0])
+            return
         if not self._states or self._states[-1] != name:
             self._states.append(name)
             self._changed()
@@ -296,9 +310,10 @@ class Capture:
         self._progress(f"[{index + 1}/{len(self.endpoints)}] {endpoint.title} ...")
         first_shake = lab.handshakes[-1].id if lab.handshakes else 0
         first_fetch = len(lab.fetches)
+        key = str(100 + index)
+        self._item = (f"/library/metadata/{key}", key)
         self._states = []
         began = time.monotonic()
-        key = str(100 + index)
         request = MediaRequest(key=f"/library/metadata/{key}", media_type="video",
                                container_key=f"/playQueues/{key}?own=1", machine_identifier=self.machine_id,
                                protocol="https", address=host, port=lab.port,
@@ -351,14 +366,28 @@ class Capture:
                                              address="127.0.0.1"))
         with contextlib.suppress(CompanionError):
             await adapter.send(stop)
-        # A player may take a while to wind down (end its stream, report stopped); the next fling
-        # must not land in the middle of that.
+        # A player may take a while to wind down (end its stream, report stopped, finish the
+        # requests it had under way for this item); the next fling, and the next chain, must not
+        # land in the middle of that: a request made then would meet the next step's chain. So:
+        # stopped, then ``quiet`` seconds without a connection or a report.
         deadline = time.monotonic() + max(self.command_timeout, 15.0)
-        while self._states[-1:] != ["stopped"] and time.monotonic() < deadline:
+        while (now := time.monotonic()) < deadline:
+            wait = deadline - now
+            if self._states[-1:] == ["stopped"]:
+                wait = min(wait, self.quiet - (now - self._last_change))
+                if wait <= 0:
+                    return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(deadline - time.monotonic()):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
+
+
+def _names_another_item(entry: TimelineEntry, key: str, rating_key: str) -> bool:
+    """Does a timeline entry name an item other than ``key``/``rating_key``? (One naming none does not.)"""
+    if not entry.key and not entry.rating_key:
+        return False
+    return entry.key != key and entry.rating_key != rating_key
 
 
 def summarize(step: StepResult) -> str:

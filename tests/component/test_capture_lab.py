@@ -1,10 +1,12 @@
 """The capture lab endpoint against TLS clients whose behaviour we set: Python ssl clients (versions,
 cipher lists, trust, an AIA fetcher of our own), ``openssl s_client`` and curl. What the lab records
-must be what each client was set to do."""
+must be what each client was set to do. And a capture against a Companion player whose timeline
+reports about one item arrive after the next item was flung."""
 
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextlib
 import gc
 import socket
@@ -16,12 +18,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
-from companion.lab.capture import lab_app
+from companion.lab.capture import Capture, CaptureTarget, lab_app
 from companion.lab.media import make_tone
 from companion.lab.pki import LabPki
 from companion.lab.server import ENDPOINTS, Handshake, LabServer
@@ -286,3 +291,149 @@ async def test_stopping_the_lab_mid_relay_closes_every_connection(tmp_path: Path
             await writer.wait_closed()
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
+# --- a capture against a player whose reports arrive late ------------------------------------
+
+
+class LatePlayer:
+    """A Companion player (the real HTTP protocol) that trusts the lab and plays its stream, that
+    takes its time to switch items, and whose reports about the item it stopped arrive again after
+    the next playMedia, in another order (plex-mpv-shim sends each timeline from a pool of threads:
+    a "playing" made before the stop, and its second "stopped", land after the next fling)."""
+
+    def __init__(self, trust: bytes, switch_time: float, report_after: float) -> None:
+        self.trust, self.switch_time, self.report_after = trust, switch_time, report_after
+        self.server = ""
+        self.reported: dict[str, str] = {}  # item key -> the chain its stop report met
+        self.subscriber = ""
+        self.item = ""  # the key being played, or the last one stopped
+        self.state = "stopped"
+        self.stopped: list[str] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Listen on a free loopback port."""
+        app = web.Application()
+        app.router.add_get("/resources", self._resources)
+        app.router.add_get("/player/{group}/{name}", self._command)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, LOOPBACK, 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        ctx = ssl.create_default_context(cadata=self.trust.decode())
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, force_close=True))
+
+    async def stop(self) -> None:
+        """End what it has under way, then stop listening."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    def _spawn(self, coro: collections.abc.Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _push(self, state: str, key: str) -> None:
+        assert self._session is not None
+        if not self.subscriber:
+            return
+        named = f' key="{key}" ratingKey="{key.rsplit("/", 1)[-1]}"' if key else ""
+        body = f'<MediaContainer location="navigation"><Timeline type="video" state="{state}"{named}/></MediaContainer>'
+        with contextlib.suppress(aiohttp.ClientError):  # the capture may be gone by the last report
+            async with self._session.post(self.subscriber, data=body.encode(),
+                                          headers={"X-Plex-Client-Identifier": "late-player"}) as resp:
+                await resp.read()
+
+    async def _resources(self, _request: web.Request) -> web.Response:
+        return web.Response(text='<MediaContainer><Player title="Late TV" machineIdentifier="late-player" '
+                                 'product="Late Player" protocolCapabilities="timeline,playback"/></MediaContainer>',
+                            content_type="text/xml")
+
+    async def _command(self, request: web.Request) -> web.Response:
+        name, q = request.match_info["name"], request.query
+        if name == "subscribe":
+            self.subscriber = f"http://{request.remote}:{q['port']}/:/timeline"
+            self._spawn(self._push(self.state, self.item))
+        elif name == "unsubscribe":
+            self.subscriber = ""
+        elif name == "stop" and self.state != "stopped":
+            self.state = "stopped"
+            self.stopped.append(self.item)
+            self._spawn(self._push("stopped", self.item))
+            self._spawn(self._report_to_server(self.item))
+        elif name == "playMedia":
+            self.server = f"https://{q['address']}:{q['port']}"
+            self._spawn(self._play(self.server, q["key"], q["token"]))
+        return web.Response(text='<Response code="200" status="OK"/>', content_type="text/xml")
+
+    async def _report_to_server(self, key: str) -> None:
+        """Tell the item's server it stopped, a moment after stopping (as plex-mpv-shim does), and
+        note which chain that server presented: RSA or ECDSA."""
+        await asyncio.sleep(self.report_after)  # the player's own pace, not a wait for the test
+        host, port = urllib.parse.urlsplit(self.server).hostname or "", urllib.parse.urlsplit(self.server).port
+        ctx = ssl.create_default_context(cadata=self.trust.decode())
+        try:
+            reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+        except OSError:
+            return  # the capture is over and its lab gone
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.write(f"GET /:/timeline?state=stopped HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await reader.read()
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+        key_type = x509.load_der_x509_certificate(der).public_key()
+        self.reported[key] = "rsa" if isinstance(key_type, rsa.RSAPublicKey) else "ecdsa"
+
+    async def _play(self, base: str, key: str, token: str) -> None:
+        assert self._session is not None
+        before, self.item = self.item, key
+        if before:  # the late reports about the item stopped before this fling
+            await self._push("playing", before)
+            await self._push("stopped", before)
+        async with self._session.get(f"{base}{key}", headers={"X-Plex-Token": token}) as resp:
+            part = (await resp.text()).split('<Part ', 1)[1].split('key="', 1)[1].split('"', 1)[0]
+        if before:
+            # Switching items takes it a while (its previous stream winding down): the behaviour
+            # under test, a slow player, not a wait for the test.
+            await asyncio.sleep(self.switch_time)
+        async with self._session.get(f"{base}{part}", headers={"X-Plex-Token": token}) as resp:
+            await resp.read()
+        self.state = "playing"
+        await self._push("playing", key)
+
+
+async def test_late_reports_of_the_previous_item_are_not_the_steps_and_a_stopping_player_meets_its_chain() -> None:
+    pki = LabPki()
+    player = LatePlayer(pki.roots_pem, switch_time=3.0, report_after=0.2)
+    await player.start()
+    try:
+        lines: list[str] = []
+        capture = Capture(CaptureTarget(f"{LOOPBACK}:{player.port}", LOOPBACK, player.port),
+                          bridge_address=LOOPBACK, lab_bind=LOOPBACK, listener_bind=LOOPBACK, pki=pki, host="ip",
+                          endpoints=ENDPOINTS[:2], step_timeout=30, quiet=1.0, progress=lines.append)
+        result = await capture.run()
+    finally:
+        await player.stop()
+    first, second = result.steps
+    assert first.played and first.states[-1:] == ["playing"], "\n".join(lines)
+    # Before the fix the first item's late "playing" and "stopped" were this step's timeline, and
+    # the step ended "not played" one quiet second after the player fetched the item, while it was
+    # still switching (the lab then served the next chain to a player still at work on this one).
+    assert second.played and second.states == ["playing"], "\n".join(lines)
+    assert "timeline playing; played" in lines[-1]
+    assert player.stopped == ["/library/metadata/100", "/library/metadata/101"]  # each stopped once it played
+    # The first item's stop report, made while the player wound down, met that step's (RSA) chain:
+    # the capture waited for the player to go quiet before it served the next one.
+    assert player.reported.get("/library/metadata/100") == "rsa", player.reported
