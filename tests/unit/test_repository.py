@@ -32,3 +32,15 @@ def test_pattern_catches_what_it_must() -> None:
         assert _BUILT.search(path), path
     for path in ("companion/bridge.py", "profiles/devices/roku.yaml", "tests/data/gdm/hello.bin"):
         assert not _BUILT.search(path), path
+
+
+# A module past this holds more than one job (docs/layout.md): split it by job before it grows.
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_of_companion_is_over_the_line_limit() -> None:
+    sizes = {path.relative_to(REPO).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+             for path in (REPO / "companion").rglob("*.py")}
+    assert len(sizes) > 50, "the companion package was not found"
+    over = {path: lines for path, lines in sizes.items() if lines > MAX_MODULE_LINES}
+    assert not over, f"over {MAX_MODULE_LINES} lines (split by job, see docs/layout.md): {over}"
