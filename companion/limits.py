@@ -137,9 +137,9 @@ def nofile_limit() -> int:
 
 def connection_budget(nofile: int, *, per_listener: int, per_source: int) -> ConnectionBudget:
     """Inbound connections get half the file limit. The other half is for the listening sockets,
-    the outbound pools (the bridge's session up to 256, timeline pushes up to 256, the relay's up to
-    64), GDM and mDNS sockets, the audit database and logs; so accepting never runs the process out
-    of descriptors, and raising LimitNOFILE= raises the budget with it.
+    the outbound pools (the bridge's session up to 256, timeline pushes up to a quarter of the file
+    limit, the relay's up to 64), GDM and mDNS sockets, the audit database and logs; so accepting
+    never runs the process out of descriptors, and raising LimitNOFILE= raises the budget with it.
 
     The listen backlog stays at 128: asyncio accepts up to that many connections of a listener in
     one go before the gate sees them (an over-cap one is closed a loop turn later), so a burst can

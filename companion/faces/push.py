@@ -21,14 +21,23 @@ from dataclasses import dataclass
 
 import h11
 
+from companion.limits import nofile_limit
+
 log = logging.getLogger(__name__)
 
 # Seconds an idle push connection is kept for the next push (aiohttp's pool default).
 IDLE_CLOSE = 15.0
-# Push connections open at once in the whole process: the bound the bridge's aiohttp session kept
-# on them before (its connector limit), inside the half of the file limit that is not for inbound
-# connections (limits.connection_budget).
-MAX_OPEN = 256
+# Push connections open at once in the whole process, by default a quarter of the file limit (1,024
+# under the unit's LimitNOFILE=4096): inbound connections have half (limits.connection_budget),
+# and the rest is for the other outbound pools, the listening sockets and files.
+MIN_OPEN = 64
+
+
+def default_push_limit() -> int:
+    """How many push connections the process keeps open at most."""
+    return max(MIN_OPEN, nofile_limit() // 4)
+
+
 # A controller's answer head (status line and headers, or a chunk header) larger than this is refused.
 MAX_HEAD = 16 * 1024
 
@@ -114,6 +123,8 @@ class PushConnection(asyncio.Protocol):
             self._waiter = None
         if self.reusable:
             self._idle = loop.call_later(IDLE_CLOSE, self.close)
+            if self._budget is not None:
+                self._budget.idle()
         return status
 
     def data_received(self, data: bytes) -> None:
@@ -189,11 +200,18 @@ class PushBudget:
     """At most ``limit`` push connections open (or opening) at once: at the limit, the longest-idle
     kept connection is closed for a new one, and when none is idle the push waits for one to close."""
 
-    def __init__(self, limit: int = MAX_OPEN) -> None:
-        self.limit = limit
+    def __init__(self, limit: int | None = None) -> None:
+        self._limit = limit
         self._open: dict[PushConnection, None] = {}  # insertion order: oldest first
         self._opening = 0
         self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def limit(self) -> int:
+        """At most this many connections (the file limit is read at first use when none was given)."""
+        if self._limit is None:
+            self._limit = default_push_limit()
+        return self._limit
 
     @property
     def open(self) -> int:
@@ -219,6 +237,11 @@ class PushBudget:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
         self._opening += 1
+
+    def idle(self) -> None:
+        """A connection finished its push and is kept: a push waiting for room may now close it."""
+        if self._waiters:
+            self._wake()
 
     def release(self, connection: PushConnection) -> None:
         """A connection closed: uncount it and wake one waiting push (idempotent)."""

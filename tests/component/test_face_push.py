@@ -4,6 +4,7 @@ answering in every HTTP/1.x way."""
 from __future__ import annotations
 
 import asyncio
+import resource
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -177,3 +178,25 @@ async def test_at_the_limit_with_every_connection_busy_a_push_waits_for_one_to_c
         listener.answer = answer
         assert await asyncio.wait_for(fresh.push(push_request("x", {}, b"x")), 2) == 200
         fresh.close()
+
+
+async def test_a_push_waiting_for_room_takes_it_as_soon_as_a_busy_connection_goes_idle() -> None:
+    budget = PushBudget(limit=1)
+    async with Listener(lambda n: OK_ANSWER) as listener:
+        busy = await open_push_connection("127.0.0.1", listener.port, budget)
+        listener.answer = lambda n: b""  # the first answer is held back
+        in_flight = asyncio.ensure_future(busy.push(push_request("x", {}, b"x")))
+        await until(lambda: len(listener.requests) == 1)
+        opening = asyncio.ensure_future(open_push_connection("127.0.0.1", listener.port, budget))
+        await until(lambda: budget.waiting == 1)
+        listener.writers[0].write(OK_ANSWER)  # the held answer arrives: busy is idle, and kept
+        assert await asyncio.wait_for(in_flight, 2) == 200
+        # Well before the idle close (15 s): the waiting push closes the idle connection and opens its own.
+        fresh = await asyncio.wait_for(opening, 5)
+        assert busy.closed and not fresh.closed and budget.open == 1
+        fresh.close()
+
+
+def test_the_default_limit_is_a_quarter_of_the_file_limit() -> None:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert PushBudget().limit == max(64, soft // 4)
