@@ -15,6 +15,7 @@ here; ``https`` ones keep going through the bridge's aiohttp session.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,14 +61,20 @@ def push_request(host: str, headers: Mapping[str, str], body: bytes) -> PushRequ
     A header that could start another one (a line break or NUL in a name or value) is refused
     with PushFailed, as h11 refuses it.
     """
-    fields = [("Host", host), *headers.items(), ("Content-Type", "application/xml"),
-              ("Content-Length", str(len(body)))]
+    return PushRequest(_head(host, tuple(headers.items()), len(body)), body)
+
+
+@functools.lru_cache(maxsize=256)
+def _head(host: str, headers: tuple[tuple[str, str], ...], length: int) -> h11.Request:
+    # A fan-out pushes the same head (one Host, the face's headers, a few body lengths) to each
+    # subscriber again and again; h11 validates every header on each new Request, a tenth of a
+    # push's cost, so a validated head is kept. Requests are immutable; a refusal is not cached.
+    fields = [("Host", host), *headers, ("Content-Type", "application/xml"), ("Content-Length", str(length))]
     try:
-        head = h11.Request(method="POST", target="/:/timeline", headers=fields)
+        return h11.Request(method="POST", target="/:/timeline", headers=fields)
     except h11.LocalProtocolError as exc:
         # h11's message repeats the value; say what is wrong, not what the value was.
         raise PushFailed("a push header holds a line break or NUL, or is not a valid header") from exc
-    return PushRequest(head, body)
 
 
 class PushConnection(asyncio.Protocol):
