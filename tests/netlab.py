@@ -73,10 +73,11 @@ class Host:
                               env=_env(env))
 
     async def spawn(self, *argv: str, env: dict[str, str] | None = None, stdout: Any = asyncio.subprocess.PIPE,
-                    stderr: Any = None, cwd: str | Path | None = None) -> asyncio.subprocess.Process:
+                    stderr: Any = None, cwd: str | Path | None = None,
+                    stdin: Any = asyncio.subprocess.DEVNULL) -> asyncio.subprocess.Process:
         """Start ``argv`` inside the host; it is killed when the Lan closes if still running."""
         proc = await asyncio.create_subprocess_exec(*self.cmd(*argv), env=_env(env), stdout=stdout,
-                                                    stderr=stderr, stdin=asyncio.subprocess.DEVNULL,
+                                                    stderr=stderr, stdin=stdin,
                                                     cwd=cwd, start_new_session=True)
         self.processes.append(proc)
         return proc

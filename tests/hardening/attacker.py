@@ -3,7 +3,7 @@ prints one JSON line with what it saw:
 
     python -m tests.hardening.attacker hello --to 10.1.2.1:40413 --count 100 --sources 10.1.2.2,10.1.2.100
     python -m tests.hardening.attacker search --to 10.1.2.1:40412 --count 1 --window 2
-    python -m tests.hardening.attacker hold --to 10.1.2.1:32500 --count 300 --release /tmp/x  # prints "ready", holds
+    python -m tests.hardening.attacker hold --to 10.1.2.1:32500 --count 300  # says "ready", holds until stdin ends
     python -m tests.hardening.attacker subscribe --to http://10.1.2.1:32500 --count 100
     python -m tests.hardening.attacker refused --to http://10.1.2.1:32480 --count 500 --kind 401
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import select
 import socket
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -73,8 +73,9 @@ def search(args: argparse.Namespace) -> dict[str, object]:
 
 
 def hold(args: argparse.Namespace) -> dict[str, object]:
-    """Open ``count`` idle TCP connections (from each of ``sources``), say "ready", hold them until the
-    file ``release`` exists; then report how many the server had reset or closed meanwhile."""
+    """Open ``count`` idle TCP connections (from each of ``sources``), say "ready", hold them until
+    standard input ends (the test closes it, or dies); then report how many the server had reset or
+    closed meanwhile."""
     conns: list[socket.socket] = []
     failed = 0
     for source in (args.sources.split(",") if args.sources else [""]):
@@ -85,9 +86,7 @@ def hold(args: argparse.Namespace) -> dict[str, object]:
             except OSError:
                 failed += 1
     print(json.dumps({"ready": len(conns), "failed": failed}), flush=True)
-    deadline = time.monotonic() + 120  # the test creates --release when it is done
-    while not os.path.exists(args.release) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    sys.stdin.buffer.read()  # blocks until the test closes our stdin (EOF), however it ends
     closed = 0
     for conn in conns:
         conn.setblocking(False)
@@ -167,7 +166,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--to", required=True)
     p.add_argument("--count", type=int, default=300)
     p.add_argument("--sources", default="")
-    p.add_argument("--release", required=True)
     p = sub.add_parser("subscribe")
     p.add_argument("--to", required=True)
     p.add_argument("--count", type=int, default=100)

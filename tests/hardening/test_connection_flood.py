@@ -80,14 +80,14 @@ async def test_idle_connections_beyond_the_file_limit_neither_stop_service_nor_f
             for n in (100, 101, 102):
                 attacker.add_address(f"{lan.subnet}.{n}")
                 sources.append(f"{lan.subnet}.{n}")
-            release = tmp_path / "release"
             to_face = await attacker.spawn(*attacker.python(
                 "-m", "tests.hardening.attacker", "hold", "--to", f"{bridge_host.address}:32500", "--count", "300",
-                "--sources", ",".join(sources), "--release", str(release)), env={"PYTHONPATH": str(ROOT)})
+                "--sources", ",".join(sources)), env={"PYTHONPATH": str(ROOT)},
+                stdin=asyncio.subprocess.PIPE)
             held_face = await _ready_line(to_face)
             to_admin = await attacker.spawn(*attacker.python(
-                "-m", "tests.hardening.attacker", "hold", "--to", f"{bridge_host.address}:32480", "--count", "300",
-                "--release", str(release)), env={"PYTHONPATH": str(ROOT)})
+                "-m", "tests.hardening.attacker", "hold", "--to", f"{bridge_host.address}:32480", "--count", "300"),
+                env={"PYTHONPATH": str(ROOT)}, stdin=asyncio.subprocess.PIPE)
             held_admin = await _ready_line(to_admin)
             assert held_face["ready"] + held_face["failed"] == 1200
             assert held_admin["ready"] + held_admin["failed"] == 300
@@ -102,7 +102,9 @@ async def test_idle_connections_beyond_the_file_limit_neither_stop_service_nor_f
             assert await healthy(), "the admin page answers during the flood"
             assert daemon.returncode is None
 
-            release.touch()
+            for holder in (to_face, to_admin):  # end of stdin: the holders report and let go
+                assert holder.stdin is not None
+                holder.stdin.close()
             face_report = json.loads((await _read_rest(to_face)).splitlines()[-1])
             admin_report = json.loads((await _read_rest(to_admin)).splitlines()[-1])
             log_lines = log_path.read_text().splitlines()[lines_before:]
