@@ -8,6 +8,8 @@ profiles (``source: certifi``). A leaf: it imports nothing of :mod:`companion`.
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import ssl
 import warnings
 from dataclasses import dataclass
@@ -21,13 +23,23 @@ from cryptography.utils import CryptographyDeprecationWarning
 _DER = 2  # _ssl.ENCODING_DER
 
 
-def certifi_roots() -> list[tuple[str, x509.Certificate]]:
+def certifi_roots() -> tuple[tuple[str, x509.Certificate], ...]:
     """The certifi bundle's roots with their labels (``"ISRG Root X1"``), in bundle order.
 
-    Read afresh on each call (an upgraded certifi is seen on the next reload). Raises OSError when
-    the bundle cannot be read.
+    Parsed once per version of the bundle file and shared: the profiles' root stores and the
+    relay's upstream trust read the same roots at start-up, and an upgraded certifi (another size
+    or modification time) is read afresh on the next reload. Raises OSError when the bundle cannot
+    be read.
     """
-    text = Path(certifi.where()).read_text(encoding="utf-8")
+    path = certifi.where()
+    stat = os.stat(path)
+    return _parse_bundle(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _parse_bundle(path: str, _mtime_ns: int, _size: int) -> tuple[tuple[str, x509.Certificate], ...]:
+    # Certificates are immutable, so one parsed tuple serves every caller.
+    text = Path(path).read_text(encoding="utf-8")
     roots: list[tuple[str, x509.Certificate]] = []
     label = ""
     block: list[str] | None = None
@@ -51,7 +63,7 @@ def certifi_roots() -> list[tuple[str, x509.Certificate]]:
                         continue
                 roots.append((label, cert))
                 label = ""
-    return roots
+    return tuple(roots)
 
 
 def unverified_context() -> ssl.SSLContext:
