@@ -10,6 +10,12 @@ chunked coding or the end of the connection, skips interim 1xx answers, and says
 connection may carry the next push. Answer bodies are dropped, never kept. A connection idle for
 ``IDLE_CLOSE`` seconds is closed, as an HTTP client pool does. Only plain ``http`` callbacks come
 here; ``https`` ones keep going through the bridge's aiohttp session.
+
+Time limits. A push has a deadline and a kept connection an idle limit, but neither gets a timer
+of its own: a fan-out would create and cancel two timer handles per push, a quarter of its cost.
+The :class:`PushBudget` that counts the connections also watches their times with one timer,
+set for the earliest one and firing at most every ``SWEEP_GRAIN`` seconds: a push that is late
+fails with TimeoutError (up to that grain after its deadline), and an idle connection is closed.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,6 +35,9 @@ log = logging.getLogger(__name__)
 
 # Seconds an idle push connection is kept for the next push (aiohttp's pool default).
 IDLE_CLOSE = 15.0
+# The watch timer fires at most this often: a late push fails, and an idle connection closes, up to
+# this much after its time. One pass looks at every open connection (at most the budget's limit).
+SWEEP_GRAIN = 0.25
 # Push connections open at once in the whole process, by default a quarter of the file limit (1,024
 # under the unit's LimitNOFILE=4096): inbound connections have half (limits.connection_budget),
 # and the rest is for the other outbound pools, the listening sockets and files.
@@ -80,13 +90,14 @@ def _head(host: str, headers: tuple[tuple[str, str], ...], length: int) -> h11.R
 class PushConnection(asyncio.Protocol):
     """One connection to a controller's timeline listener; one push at a time."""
 
-    def __init__(self, budget: PushBudget | None = None) -> None:
+    def __init__(self, budget: PushBudget) -> None:
         self._budget = budget
         self._transport: asyncio.Transport | None = None
         self._http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self._status = 0
         self._waiter: asyncio.Future[int] | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        # loop time by which the push in flight must be answered, or (idle) the connection is closed
+        self.due = math.inf
         self.answered = False  # some answer byte arrived for the push in flight
         self.closed = False
 
@@ -101,13 +112,15 @@ class PushConnection(asyncio.Protocol):
         return not self.closed and self._waiter is None and self._transport is not None \
             and not self._transport.is_closing() and self._http.our_state is h11.IDLE
 
-    async def push(self, request: PushRequest) -> int:
-        """Send one request and return the answer's status once the answer is complete."""
+    async def push(self, request: PushRequest, deadline: float = math.inf) -> int:
+        """Send one request and return the answer's status once the answer is complete.
+
+        ``deadline`` is in loop time (``loop.time()``): TimeoutError once it has passed without a
+        complete answer (the budget's watch notices it within ``SWEEP_GRAIN``), and the
+        connection is closed.
+        """
         if not self.reusable or self._transport is None:
             raise PushFailed("the push connection is closed")
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         try:
             data = self._http.send(request.head) or b""
             data += self._http.send(h11.Data(data=request.body)) or b""
@@ -120,6 +133,8 @@ class PushConnection(asyncio.Protocol):
         self.answered = False
         waiter: asyncio.Future[int] = loop.create_future()
         self._waiter = waiter
+        self.due = deadline
+        self._budget.watch(deadline)
         self._transport.write(data)
         try:
             status = await waiter
@@ -129,10 +144,16 @@ class PushConnection(asyncio.Protocol):
         finally:
             self._waiter = None
         if self.reusable:
-            self._idle = loop.call_later(IDLE_CLOSE, self.close)
-            if self._budget is not None:
-                self._budget.idle()
+            self.due = loop.time() + self._budget.idle_close
+            self._budget.idle(self.due)
         return status
+
+    def expire(self) -> None:
+        """Its time has come (the budget's watch): fail the push in flight, or close the idle connection."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError("the controller did not answer the push in time"))
+        self.close()
 
     def data_received(self, data: bytes) -> None:
         """Feed the answer in flight (asyncio callback); anything unasked for closes the connection."""
@@ -181,11 +202,7 @@ class PushConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Fail the push in flight, if any (asyncio callback)."""
         self.closed = True
-        if self._budget is not None:
-            self._budget.release(self)
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self._budget.release(self)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             why = f": {exc}" if exc is not None else ""
@@ -194,24 +211,28 @@ class PushConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection now (idempotent)."""
         self.closed = True
-        if self._budget is not None:
-            self._budget.release(self)
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self._budget.release(self)
         if self._transport is not None:
             self._transport.close()
 
 
 class PushBudget:
     """At most ``limit`` push connections open (or opening) at once: at the limit, the longest-idle
-    kept connection is closed for a new one, and when none is idle the push waits for one to close."""
+    kept connection is closed for a new one, and when none is idle the push waits for one to close.
 
-    def __init__(self, limit: int | None = None) -> None:
+    It also keeps its connections' times (module docstring): one timer for all of them.
+    """
+
+    def __init__(self, limit: int | None = None, *, idle_close: float = IDLE_CLOSE,
+                 grain: float = SWEEP_GRAIN) -> None:
         self._limit = limit
+        self.idle_close = idle_close
+        self._grain = grain
         self._open: dict[PushConnection, None] = {}  # insertion order: oldest first
         self._opening = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     @property
     def limit(self) -> int:
@@ -245,16 +266,42 @@ class PushBudget:
                     self._waiters.remove(waiter)
         self._opening += 1
 
-    def idle(self) -> None:
-        """A connection finished its push and is kept: a push waiting for room may now close it."""
+    def idle(self, until: float) -> None:
+        """A connection finished its push and is kept until ``until`` (loop time): a push waiting
+        for room may now close it."""
+        self.watch(until)
         if self._waiters:
             self._wake()
+
+    def watch(self, when: float) -> None:
+        """Some connection's time is ``when`` (loop time): make sure the watch fires by then."""
+        if when < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = when
+            self._timer = asyncio.get_running_loop().call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        """Expire every connection whose time has passed; set the timer for the next one."""
+        self._timer, self._timer_at = None, math.inf
+        now = asyncio.get_running_loop().time()
+        upcoming = math.inf
+        for connection in list(self._open):
+            if connection.due <= now:
+                connection.expire()
+            elif connection.due < upcoming:
+                upcoming = connection.due
+        if upcoming < math.inf:
+            self.watch(max(upcoming, now + self._grain))
 
     def release(self, connection: PushConnection) -> None:
         """A connection closed: uncount it and wake one waiting push (idempotent)."""
         if connection in self._open:
             del self._open[connection]
             self._wake()
+            if not self._open and self._timer is not None:
+                self._timer.cancel()
+                self._timer, self._timer_at = None, math.inf
 
     def _wake(self) -> None:
         while self._waiters:

@@ -309,11 +309,12 @@ class Subscribers:
 
     async def _push(self, sub: _Subscriber) -> None:
         body = self._render(self.command_id(sub.client_id), False)
+        deadline = asyncio.get_running_loop().time() + self._push_timeout
         try:
-            async with asyncio.timeout(self._push_timeout):
-                if sub.address is not None:
-                    status = await self._post(sub, sub.address, body)
-                else:
+            if sub.address is not None:
+                status = await self._post(sub, sub.address, body, deadline)
+            else:
+                async with asyncio.timeout_at(deadline):
                     status = await self._post_tls(sub, body)
             if status >= 400:
                 raise PushFailed(f"the controller answered HTTP {status}")
@@ -330,26 +331,29 @@ class Subscribers:
         else:
             sub.failures = 0
 
-    async def _post(self, sub: _Subscriber, address: tuple[str, int, str], body: bytes) -> int:
-        """A plain-http push on the subscriber's kept connection (one new connection if it was closed)."""
+    async def _post(self, sub: _Subscriber, address: tuple[str, int, str], body: bytes, deadline: float) -> int:
+        """A plain-http push on the subscriber's kept connection (one new connection if it was closed),
+        answered by ``deadline`` (loop time: the push connections keep their deadlines without a
+        timer each; only opening a connection takes an asyncio timeout)."""
         host, port, host_header = address
         data = push_request(host_header, self._headers(), body)
         connection = sub.connection
         if connection is not None and connection.reusable:
             try:
-                return await connection.push(data)
+                return await connection.push(data, deadline)
             except PushFailed:
                 if connection.answered:
                     raise
                 # The controller had closed the idle connection as we wrote: one fresh try, as
                 # HTTP clients do for a kept-alive connection.
         sub.connection = None
-        connection = await open_push_connection(host, port)
+        async with asyncio.timeout_at(deadline):
+            connection = await open_push_connection(host, port)
         if sub.address == address and self._subs.get(sub.client_id) is sub:
             sub.connection = connection
-            return await connection.push(data)
+            return await connection.push(data, deadline)
         try:  # dropped or moved while connecting: this push still goes, the connection is not kept
-            return await connection.push(data)
+            return await connection.push(data, deadline)
         finally:
             connection.close()
 

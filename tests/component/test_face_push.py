@@ -200,3 +200,55 @@ async def test_a_push_waiting_for_room_takes_it_as_soon_as_a_busy_connection_goe
 def test_the_default_limit_is_a_quarter_of_the_file_limit() -> None:
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert PushBudget().limit == max(64, soft // 4)
+
+
+async def test_a_controller_that_never_answers_fails_the_push_soon_after_its_deadline() -> None:
+    budget = PushBudget(grain=0.05)
+    async with Listener(lambda n: b"") as listener:  # reads the push, never answers
+        connection = await open_push_connection("127.0.0.1", listener.port, budget)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(connection.push(push_request("x", {}, b"x"), started + 0.3), 5)
+        assert 0.3 <= loop.time() - started < 2  # the deadline's TimeoutError, not wait_for's
+        assert connection.closed and budget.open == 0
+
+
+async def test_late_pushes_on_many_connections_each_fail_and_prompt_ones_are_kept() -> None:
+    budget = PushBudget(grain=0.05)
+    async with Listener(lambda n: OK_ANSWER) as prompt, Listener(lambda n: b"") as silent:
+        answered = [await open_push_connection("127.0.0.1", prompt.port, budget) for _ in range(3)]
+        unanswered = [await open_push_connection("127.0.0.1", silent.port, budget) for _ in range(3)]
+        deadline = asyncio.get_running_loop().time() + 0.3
+        results = await asyncio.wait_for(asyncio.gather(
+            *(c.push(push_request("x", {}, b"x"), deadline) for c in (*answered, *unanswered)),
+            return_exceptions=True), 5)
+        assert results[:3] == [200, 200, 200]
+        assert all(isinstance(r, TimeoutError) for r in results[3:])
+        assert all(c.reusable for c in answered) and all(c.closed for c in unanswered)
+        assert budget.open == 3
+        for connection in answered:
+            connection.close()
+
+
+async def test_a_kept_connection_is_closed_once_idle_for_the_idle_limit() -> None:
+    budget = PushBudget(idle_close=0.2, grain=0.05)
+    async with Listener(lambda n: OK_ANSWER) as listener:
+        connection = await open_push_connection("127.0.0.1", listener.port, budget)
+        assert await asyncio.wait_for(connection.push(push_request("x", {}, b"x")), 2) == 200
+        assert connection.reusable
+        await until(lambda: connection.closed, timeout=5)
+        assert budget.open == 0
+
+
+async def test_a_subscriber_that_never_answers_counts_a_failed_push_after_the_push_timeout() -> None:
+    subs = Subscribers(render=lambda command_id, metadata: BODY, headers=lambda: {},
+                       session=None, push_timeout=0.3)  # type: ignore[arg-type]  # https only, unused here
+    try:
+        async with Listener(lambda n: b"") as listener:
+            subs.subscribe("phone", protocol="http", peer="127.0.0.1", port=listener.port)
+            await until(lambda: len(listener.requests) == 1)
+            await until(lambda: subs._subs["phone"].failures == 1, timeout=5)
+    finally:
+        await subs.stop()
+
