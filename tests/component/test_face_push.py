@@ -252,3 +252,42 @@ async def test_a_subscriber_that_never_answers_counts_a_failed_push_after_the_pu
     finally:
         await subs.stop()
 
+
+async def test_bytes_after_the_answer_close_the_connection_but_the_push_counts() -> None:
+    async with Listener(lambda n: OK_ANSWER + b"HTTP/1.1 2") as listener:
+        connection = await open_push_connection("127.0.0.1", listener.port)
+        assert await asyncio.wait_for(connection.push(push_request("x", {}, b"x")), 2) == 200
+        assert connection.closed
+
+
+async def test_an_answer_cut_short_by_the_close_fails_the_push() -> None:
+    async with Listener(lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", close_after=True) as listener:
+        connection = await open_push_connection("127.0.0.1", listener.port)
+        with pytest.raises(PushFailed, match="closed the connection"):
+            await asyncio.wait_for(connection.push(push_request("x", {}, b"x")), 2)
+
+
+async def test_an_answer_with_endless_headers_is_refused() -> None:
+    headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 1000) for i in range(20))
+    async with Listener(lambda n: b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: 0\r\n\r\n") as listener:
+        connection = await open_push_connection("127.0.0.1", listener.port)
+        with pytest.raises(PushFailed, match="bytes of headers"):
+            await asyncio.wait_for(connection.push(push_request("x", {}, b"x")), 2)
+        assert connection.closed
+
+
+async def test_a_large_body_in_the_answer_is_read_and_dropped() -> None:
+    big = b"z" * 200_000
+    async with Listener(lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big)) as listener:
+        connection = await open_push_connection("127.0.0.1", listener.port)
+        for _ in range(2):
+            assert await asyncio.wait_for(connection.push(push_request("x", {}, b"x")), 2) == 200
+        assert connection.reusable and listener.connections == 1
+        connection.close()
+
+
+async def test_an_interim_answer_does_not_settle_the_push() -> None:
+    async with Listener(lambda n: b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
+                                  b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n") as listener:
+        connection = await open_push_connection("127.0.0.1", listener.port)
+        assert await asyncio.wait_for(connection.push(push_request("x", {}, b"x")), 2) == 503
