@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio.sslproto
+import ctypes
+import ctypes.util
+import functools
+from collections.abc import Callable
 
-# One TLS record holds at most 16 KiB of data, so a read of 16 KiB still takes a whole record.
-TLS_READ_BUFFER = 16 * 1024
+# Bytes asyncio reads from a TLS socket at a time, and asks OpenSSL for at a time. A TLS record
+# holds up to 16 KiB; a smaller read takes a record in a few steps, each a loop iteration.
+TLS_READ_BUFFER = 4 * 1024
+# How often ``companion run`` hands freed heap pages back to the system (seconds).
+RELEASE_EVERY = 5.0
 
 
 def lean_tls_buffers(size: int = TLS_READ_BUFFER) -> None:
@@ -14,7 +21,37 @@ def lean_tls_buffers(size: int = TLS_READ_BUFFER) -> None:
     Python 3.11's ``SSLProtocol`` allocates, and zeroes, a 256 KiB buffer for every connection it
     makes. The bridge holds one HTTPS long-poll per face and server (the companion proxy), so 50
     faces cost 12 MB resident for buffers that a poll answer of a few hundred bytes never fills
-    (``bench/memory.py``). Bulk media does not read through these buffers: the relay reads direct-play
-    parts with blocking sockets (``companion.relay.pump``). The class attribute is the only hook asyncio has.
+    (``bench/memory.py``); at 4 KiB they cost 0.2 MB. Bulk media does not read through these
+    buffers: the relay reads direct-play parts with blocking sockets (``companion.relay.pump``).
+    What does (transcoded segments, plex.tv, answers from servers) arrives at a few MB/s at most,
+    which is a few hundred reads a second. The class attribute is the only hook asyncio has.
     """
     asyncio.sslproto.SSLProtocol.max_size = size
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``); False where there is none.
+
+    glibc keeps the pages of freed memory for later allocations, so bursts (TLS handshakes of
+    the companion proxy's polls at start, a fling's probe, a fan-out) stay in the resident size
+    of an idle daemon long after them. A call takes about 0.2 ms after a burst, 0.03 ms otherwise.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True

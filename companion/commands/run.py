@@ -39,7 +39,7 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
     from companion.bridge import Bridge
     from companion.connections import quiet_loop_errors
     from companion.sdnotify import Notifier
-    from companion.tuning import lean_tls_buffers
+    from companion.tuning import RELEASE_EVERY, lean_tls_buffers, release_free_memory
 
     loop = asyncio.get_running_loop()
     quiet_loop_errors(loop)
@@ -84,7 +84,14 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
                 log.error("reload failed, keeping the running configuration: %s", exc)
             notifier.ready()
 
+    async def release_memory() -> None:
+        while True:
+            if not release_free_memory():
+                return  # not glibc: nothing to do
+            await asyncio.sleep(RELEASE_EVERY)  # housekeeping pace, not synchronisation
+
     tasks = [asyncio.create_task(watchdog(), name="sd-watchdog"),
+             asyncio.create_task(release_memory(), name="release-memory"),
              asyncio.create_task(reloader(), name="sighup-reload")]
     try:
         await stop.wait()
