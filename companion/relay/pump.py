@@ -31,10 +31,10 @@ import hashlib
 import http.client
 import os
 import socket
-import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 
+from companion.relay.tlsstream import TlsStream
 from companion.security.tls import unverified_context
 
 CHUNK = 256 * 1024  # as large as helps; larger chunks cost memmoves in the 3.11 write buffer
@@ -74,7 +74,7 @@ class UpstreamStream:
         self._chunk = chunk
         self._room = threading.Semaphore(depth)
         self._stop = threading.Event()
-        self._sock: ssl.SSLSocket | None = None
+        self._sock: TlsStream | None = None
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -182,17 +182,18 @@ class UpstreamStream:
     def _connect(self) -> http.client.HTTPConnection:
         ctx = unverified_context()  # trust is the pin below, checked before anything is sent
         raw = socket.create_connection((self._address, self._port), timeout=self._timeout)
+        stream = TlsStream(raw, ctx, self._sni)
+        self._sock = stream
         try:
-            sock = ctx.wrap_socket(raw, server_hostname=self._sni)
+            stream.handshake()
         except BaseException:
             raw.close()
             raise
-        self._sock = sock
-        leaf = sock.getpeercert(binary_form=True) or b""
+        leaf = stream.ssl.getpeercert(binary_form=True) or b""
         if hashlib.sha256(leaf).digest() != self._fingerprint:
             raise PinMismatch("the server presented another certificate than the one verified")
         conn = http.client.HTTPConnection(self._address, self._port, timeout=self._timeout)
-        conn.sock = sock  # http.client speaks over the socket we made and checked
+        conn.sock = stream  # http.client needs only sendall, makefile and close of its socket
         return conn
 
     def _run(self) -> None:
