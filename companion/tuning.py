@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio.sslproto
 import ctypes
-import ctypes.util
 import functools
 from collections.abc import Callable
 
@@ -31,12 +30,10 @@ def lean_tls_buffers(size: int = TLS_READ_BUFFER) -> None:
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # The interpreter's own symbols include its C library's (no ldconfig run to find libc by name).
     try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        trim = ctypes.CDLL(None).malloc_trim
+    except AttributeError:  # not glibc (musl has no malloc_trim)
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
