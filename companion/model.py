@@ -1,7 +1,7 @@
 """Value objects shared by every layer: sightings, targets, servers, controllers, commands, flings.
 
-All frozen dataclasses, no I/O. Tokens are held with ``repr=False`` so they never reach a log line
-through ``repr``.
+Frozen dataclasses (Controller and Command, built for every request, are NamedTuples), no I/O.
+Tokens are held with ``repr=False`` so they never reach a log line through ``repr``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import unquote
 
 SightingSource = Literal["gdm", "mdns", "config"]
@@ -129,9 +129,12 @@ class Server:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class Controller:
-    """The phone or app that sent a Companion request (identified by X-Plex-* values)."""
+class Controller(NamedTuple):
+    """The phone or app that sent a Companion request (identified by X-Plex-* values).
+
+    A NamedTuple, as Command is: every request to a face builds both, and a tuple is built in a
+    third of a frozen dataclass's time (bench/face_rps.py).
+    """
 
     client_id: str
     name: str = ""
@@ -139,8 +142,10 @@ class Controller:
     address: str = ""  # TCP peer address
 
 
-@dataclass(frozen=True)
-class Command:
+_NOBODY = Controller(client_id="")
+
+
+class Command(NamedTuple):
     """One Companion request, parsed: ``/player/<group>/<name>`` plus its parameters.
 
     ``params`` holds the query without X-Plex-* values (those went into ``controller``) and
@@ -150,8 +155,8 @@ class Command:
 
     group: str  # playback | timeline | mirror | navigation | application
     name: str  # pause, playMedia, subscribe, ...
-    params: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
-    controller: Controller = field(default_factory=lambda: Controller(client_id=""))
+    params: Mapping[str, str] = _EMPTY
+    controller: Controller = _NOBODY
     command_id: int | None = None
     target_client_id: str | None = None
 

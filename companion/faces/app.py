@@ -98,12 +98,12 @@ class FaceLimits:
     idle_timeout: float = IDLE_TIMEOUT
 
 
-def _first_values(query: Mapping[str, str]) -> dict[str, str]:
-    """A repeated query parameter counts once, by its first value."""
-    out: dict[str, str] = {}
-    for key, value in query.items():
-        out.setdefault(key, value)
-    return out
+_XML_HEADERS = {"Content-Type": f"{XML_CONTENT_TYPE}; charset=utf-8"}
+_TIMELINE_HEADERS = {**_XML_HEADERS, "X-Plex-Protocol": "1.0"}
+
+
+def _not_this_player() -> web.Response:
+    return xml_response(404, "Not Found: not this player (X-Plex-Target-Client-Identifier)")
 
 
 def _plex_value(request: web.BaseRequest, name: str) -> str | None:
@@ -272,23 +272,28 @@ class Face(StartStopContext):
         if request.can_read_body:
             await request.read()  # enforces client_max_size (413) before anything is parsed
         path = request.path
-        is_resources = path.rstrip("/") == "/resources"
-        target = _plex_value(request, "X-Plex-Target-Client-Identifier")
-        # /resources is how a controller learns who we are, so a stale target id there is ignored:
-        # python-plexapi keeps the last player's id in its shared default headers.
-        if target and not is_resources and target.strip() != self._identity.machine_identifier:
-            return xml_response(404, "Not Found: not this player (X-Plex-Target-Client-Identifier)")
-        if is_resources:
+        if path.rstrip("/") == "/resources":
+            # How a controller learns who we are, so a stale target id is ignored here:
+            # python-plexapi keeps the last player's id in its shared default headers.
             if request.method not in ("GET", "HEAD"):
                 return xml_response(405, f"Method Not Allowed: {request.method[:16]} /resources")
-            return web.Response(body=resources_xml(self._identity), content_type=XML_CONTENT_TYPE,
-                                charset="utf-8")
+            return web.Response(body=resources_xml(self._identity), headers=_XML_HEADERS)
         split = split_player_path(path)
         if split is None or not known_command(*split):
+            if self._addressed_elsewhere(request):
+                return _not_this_player()
             return xml_response(404, f"Not Found: no Companion endpoint {path[:100]!r}")
-
-        command = parse_request(request.method, path, _first_values(request.query), request.headers,
-                                request.remote or "")
+        try:
+            # dict() of a MultiDict takes each key's first value: a repeated parameter counts once.
+            command = parse_request(request.method, path, dict(request.query), request.headers,
+                                    request.remote or "", split=split)
+        except ProtocolError:
+            if self._addressed_elsewhere(request):  # a request for another player is not ours to judge
+                return _not_this_player()
+            raise
+        target = command.target_client_id
+        if target is not None and target != self._identity.machine_identifier:
+            return _not_this_player()
         if log.isEnabledFor(logging.DEBUG):  # redacting the parameters costs; only when it is printed
             log.debug("face %r: %s from %r (%s) commandID=%s params=%s", self._identity.name,
                       command.path, command.controller.name, command.controller.client_id,
@@ -297,6 +302,11 @@ class Face(StartStopContext):
             return await self._timeline(command)
         await self.run_command(command)
         return xml_response(200, "OK")
+
+    def _addressed_elsewhere(self, request: web.BaseRequest) -> bool:
+        # As parse_request reads it: a blank value names no player.
+        target = (_plex_value(request, "X-Plex-Target-Client-Identifier") or "").strip()
+        return bool(target) and target != self._identity.machine_identifier
 
     async def run_command(self, command: Command) -> None:
         """Carry one parsed command (not a timeline one) to the handler, as a request to this face is.
@@ -329,6 +339,4 @@ class Face(StartStopContext):
         body = await self._subscribers.poll(controller.client_id, command_id=command.command_id,
                                             wait=command.params.get("wait", "0") == "1",
                                             include_metadata=command.params.get("includeMetadata", "0") == "1")
-        response = web.Response(body=body, content_type=XML_CONTENT_TYPE, charset="utf-8")
-        response.headers["X-Plex-Protocol"] = "1.0"
-        return response
+        return web.Response(body=body, headers=_TIMELINE_HEADERS)

@@ -185,6 +185,7 @@ def guarded(dispatch: FaceHandler, *, face_id: Callable[[], str], allowed_hosts:
     included, carries the face id and the CORS headers.
     """
     origins = _Origins(cors_origins)
+    any_origin = origins.allow(None) == "*"  # the default: every answer says "*", whatever the Origin
     allowed = frozenset(allowed_hosts)
     verdicts: dict[str | None, bool] = {}  # a controller sends the same Host on every request
     host_refusals = ThrottledLog(log)
@@ -229,7 +230,7 @@ def guarded(dispatch: FaceHandler, *, face_id: Callable[[], str], allowed_hosts:
         headers = response.headers
         headers["X-Plex-Client-Identifier"] = face_id()
         headers["Access-Control-Expose-Headers"] = "X-Plex-Client-Identifier"
-        allowed_origin = origins.allow(request.headers.get("Origin"))
+        allowed_origin = "*" if any_origin else origins.allow(request.headers.get("Origin"))
         if allowed_origin is not None:
             headers["Access-Control-Allow-Origin"] = allowed_origin
             if allowed_origin != "*":

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import unquote
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from companion.errors import ProtocolError
 from companion.model import SECRET_PARAMS, Command, Controller, MediaRequest, scrub, strip_tokens
 
@@ -42,6 +44,8 @@ _ALIASES: Mapping[tuple[str, str], tuple[str, str]] = MappingProxyType({
 })
 
 _METHODS = frozenset({"GET", "POST", "PUT", "HEAD"})
+# Every (group, name) known_command accepts, aliases included: one set lookup per request.
+_KNOWN = frozenset({(group, name) for group, names in COMMANDS.items() for name in names} | set(_ALIASES))
 _MAX_ECHO = 48
 _INT_RE = re.compile(r"[+-]?[0-9]{1,18}")
 # Host names and IP literals only: no '/', '@', '?', '#', spaces, so an address can never turn
@@ -60,6 +64,10 @@ _NUMERIC: Mapping[str, tuple[int, int]] = MappingProxyType({
     "repeat": (0, 2),
     "wait": (0, 1),
 })
+_BOUNDS = dict(_NUMERIC)
+# The X-Plex-* headers a Command is built from: (name, the key parse_request files it under).
+_PLEX_HEADERS = tuple((name, name.lower()) for name in (
+    "X-Plex-Client-Identifier", "X-Plex-Device-Name", "X-Plex-Product", "X-Plex-Target-Client-Identifier"))
 
 
 def _echo(name: str, value: str) -> str:
@@ -73,6 +81,10 @@ def _echo(name: str, value: str) -> str:
 
 def parse_int(where: str, name: str, value: str, low: int, high: int) -> int:
     """``value`` as an integer within ``low..high``, or a ProtocolError naming ``where`` and ``name``."""
+    if _small_uint(value):  # the common case, without the regex
+        number = int(value)
+        if low <= number <= high:
+            return number
     text = value.strip()
     if not _INT_RE.fullmatch(text):
         raise ProtocolError(f"{where}: {name}: expected an integer {low}..{high}, got {_echo(name, value)}")
@@ -84,8 +96,7 @@ def parse_int(where: str, name: str, value: str, low: int, high: int) -> int:
 
 def known_command(group: str, name: str) -> bool:
     """True when ``/player/<group>/<name>`` is a Companion command this module can parse."""
-    group, name = _ALIASES.get((group, name), (group, name))
-    return name in COMMANDS.get(group, frozenset())
+    return (group, name) in _KNOWN
 
 
 def split_player_path(path: str) -> tuple[str, str] | None:
@@ -93,23 +104,25 @@ def split_player_path(path: str) -> tuple[str, str] | None:
     parts = path.strip("/").split("/")
     if len(parts) != 3 or parts[0] != "player":
         return None
-    return _ALIASES.get((parts[1], parts[2]), (parts[1], parts[2]))
+    pair = (parts[1], parts[2])
+    return _ALIASES.get(pair, pair)
 
 
 def parse_request(method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
-                  peer: str) -> Command:
+                  peer: str, *, split: tuple[str, str] | None = None) -> Command:
     """One Companion request as a Command.
 
     X-Plex-* values come from headers or the query (headers win); their names are matched
     case-insensitively in both. ``commandID`` becomes ``command_id``; everything else in the query
-    stays in ``params`` (a playMedia ``token`` included: see :func:`media_request`).
+    stays in ``params`` (a playMedia ``token`` included: see :func:`media_request`). ``split``: the
+    path's (group, name) when the caller has already split it and checked it is known.
     """
-    where = f"{method} {path}"
     if method.upper() not in _METHODS:
-        raise ProtocolError(f"{where}: method {method!r} is not allowed")
-    split = split_player_path(path)
-    if split is None or not known_command(*split):
-        raise ProtocolError(f"{where}: unknown Companion command")
+        raise ProtocolError(f"{method} {path}: method {method!r} is not allowed")
+    if split is None:
+        split = split_player_path(path)
+        if split is None or split not in _KNOWN:
+            raise ProtocolError(f"{method} {path}: unknown Companion command")
     group, name = split
 
     plex: dict[str, str] = {}
@@ -120,29 +133,37 @@ def parse_request(method: str, path: str, query: Mapping[str, str], headers: Map
         if lower.startswith("x-plex-"):
             plex[lower] = value
         elif lower == "commandid":
-            if value.strip() != "":
-                command_id = parse_int(where, "commandID", value, -1, 2**53)
+            if _small_uint(value):  # every controller's commandID; the regex only for the rest
+                command_id = int(value)
+            elif value.strip() != "":
+                command_id = parse_int(f"{method} {path}", "commandID", value, -1, 2**53)
         else:
             params[key] = value
-    for key, value in headers.items():
-        lower = key.lower()
-        if lower.startswith("x-plex-"):
-            plex[lower] = value
-
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        # aiohttp's headers: look the four names up rather than lowercase every header.
+        for header, lower in _PLEX_HEADERS:
+            found = headers.get(header)
+            if found is not None:
+                plex[lower] = found
+    else:
+        for key, value in headers.items():
+            lower = key.lower()
+            if lower.startswith("x-plex-"):
+                plex[lower] = value
     for key, value in params.items():
-        bounds = _NUMERIC.get(key)
-        if bounds is not None and value != "":
-            parse_int(where, key, value, *bounds)
+        bounds = _BOUNDS.get(key)
+        if bounds is not None and value != "" and not (_small_uint(value) and bounds[0] <= int(value) <= bounds[1]):
+            parse_int(f"{method} {path}", key, value, *bounds)
 
-    controller = Controller(
-        client_id=plex.get("x-plex-client-identifier", "").strip(),
-        name=plex.get("x-plex-device-name", ""),
-        product=plex.get("x-plex-product", ""),
-        address=peer,
-    )
+    controller = Controller(plex.get("x-plex-client-identifier", "").strip(), plex.get("x-plex-device-name", ""),
+                            plex.get("x-plex-product", ""), peer)
     target = plex.get("x-plex-target-client-identifier", "").strip() or None
-    return Command(group=group, name=name, params=MappingProxyType(params), controller=controller,
-                   command_id=command_id, target_client_id=target)
+    return Command(group, name, MappingProxyType(params), controller, command_id, target)
+
+
+def _small_uint(value: str) -> bool:
+    """Plain ASCII digits, at most 15 of them (below 2**53): int() takes them as they are."""
+    return value.isdigit() and value.isascii() and len(value) <= 15
 
 
 # playMedia parameter -> Alexa's variant (PKC's ALEXA_TO_COMPANION map).

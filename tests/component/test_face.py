@@ -201,6 +201,22 @@ async def test_command_for_another_player_is_404(base, phone, recorder):
     assert len(recorder.commands) == 1
 
 
+async def test_target_check_comes_before_the_parameters_and_a_blank_target_names_no_player(base, phone, recorder):
+    # Another player's command is not ours to judge, even when its parameters are malformed.
+    reply = await phone.request(base, "/player/playback/setParameters", {"volume": "loud"},
+                                headers={"X-Plex-Target-Client-Identifier": "someone-else"})
+    assert reply.status == 404
+    assert "not this player" in response_of(reply.body)[1]
+    reply = await phone.request(base, "/player/playback/setParameters", {"volume": "loud"})
+    assert reply.status == 400
+    reply = await phone.request(base, "/player/playback/play", headers={"X-Plex-Target-Client-Identifier": "  "})
+    assert reply.status == 200
+    reply = await phone.request(base, "/player/playback/play", headers={"X-Plex-Target-Client-Identifier": FACE_ID},
+                                params={"x-plex-target-client-identifier": "someone-else"})
+    assert reply.status == 200, "the header wins over the query, as for every X-Plex value"
+    assert len(recorder.commands) == 2
+
+
 async def test_unavailable_target_still_gets_commands_and_timeline_says_disconnected(face, base, phone, recorder):
     face.set_available(False)
     recorder.error = TargetUnavailable("the player refused the connection")

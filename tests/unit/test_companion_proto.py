@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from companion.errors import ProtocolError
 from companion.proto.companion import (
@@ -66,6 +67,28 @@ def test_header_wins_over_query_for_the_same_plex_value():
     assert cmd.controller.client_id == "from-header"
 
 
+def test_aiohttp_headers_give_the_same_command_as_a_plain_mapping():
+    # The face passes aiohttp's case-insensitive headers, which parse_request looks names up in.
+    query = {"X-Plex-Client-Identifier": "from-query", "x-plex-product": "Query App", "commandID": "7"}
+    headers = {"x-plex-client-identifier": "from-header", "X-PLEX-DEVICE-NAME": "Ann's phone",
+               "X-Plex-Target-Client-Identifier": " face-1 ", "Host": "10.0.0.2:32500"}
+    plain = parse("/player/playback/pause", query, headers)
+    multi = parse("/player/playback/pause", query, CIMultiDictProxy(CIMultiDict(headers)))
+    assert multi == plain
+    assert (multi.controller.client_id, multi.controller.name, multi.controller.product) == (
+        "from-header", "Ann's phone", "Query App")
+    assert multi.target_client_id == "face-1"
+
+
+@given(st.dictionaries(st.sampled_from(["X-Plex-Client-Identifier", "x-plex-device-name", "X-PLEX-PRODUCT",
+                                        "X-Plex-Target-Client-Identifier", "X-Plex-Token", "Host", "Origin"]),
+                       st.text(max_size=8), max_size=7))
+@settings(max_examples=200, deadline=None)
+def test_header_lookup_matches_the_plain_reading_for_any_headers(headers):
+    plain = parse("/player/timeline/poll", {"wait": "0"}, headers)
+    assert parse("/player/timeline/poll", {"wait": "0"}, CIMultiDictProxy(CIMultiDict(headers))) == plain
+
+
 def test_command_without_command_id_or_controller_is_accepted():
     cmd = parse("/player/playback/stop")
     assert cmd.command_id is None
@@ -73,7 +96,15 @@ def test_command_without_command_id_or_controller_is_accepted():
     assert cmd.target_client_id is None
 
 
-@pytest.mark.parametrize("value", ["abc", "1.5", "", "99999999999999999999999"])
+@pytest.mark.parametrize(("value", "expected"), [
+    ("12", 12), ("007", 7), (" 12 ", 12), ("+3", 3), ("-1", -1), ("999999999999999", 999999999999999),
+    (str(2**53), 2**53)])
+def test_command_ids_read_as_integers(value, expected):
+    assert parse("/player/playback/play", {"commandID": value}).command_id == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "", "99999999999999999999999", str(2**53 + 1), "\u0663", "\u00b2",
+                                   "-2"])
 def test_bad_command_id_is_a_protocol_error_naming_it(value):
     if value == "":
         assert parse("/player/playback/play", {"commandID": value}).command_id is None
@@ -99,6 +130,7 @@ def test_legacy_application_play_media_is_playback_play_media():
 @pytest.mark.parametrize(("param", "value"), [
     ("volume", "101"), ("volume", "-1"), ("volume", "loud"), ("port", "0"), ("port", "70000"),
     ("offset", "-5"), ("offset", "soon"), ("shuffle", "2"), ("repeat", "3"), ("wait", "yes"),
+    ("volume", "\u0665\u0660"), ("wait", "\u00b9"),
 ])
 def test_bad_numeric_params_name_the_parameter_and_value(param, value):
     with pytest.raises(ProtocolError) as info:
