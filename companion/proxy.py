@@ -39,6 +39,7 @@ from companion.model import Server, redacted, scrub
 from companion.proto import plexdirect
 from companion.proto.companion import parse_request, response_xml
 from companion.proto.proxy import MAX_POLL_BYTES, ProxyCommand, command_request_values, parse_poll, poll_params
+from companion.security.tls import system_verifying_context
 from companion.visibility import ChannelView
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class ProxySettings:
 
 def server_context(extra_roots: Iterable[x509.Certificate]) -> ssl.SSLContext:
     """Verifying TLS context for the proxy calls: the system roots plus the configured extra ones."""
-    ctx = ssl.create_default_context()
+    ctx = system_verifying_context()
     pem = "".join(cert.public_bytes(Encoding.PEM).decode() for cert in extra_roots)
     if pem:
         ctx.load_verify_locations(cadata=pem)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import ssl
 import warnings
 from dataclasses import dataclass
@@ -64,6 +65,40 @@ def _parse_bundle(path: str, _mtime_ns: int, _size: int) -> tuple[tuple[str, x50
                 roots.append((label, cert))
                 label = ""
     return tuple(roots)
+
+
+_HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+
+
+def _hashed_directory(path: str | None) -> bool:
+    """True when ``path`` is a directory of roots named by subject hash (``5ad8a5d6.0``), as
+    ``update-ca-certificates``, ``c_rehash`` and ``openssl rehash`` leave it."""
+    if path is None:
+        return False
+    try:
+        with os.scandir(path) as entries:
+            return any(_HASHED_NAME.fullmatch(entry.name) for entry in entries)
+    except OSError:
+        return False
+
+
+def system_verifying_context() -> ssl.SSLContext:
+    """A verifying TLS client context (``ssl.create_default_context()``'s settings) trusting the
+    system's roots, read from the system's hashed directory when it has one.
+
+    ``create_default_context()`` parses the whole CA bundle (about 140 roots, 0.8 MB resident) into
+    each context. From a hashed directory (``/etc/ssl/certs`` on Debian, Ubuntu, Alpine, Arch)
+    OpenSSL reads a root only when a chain it verifies needs it, so a context that talks to a few
+    servers holds their few roots. The trust is the same: that directory and the bundle are made
+    from the same certificates. The whole bundle is read, as by ``create_default_context()``, where
+    there is no such directory, and when ``SSL_CERT_FILE`` names a bundle other than the system's.
+    """
+    paths = ssl.get_default_verify_paths()
+    chosen = os.environ.get(paths.openssl_cafile_env)
+    if (chosen is not None and os.path.realpath(chosen) != os.path.realpath(paths.openssl_cafile)) \
+            or not _hashed_directory(paths.capath):
+        return ssl.create_default_context()
+    return ssl.create_default_context(capath=paths.capath)
 
 
 def unverified_context() -> ssl.SSLContext:
