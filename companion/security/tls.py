@@ -87,7 +87,7 @@ def system_verifying_context() -> ssl.SSLContext:
     system's roots, read from the system's hashed directory when it has one.
 
     ``create_default_context()`` parses the whole CA bundle (about 140 roots, 0.8 MB resident) into
-    each context. From a hashed directory (``/etc/ssl/certs`` on Debian, Ubuntu, Alpine, Arch)
+    each context. From a hashed directory (``/etc/ssl/certs`` on Debian and Ubuntu, for example)
     OpenSSL reads a root only when a chain it verifies needs it, so a context that talks to a few
     servers holds their few roots. The trust is the same: that directory and the bundle are made
     from the same certificates. The whole bundle is read, as by ``create_default_context()``, where
