@@ -64,7 +64,6 @@ _NUMERIC: Mapping[str, tuple[int, int]] = MappingProxyType({
     "repeat": (0, 2),
     "wait": (0, 1),
 })
-_BOUNDS = dict(_NUMERIC)
 # The X-Plex-* headers a Command is built from: (name, the key parse_request files it under).
 _PLEX_HEADERS = tuple((name, name.lower()) for name in (
     "X-Plex-Client-Identifier", "X-Plex-Device-Name", "X-Plex-Product", "X-Plex-Target-Client-Identifier"))
@@ -117,12 +116,13 @@ def parse_request(method: str, path: str, query: Mapping[str, str], headers: Map
     stays in ``params`` (a playMedia ``token`` included: see :func:`media_request`). ``split``: the
     path's (group, name) when the caller has already split it and checked it is known.
     """
+    where = f"{method} {path}"
     if method.upper() not in _METHODS:
-        raise ProtocolError(f"{method} {path}: method {method!r} is not allowed")
+        raise ProtocolError(f"{where}: method {method!r} is not allowed")
     if split is None:
         split = split_player_path(path)
         if split is None or split not in _KNOWN:
-            raise ProtocolError(f"{method} {path}: unknown Companion command")
+            raise ProtocolError(f"{where}: unknown Companion command")
     group, name = split
 
     plex: dict[str, str] = {}
@@ -133,27 +133,21 @@ def parse_request(method: str, path: str, query: Mapping[str, str], headers: Map
         if lower.startswith("x-plex-"):
             plex[lower] = value
         elif lower == "commandid":
-            if _small_uint(value):  # every controller's commandID; the regex only for the rest
-                command_id = int(value)
-            elif value.strip() != "":
-                command_id = parse_int(f"{method} {path}", "commandID", value, -1, 2**53)
+            if value.strip() != "":
+                command_id = parse_int(where, "commandID", value, -1, 2**53)
         else:
             params[key] = value
-    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
-        # aiohttp's headers: look the four names up rather than lowercase every header.
-        for header, lower in _PLEX_HEADERS:
-            found = headers.get(header)
-            if found is not None:
-                plex[lower] = found
-    else:
-        for key, value in headers.items():
-            lower = key.lower()
-            if lower.startswith("x-plex-"):
-                plex[lower] = value
+    # Four names looked up case-insensitively (aiohttp's headers already are a CIMultiDict), not
+    # every header lower-cased; a repeated header counts by its first value.
+    by_name = headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
+    for header, lower in _PLEX_HEADERS:
+        found = by_name.get(header)
+        if found is not None:
+            plex[lower] = found
     for key, value in params.items():
-        bounds = _BOUNDS.get(key)
-        if bounds is not None and value != "" and not (_small_uint(value) and bounds[0] <= int(value) <= bounds[1]):
-            parse_int(f"{method} {path}", key, value, *bounds)
+        bounds = _NUMERIC.get(key)
+        if bounds is not None and value != "":
+            parse_int(where, key, value, *bounds)
 
     controller = Controller(plex.get("x-plex-client-identifier", "").strip(), plex.get("x-plex-device-name", ""),
                             plex.get("x-plex-product", ""), peer)
