@@ -15,8 +15,9 @@ read:
   every 5 s; the peak is reported too.
 
 The baseline is a Python process that imports what the daemon imports (``companion.cli`` and
-``companion.bridge``, and through them aiohttp, zeroconf, pychromecast, cryptography, yaml,
-prometheus_client) and does nothing else. Goal: idle RSS at most 64 MB (the after-load figure and
+``companion.bridge``, and through them aiohttp, cryptography, yaml, prometheus_client; zeroconf,
+pychromecast and dnspython load only when mDNS, a Cast device or the DNS check needs them) and
+does nothing else. Goal: idle RSS at most 64 MB (the after-load figure and
 its distance from the baseline are reported too, for growth under load).
 The daemon is stopped with SIGTERM and must exit 0 within 20 s.
 """
