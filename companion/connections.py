@@ -213,8 +213,29 @@ class _GatedProtocol(asyncio.Protocol):
             self._inner.resume_writing()
 
 
+class _LateAbortProtocol(asyncio.Protocol):
+    """For a listener without a gate: resets a connection made after its site stopped, and otherwise
+    hands the transport to aiohttp's handler itself (``set_protocol``), so it costs nothing per request."""
+
+    def __init__(self, inner: asyncio.Protocol, site: GatedTCPSite) -> None:
+        self._inner = inner
+        self._site = site
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)
+        if self._site.stopped:
+            transport.abort()  # as _GatedProtocol does: aiohttp would never close this one
+            return
+        transport.set_protocol(self._inner)
+        self._inner.connection_made(transport)
+
+
 class GatedTCPSite(web.TCPSite):
-    """A TCPSite whose every accepted connection passes ``gate`` first (None: no gate)."""
+    """A TCPSite whose every accepted connection passes ``gate`` first (None: no gate).
+
+    Gate or not, a connection accepted before :meth:`stop` but made after it is reset: aiohttp's
+    own TCPSite leaves such a connection open, unseen by its shutdown, until the peer gives up.
+    """
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, gate: ConnectionGate | None,
                  **kwargs: Any) -> None:
@@ -229,17 +250,22 @@ class GatedTCPSite(web.TCPSite):
 
     async def start(self) -> None:
         """Listen, every accepted connection asking the gate first."""
-        if self._gate is None:
-            await super().start()
-            return
         await web.BaseSite.start(self)  # registers the site with its runner, as TCPSite.start does
         server = self._runner.server
         assert server is not None
         gate = self._gate
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _GatedProtocol(gate, server(), self), self._host, self._port,
-            backlog=gate.limits.budget.backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        factory: Callable[[], asyncio.Protocol]
+        if gate is None:
+            def factory() -> asyncio.Protocol:
+                return _LateAbortProtocol(server(), self)
+            backlog = self._backlog
+        else:
+            def factory() -> asyncio.Protocol:
+                return _GatedProtocol(gate, server(), self)
+            backlog = gate.limits.budget.backlog
+        self._server = await asyncio.get_running_loop().create_server(
+            factory, self._host, self._port, ssl=self._ssl_context, backlog=backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 
 

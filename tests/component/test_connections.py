@@ -8,11 +8,13 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 
 from companion.connections import ConnectionLimits, GatedTCPSite, ListenError, quiet_loop_errors, start_site
@@ -102,16 +104,18 @@ async def test_a_storm_of_accept_errors_is_reported_once_per_minute(caplog: pyte
     assert "Too many open files" in lines[0].getMessage() and lines[0].exc_info is None
 
 
-async def test_stopping_closes_connections_that_raced_the_stop() -> None:
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "ungated"])
+async def test_stopping_closes_connections_that_raced_the_stop(gated: bool) -> None:
     """A connection accepted just before the listener stops (its handler not yet told) is closed too,
-    not left open until its peer gives up: a busy LAN must not make the daemon leak descriptors."""
+    not left open until its peer gives up: a busy LAN must not make the daemon leak descriptors.
+    Without a gate too (a face built without one, and the test suite's fake servers)."""
     limits = ConnectionLimits(ConnectionBudget(total=64, per_listener=64, per_source=64, backlog=16, nofile=1024))
     left_open = []
     for turns in range(6):  # stop after 0..5 loop turns: before, while and after the accept
         app = web.Application()
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
-        site = GatedTCPSite(runner, "127.0.0.1", 0, gate=limits.gate(f"listener {turns}"))
+        site = GatedTCPSite(runner, "127.0.0.1", 0, gate=limits.gate(f"listener {turns}") if gated else None)
         await site.start()
         port = int(runner.addresses[0][1])
         reader, writer = await connect(port, "127.0.0.1")
@@ -122,6 +126,36 @@ async def test_stopping_closes_connections_that_raced_the_stop() -> None:
             left_open.append(turns)
         writer.close()
     assert left_open == [], f"stopped after {left_open} loop turns, the server kept the connection open"
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "ungated"])
+async def test_a_tls_handshake_that_ends_after_the_stop_is_reset_not_served(gated: bool) -> None:
+    """Over TLS the handler is made only when the handshake ends, which may be long after the
+    stop; aiohttp's shutdown has already passed by then and would leave that connection open (and
+    answering) until its peer gives up."""
+    limits = ConnectionLimits(ConnectionBudget(total=64, per_listener=64, per_source=64, backlog=16, nofile=1024))
+    ca = trustme.CA()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    runner = web.AppRunner(hello_app(), handle_signals=False)
+    await runner.setup()
+    site = GatedTCPSite(runner, "127.0.0.1", 0, gate=limits.gate("tls") if gated else None, ssl_context=server_ctx)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # TCP only: the server awaits a hello
+    for _ in range(5):  # the server accepts and starts waiting for the TLS hello
+        await asyncio.sleep(0)
+    await runner.cleanup()
+    answer = b""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        async with asyncio.timeout(5):
+            await writer.start_tls(client_ctx, server_hostname="127.0.0.1")
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = await reader.read()
+    writer.transport.abort()
+    assert b"hello" not in answer, "a stopped server answered a connection whose handshake ended late"
 
 
 def hello_app() -> web.Application:

@@ -34,7 +34,6 @@ import contextlib
 import datetime as dt
 import ipaddress
 import secrets
-import socket
 import ssl
 import tempfile
 import warnings
@@ -53,6 +52,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from companion.connections import GatedTCPSite
 
 KeyType = Literal["rsa", "ecdsa"]
 _TLS = {
@@ -270,14 +271,12 @@ class FakePlexServer:
         if self._tls:
             self._tmp = tempfile.TemporaryDirectory(prefix="fake-plex-")
             self._ctx = self._server_context()
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, 0))
-        self._port = sock.getsockname()[1]
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock, ssl_context=self._ctx).start()
+        # The daemon's own site: a TLS handshake that ends after stop() is reset, not served.
+        site = GatedTCPSite(self._runner, self._host, 0, gate=None, ssl_context=self._ctx)
+        await site.start()
+        self._port = site.port
 
     async def stop(self) -> None:
         if self._runner is not None:

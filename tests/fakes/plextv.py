@@ -29,6 +29,8 @@ from xml.sax.saxutils import quoteattr
 import trustme
 from aiohttp import web
 
+from companion.connections import GatedTCPSite
+
 
 @dataclass
 class FakePin:
@@ -118,9 +120,10 @@ class FakePlexTv:
         await self._runner.setup()
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1", "plex.tv").configure_cert(ctx)
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ctx)
+        # The daemon's own site: a TLS handshake that ends after stop() is reset, not served.
+        site = GatedTCPSite(self._runner, "127.0.0.1", self.port, gate=None, ssl_context=ctx)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = site.port
 
     async def stop(self) -> None:
         if self._runner is not None:
