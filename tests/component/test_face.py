@@ -235,6 +235,19 @@ async def test_every_response_carries_face_id_and_cors_headers(base, phone):
         assert "X-Plex-Client-Identifier" in reply.headers["Access-Control-Expose-Headers"]
 
 
+async def test_with_every_origin_allowed_only_a_cross_site_fetch_without_origin_is_refused(base, phone, recorder):
+    # The default http.cors_origins ("*"): an Origin or a Referer is always allowed, but a page
+    # that hid both still says Sec-Fetch-Site.
+    hidden = await phone.request(base, "/player/playback/pause", headers={"Sec-Fetch-Site": "cross-site"})
+    assert hidden.status == 403, hidden.body
+    assert "Access-Control-Allow-Origin" in hidden.headers
+    allowed = [await phone.request(base, "/player/playback/pause", headers=headers) for headers in (
+        {}, {"Sec-Fetch-Site": "same-origin"}, {"Origin": "https://elsewhere.example", "Sec-Fetch-Site": "cross-site"},
+        {"Referer": "https://elsewhere.example/page", "Sec-Fetch-Site": "same-site"})]
+    assert [reply.status for reply in allowed] == [200] * 4, [reply.body for reply in allowed]
+    assert len(recorder.commands) == 4
+
+
 async def test_options_preflight_is_answered(base, phone):
     reply = await phone.request(base, "/player/playback/playMedia", method="OPTIONS", command_id=None,
                                 headers={"Origin": "https://app.plex.tv",
