@@ -39,7 +39,7 @@ from companion.proto.companion import (
     resources_xml,
     split_player_path,
 )
-from companion.proto.timeline import PlayerState, render
+from companion.proto.timeline import PlayerState, TimelineDocument, render_document
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Face(StartStopContext):
         self._limits = limits
         self._state = PlayerState()
         self._available = True
-        self._rendered: dict[tuple[int | None, bool], bytes] = {}
+        self._rendered: dict[bool, TimelineDocument] = {}  # by include_metadata, for the current state
         self._runner: web.ServerRunner | None = None
         self._bound_port: int | None = None
         self._subscribers = Subscribers(
@@ -251,17 +251,14 @@ class Face(StartStopContext):
         self._subscribers.changed(playing=active is not None and active.state == "playing")
 
     def _render_for(self, command_id: int | None, include_metadata: bool = False) -> bytes:
-        # Every poll and push of one state differs only by commandID: render each once
-        # (a state change with a thousand subscribers would otherwise render a thousand times).
-        cache_key = (command_id, include_metadata)
-        body = self._rendered.get(cache_key)
-        if body is None:
-            if len(self._rendered) >= 1024:
-                self._rendered.clear()
-            body = self._rendered[cache_key] = render(
-                self._state, command_id=command_id, machine_identifier=self._identity.machine_identifier,
+        # Every poll and push of one state differs only by commandID: the tree is rendered once per
+        # state (a state change with a thousand subscribers would otherwise render a thousand times).
+        document = self._rendered.get(include_metadata)
+        if document is None:
+            document = self._rendered[include_metadata] = render_document(
+                self._state, machine_identifier=self._identity.machine_identifier,
                 disconnected=not self._available, include_metadata=include_metadata)
-        return body
+        return document.for_command(command_id)
 
     def _make_request(self, message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
                       writer: AbstractStreamWriter, task: asyncio.Task[None]) -> web.BaseRequest:

@@ -164,8 +164,38 @@ def render(state: PlayerState, *, command_id: int | None, machine_identifier: st
     ``<Timeline>`` children, music, video, photo, in that order. ``disconnected`` marks a face
     whose target is unreachable (plexdlnaplayer's ``disconnected="1"``).
     """
+    return render_document(state, machine_identifier=machine_identifier, disconnected=disconnected,
+                           include_metadata=include_metadata).for_command(command_id)
+
+
+# Every timeline document starts with this, then the commandID's digits (it is the root's first attribute).
+_COMMAND_ID_HEAD = b'<MediaContainer commandID="'
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineDocument:
+    """One state's timeline XML, rendered once: the copy for each controller differs only in its commandID.
+
+    Controllers number every command, and Plex apps poll with a new number each time, so a face
+    writes one state for many numbers: rendering the tree each time costs CPU, and keeping each
+    number's bytes costs memory that grows with every poll. The document keeps the bytes before and
+    after the number and puts each number between them.
+    """
+
+    head: bytes  # up to and including commandID="
+    tail: bytes  # from the quote that closes the commandID on
+
+    def for_command(self, command_id: int | None) -> bytes:
+        """The document as sent to a controller whose latest commandID is ``command_id`` (None: -1)."""
+        number = b"-1" if command_id is None else str(command_id).encode()
+        return b"".join((self.head, number, self.tail))
+
+
+def render_document(state: PlayerState, *, machine_identifier: str, disconnected: bool = False,
+                    include_metadata: bool = False) -> TimelineDocument:
+    """``state`` as a :class:`TimelineDocument` (see :func:`render` for what it holds)."""
     root = xml_element("MediaContainer", [
-        ("commandID", str(command_id if command_id is not None else -1)),
+        ("commandID", "-1"),
         ("location", state.location),
         ("machineIdentifier", machine_identifier),
         ("size", str(len(MEDIA_TYPES))),
@@ -184,7 +214,11 @@ def render(state: PlayerState, *, command_id: int | None, machine_identifier: st
             with contextlib.suppress(ProtocolError):  # made by _metadata_text; a bad one is left out
                 element.append(parse_xml(entry.metadata, "timeline metadata"))
         root.append(element)
-    return xml_document(root)
+    body = xml_document(root)
+    start = body.index(_COMMAND_ID_HEAD) + len(_COMMAND_ID_HEAD)
+    if not body.startswith(b'-1"', start):  # ElementTree writes attributes in the order they were set
+        raise AssertionError(f"the timeline document does not start with its commandID: {body[:start + 8]!r}")
+    return TimelineDocument(body[:start], body[start + 2:])
 
 
 TEXT_FIELD_PREFIX = "textField"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import tracemalloc
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 
@@ -442,3 +443,28 @@ async def test_a_poll_with_include_metadata_gets_the_players_item_and_one_withou
     assert plain.find("Timeline/Video") is None
     video = asked.find("Timeline[@type='video']/Video")
     assert video is not None and video.get("title") == "Film"
+
+
+async def test_answers_to_ever_new_command_ids_keep_no_memory_per_number(face):
+    """Plex apps number every command and poll anew, so most answers carry a number not seen before:
+    a face that kept each answer it wrote would grow with every poll (50 faces held 20 MB)."""
+    face.update_state(playing())
+    subscribers = face.subscribers
+
+    def answer(command_id: int) -> bytes:
+        subscribers.note_command("phone-1", command_id)
+        return subscribers.render_for("phone-1")
+
+    answer(1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for command_id in range(2, 3002):
+            body = answer(command_id)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    root = ET.fromstring(body)
+    assert root.get("commandID") == "3001"
+    assert root.find("Timeline[@type='music']").get("state") == "playing"
+    assert peak < 32 * 1024, f"{peak} bytes held while answering 3,000 command numbers"

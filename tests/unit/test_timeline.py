@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from companion.proto.timeline import (
     TimelineEntry,
     parse_player_timeline,
     render,
+    render_document,
 )
 
 DATA = Path(__file__).parent.parent / "data" / "timeline"
@@ -238,3 +240,28 @@ def test_text_after_a_metadata_element_is_not_part_of_it():
     entry = state.entries["video"]
     assert entry.metadata == '<Video ratingKey="1" />'
     assert b"tail text" not in render(state, command_id=1, machine_identifier="f", include_metadata=True)
+
+
+@given(command_id=st.one_of(st.none(), st.integers(min_value=0, max_value=2**63)),
+       content=st.text(max_size=40), disconnected=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_a_rendered_document_differs_per_controller_only_in_its_command_id(command_id, content, disconnected):
+    # The text field's content may itself look like a commandID; only the root's attribute may change.
+    state = PlayerState(location="fullScreenVideo",
+                        container_extra={"textFieldContent": content, "textFieldFocused": "search"}).with_entry(
+        replace(PLAYING, type="video", metadata='<Video ratingKey="501" title="commandID=&quot;7&quot;"/>'))
+    document = render_document(state, machine_identifier="face-1", disconnected=disconnected,
+                               include_metadata=True)
+    sent = document.for_command(command_id)
+    unnumbered = document.for_command(None)
+    assert sent.startswith(b'<?xml version="1.0" encoding="UTF-8"?>')
+    root, base = ET.fromstring(sent), ET.fromstring(unnumbered)
+    assert root.get("commandID") == (str(command_id) if command_id is not None else "-1")
+    assert base.get("commandID") == "-1"
+    assert {k: v for k, v in root.attrib.items() if k != "commandID"} == \
+        {k: v for k, v in base.attrib.items() if k != "commandID"}
+    assert [ET.tostring(t) for t in root] == [ET.tostring(t) for t in base]
+    assert root.find("Timeline[@type='video']/Video").get("title") == 'commandID="7"'
+    assert (root.get("disconnected") == "1") is disconnected
+    assert sent == render(state, command_id=command_id, machine_identifier="face-1", disconnected=disconnected,
+                          include_metadata=True)
