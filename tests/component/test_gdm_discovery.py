@@ -1,6 +1,6 @@
 """GdmResponder, GdmScanner and scan() against FakeGdmPeer over real UDP on loopback (test netns).
 
-Multicast to 239.0.0.250 is routed over lo by scripts/netns-run; ports are random high test ports.
+Multicast to 239.0.0.250 is routed over lo by scripts/netns-run; ports are free test ports below the ephemeral range.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 import socket
 import types
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from companion.errors import ConfigError
 from companion.model import FaceMarks, Sighting, stable_id
 from companion.proto.gdm import Advert, face_identifier
 from tests.fakes.gdm_peer import GARBAGE, FakeGdmPeer, Received, UseCase
+from tests.helpers import free_port_block
 
 GROUP = "239.0.0.250"
 
@@ -39,7 +39,7 @@ def face(n: int, name: str = "") -> Advert:
 
 @pytest.fixture
 def settings() -> GdmConfig:
-    base = random.randrange(40000, 60000, 4)
+    base = free_port_block(3)
     return GdmConfig(group=GROUP, player_port=base, announce_port=base + 1, server_port=base + 2,
                      hello_interval=60.0, search_interval=60.0)
 
