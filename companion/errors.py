@@ -6,7 +6,6 @@ adapter that called the library, so callers handle one family and messages stay 
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 
 
@@ -34,6 +33,8 @@ class LocatedError(CompanionError):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """``" (did you mean X?)"`` for the closest of ``choices`` to a misspelt ``word``, else ``""``."""
+    import difflib  # only when a name is wrong: a daemon that starts cleanly never loads it
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 

@@ -14,6 +14,8 @@ of), so it runs on an asyncio protocol:
   push's request and answer, most of it reading the answer; llhttp reads one in about 1 us.
   Answer bodies are dropped, never kept.
 
+Both load with the first push: a bridge whose controllers only poll never holds them (0.5 MB).
+
 A connection idle for ``IDLE_CLOSE`` seconds is closed, as an HTTP client pool does. Only plain
 ``http`` callbacks come here; ``https`` ones keep going through the bridge's aiohttp session.
 
@@ -33,9 +35,6 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import h11
-import httptools
 
 from companion.limits import nofile_limit
 
@@ -85,6 +84,8 @@ def push_request(host: str, headers: Mapping[str, str], body: bytes) -> PushRequ
 def _head(host: str, headers: tuple[tuple[str, str], ...], length: int) -> bytes:
     # A fan-out pushes the same head (one Host, the face's headers, a few body lengths) to each
     # subscriber again and again: it is validated and serialised once. A refusal is not cached.
+    import h11  # on the first push only (see the module's docstring)
+
     fields = [("Host", host), *headers, ("Content-Type", "application/xml"), ("Content-Length", str(length))]
     try:
         request = h11.Request(method="POST", target="/:/timeline", headers=fields)
@@ -103,6 +104,8 @@ class PushConnection(asyncio.Protocol):
     """
 
     def __init__(self, budget: PushBudget) -> None:
+        import httptools  # with the first push connection only (see the module's docstring)
+
         self._budget = budget
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -169,10 +172,15 @@ class PushConnection(asyncio.Protocol):
         self.answered = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(PushFailed(f"the controller's answer is not valid HTTP/1.1: {exc}"))
-        except httptools.HttpParserUpgrade:
-            self._fail(PushFailed("the controller's answer switches protocols"))
+        except Exception as exc:
+            import httptools  # loaded already, by __init__
+
+            if isinstance(exc, httptools.HttpParserUpgrade):
+                self._fail(PushFailed("the controller's answer switches protocols"))
+            elif isinstance(exc, httptools.HttpParserError):
+                self._fail(PushFailed(f"the controller's answer is not valid HTTP/1.1: {exc}"))
+            else:
+                raise
 
     def eof_received(self) -> bool | None:
         """The controller closed its side: an answer without a length ends here (asyncio callback)."""

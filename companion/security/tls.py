@@ -24,6 +24,17 @@ from cryptography.utils import CryptographyDeprecationWarning
 _DER = 2  # _ssl.ENCODING_DER
 
 
+def certifi_bundle() -> str:
+    """The path of certifi's CA bundle: the file beside its module, else ``certifi.where()``.
+
+    ``where()`` asks importlib.resources, whose file reader imports zipfile to find a file in a
+    directory: 0.3 MB resident for the daemon's lifetime. An installed certifi keeps its bundle
+    beside its module; a zipped one, or one repackaged without that file, is asked.
+    """
+    beside = os.path.join(os.path.dirname(certifi.__file__), "cacert.pem")
+    return beside if os.path.isfile(beside) else certifi.where()
+
+
 def certifi_roots() -> tuple[tuple[str, x509.Certificate], ...]:
     """The certifi bundle's roots with their labels (``"ISRG Root X1"``), in bundle order.
 
@@ -32,7 +43,7 @@ def certifi_roots() -> tuple[tuple[str, x509.Certificate], ...]:
     or modification time) is read afresh on the next reload. Raises OSError when the bundle cannot
     be read.
     """
-    path = certifi.where()
+    path = certifi_bundle()
     stat = os.stat(path)
     return _parse_bundle(path, stat.st_mtime_ns, stat.st_size)
 
@@ -164,4 +175,4 @@ async def handshake(
             pass  # the server may drop the connection first; the facts are already in hand
 
 
-__all__ = ["Handshake", "certifi_roots", "chain_der", "handshake", "unverified_context"]
+__all__ = ["Handshake", "certifi_bundle", "certifi_roots", "chain_der", "handshake", "unverified_context"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import certifi
@@ -12,6 +15,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from companion.security.profiles.roots import sha256_fingerprint
 from companion.security.tls import _parse_bundle, certifi_roots
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bundle_blocks() -> list[bytes]:
@@ -55,3 +60,14 @@ def test_a_label_names_only_the_next_certificate_and_a_broken_block_is_skipped(t
 def test_a_fingerprint_is_the_sha256_of_the_der_as_cryptography_computes_it() -> None:
     for _label, cert in certifi_roots():
         assert sha256_fingerprint(cert) == cert.fingerprint(hashes.SHA256()).hex()
+
+
+def test_the_bundle_read_is_the_one_certifi_names_and_finding_it_loads_no_zipfile() -> None:
+    code = ("import sys; from companion.security.tls import certifi_bundle; path = certifi_bundle(); "
+            "print(path); print('zipfile' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    path, zipfile_loaded = done.stdout.split()
+    assert os.path.samefile(path, certifi.where())
+    assert zipfile_loaded == "False", "importlib.resources' reader (and zipfile with it) stays unloaded"

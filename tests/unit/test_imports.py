@@ -247,3 +247,20 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter() -> None:
     assert done.returncode == 0, done.stderr
     failures: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
     assert not failures, "\n".join(f"`import {name}` fails on its own:\n{tb}" for name, tb in failures.items())
+
+
+# -- what the daemon does not load until a path needs it -----------------------------------------
+
+# Each is resident memory for the daemon's lifetime once imported (bench/memory.py): mDNS, Cast
+# and the DNS check load their libraries when configured or used; the push client its HTTP
+# parsers with the first plain-http subscriber; the "did you mean" helper only for a wrong name.
+LOADED_ON_DEMAND = ("zeroconf", "pychromecast", "dns", "h11", "httptools", "difflib")
+
+
+def test_the_daemons_imports_leave_out_what_only_some_paths_use() -> None:
+    code = ("import json, sys, companion.cli, companion.bridge; "
+            f"print(json.dumps([m for m in {LOADED_ON_DEMAND!r} if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import certifi
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from companion.errors import ProfileError, did_you_mean
 from companion.security.profiles.model import ID_RE
 from companion.security.profiles.reading import Reader, parse_yaml, read_text, split_errors
-from companion.security.tls import certifi_roots
+from companion.security.tls import certifi_bundle, certifi_roots
 from companion.yamlsource import Node
 
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -239,7 +238,7 @@ class StoreLoader:
         if self._certifi_loaded:
             return
         try:
-            roots = _certifi_roots(f"certifi {certifi.where()}")
+            roots = _certifi_roots(f"certifi {certifi_bundle()}")
         except (OSError, ValueError) as exc:
             raise ProfileError(f"cannot read the certifi bundle: {exc}", path=path, line=line,
                                key="source") from exc
