@@ -16,9 +16,10 @@ read:
 
 The baseline is a Python process that imports what the daemon imports (``companion.cli`` and
 ``companion.bridge``, and through them aiohttp, cryptography, yaml, prometheus_client; zeroconf,
-pychromecast and dnspython load only when mDNS, a Cast device or the DNS check needs them) and
-does nothing else. Goal: idle RSS at most 64 MB (the after-load figure and
-its distance from the baseline are reported too, for growth under load). The idle figure is also
+pychromecast and dnspython load only when mDNS, a Cast device or the DNS check needs them), with
+frozenlist's pure-Python build as ``companion run`` has it, and does nothing else. Goal: idle RSS
+at most 64 MB (the after-load figure and its distance from the baseline are reported too, for
+growth under load). The idle figure is also
 shown split into anonymous and file-backed pages: the file-backed part (code of the interpreter
 and extensions) moves with the machine's page cache, 2 MB between two checkouts of one commit.
 The daemon is stopped with SIGTERM and must exit 0 within 20 s.
@@ -188,7 +189,8 @@ state_dir: {tmp / "state"}
 
 
 def _baseline_rss() -> int:
-    code = ("import sys, companion.cli, companion.bridge; sys.stdout.write('ready\\n'); sys.stdout.flush(); "
+    code = ("import sys, companion.tuning; companion.tuning.pure_python_frozenlist(); "
+            "import companion.cli, companion.bridge; sys.stdout.write('ready\\n'); sys.stdout.flush(); "
             "sys.stdin.read()")
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT; 0 after a clean stop, 78 on a configuration error."""
     config = config_from_args(args)
+    from companion.tuning import pure_python_frozenlist
+
+    pure_python_frozenlist()  # before the bridge (and aiohttp) is imported
     return asyncio.run(_run(config, args))
 
 

@@ -106,6 +106,25 @@ async def test_notify_ready_watchdog_then_stopping_and_sigterm_stops_within_5s(
     assert player.state.subscribers == {}, "the bridge unsubscribed from the player on the way out"
 
 
+async def test_the_running_daemon_loads_no_cpp_runtime(
+        tmp_path: Path, player: FakeCompanionPlayer, notify: NotifySocket) -> None:
+    # frozenlist's compiled build is C++ and would map libstdc++ (1 MB resident, bench/memory.py);
+    # `companion run` has it use its pure-Python build (companion.tuning.pure_python_frozenlist).
+    base = free_port_block(4)
+    proc = await _daemon(_config(tmp_path, player, base), notify, tmp_path / "daemon.err")
+    try:
+        await until(lambda: notify.seen("READY=1"), timeout=10, message="READY=1 once listeners are up")
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "aiohttp" in maps, "the daemon has loaded aiohttp's compiled parts by READY=1"
+        assert "libstdc++" not in maps and "_frozenlist" not in maps
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_sighup_reloads_the_config_without_dropping_faces(
         tmp_path: Path, player: FakeCompanionPlayer, notify: NotifySocket) -> None:
     base = free_port_block(4)

@@ -253,8 +253,11 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter() -> None:
 
 # Each is resident memory for the daemon's lifetime once imported (bench/memory.py): mDNS, Cast
 # and the DNS check load their libraries when configured or used; the push client its HTTP
-# parsers with the first plain-http subscriber; the "did you mean" helper only for a wrong name.
-LOADED_ON_DEMAND = ("zeroconf", "pychromecast", "dns", "h11", "httptools", "difflib")
+# parsers with the first plain-http subscriber; the "did you mean" helper only for a wrong name;
+# the command line the one command it runs.
+LOADED_ON_DEMAND = ("zeroconf", "pychromecast", "dns", "h11", "httptools", "difflib",
+                    *(f"companion.commands.{tool}" for tool in
+                      ("capture", "doctor", "explain", "flings", "link", "profiles", "scan")))
 
 
 def test_the_daemons_imports_leave_out_what_only_some_paths_use() -> None:
