@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -79,12 +80,24 @@ async def _daemon(config: Path, notify: NotifySocket, stderr: Path) -> asyncio.s
                                                     str(config), env=env, stderr=err)
 
 
-async def test_notify_ready_watchdog_then_stopping_and_sigterm_stops_within_5s(
-        tmp_path: Path, player: FakeCompanionPlayer, notify: NotifySocket) -> None:
-    base = free_port_block(4)
+@contextlib.asynccontextmanager
+async def _ready_daemon(tmp_path: Path, player: FakeCompanionPlayer, notify: NotifySocket,
+                        base: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``companion run`` once it has said READY=1; killed afterwards if the test did not stop it."""
     proc = await _daemon(_config(tmp_path, player, base), notify, tmp_path / "daemon.err")
     try:
         await until(lambda: notify.seen("READY=1"), timeout=10, message="READY=1 once listeners are up")
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_notify_ready_watchdog_then_stopping_and_sigterm_stops_within_5s(
+        tmp_path: Path, player: FakeCompanionPlayer, notify: NotifySocket) -> None:
+    base = free_port_block(4)
+    async with _ready_daemon(tmp_path, player, notify, base) as proc:
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{base}/resources") as resp:
             assert resp.status == 200, "the face is listening when READY=1 arrives"
         await until(lambda: notify.order().count("WATCHDOG") >= 2, timeout=3, message="watchdog pings")
@@ -95,10 +108,6 @@ async def test_notify_ready_watchdog_then_stopping_and_sigterm_stops_within_5s(
         code = await asyncio.wait_for(proc.wait(), 5)
         assert loop.time() - started < 5
         assert code == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     order = [m for m in notify.order() if m in ("READY", "WATCHDOG", "STOPPING")]
     assert order[0] == "READY"
     assert order[-1] == "STOPPING"
@@ -110,19 +119,12 @@ async def test_the_running_daemon_loads_no_cpp_runtime(
         tmp_path: Path, player: FakeCompanionPlayer, notify: NotifySocket) -> None:
     # frozenlist's compiled build is C++ and would map libstdc++ (1 MB resident, bench/memory.py);
     # `companion run` has it use its pure-Python build (companion.tuning.pure_python_frozenlist).
-    base = free_port_block(4)
-    proc = await _daemon(_config(tmp_path, player, base), notify, tmp_path / "daemon.err")
-    try:
-        await until(lambda: notify.seen("READY=1"), timeout=10, message="READY=1 once listeners are up")
+    async with _ready_daemon(tmp_path, player, notify, free_port_block(4)) as proc:
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "aiohttp" in maps, "the daemon has loaded aiohttp's compiled parts by READY=1"
         assert "libstdc++" not in maps and "_frozenlist" not in maps
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 5) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_sighup_reloads_the_config_without_dropping_faces(
