@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from companion.commands.common import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 from companion.config import Config, config_from_args
 from companion.errors import CompanionError, ConfigError
+from companion.tuning import RELEASE_EVERY, lean_tls_buffers, pure_python_frozenlist, release_free_memory
 
 if TYPE_CHECKING:
     from companion.bridge import Bridge
@@ -22,8 +23,6 @@ log = logging.getLogger(__name__)
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT; 0 after a clean stop, 78 on a configuration error."""
     config = config_from_args(args)
-    from companion.tuning import pure_python_frozenlist
-
     pure_python_frozenlist()  # before the bridge (and aiohttp) is imported
     return asyncio.run(_run(config, args))
 
@@ -39,10 +38,10 @@ def status_line(bridge: Bridge) -> str:
 
 
 async def _run(config: Config, args: argparse.Namespace) -> int:
+    # Imported here, after cmd_run's process settings: the bridge brings aiohttp (and frozenlist).
     from companion.bridge import Bridge
     from companion.connections import quiet_loop_errors
     from companion.sdnotify import Notifier
-    from companion.tuning import RELEASE_EVERY, lean_tls_buffers, release_free_memory
 
     loop = asyncio.get_running_loop()
     quiet_loop_errors(loop)
