@@ -281,8 +281,8 @@ class Face(StartStopContext):
                 return _not_this_player()
             return xml_response(404, f"Not Found: no Companion endpoint {path[:100]!r}")
         try:
-            # dict() of a MultiDict takes each key's first value: a repeated parameter counts once.
-            command = parse_request(request.method, path, dict(request.query), request.headers,
+            # A repeated parameter counts by its first value (parse_request reads the MultiDict).
+            command = parse_request(request.method, path, request.query, request.headers,
                                     request.remote or "", split=split)
         except ProtocolError:
             if self._addressed_elsewhere(request):  # a request for another player is not ours to judge
@@ -296,6 +296,11 @@ class Face(StartStopContext):
                       command.path, command.controller.name, command.controller.client_id,
                       command.command_id, redacted(command.params))
         if command.group == "timeline":
+            if command.name == "poll" and command.params.get("wait") != "1":
+                # The most frequent request of all, answered at once: no coroutine on the way.
+                body = self._subscribers.answer(command.controller.client_id, command_id=command.command_id,
+                                                include_metadata=command.params.get("includeMetadata") == "1")
+                return web.Response(body=body, headers=_TIMELINE_HEADERS)
             return await self._timeline(command)
         await self.run_command(command)
         return xml_response(200, "OK")

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Collection
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from multidict import istr
 
 from companion.errors import (
     CommandNotSupported,
@@ -133,6 +134,8 @@ class _Origins:
 # Metadata), which faces are not. A page that also suppresses its Referer (referrerpolicy=
 # no-referrer) sends a GET nothing tells from a controller's: Companion has no secret to check.
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
+# Header names read on every request, as istr: a case-insensitive lookup that need not fold them.
+_HOST, _ORIGIN, _REFERER, _SEC_FETCH_SITE = istr("Host"), istr("Origin"), istr("Referer"), istr("Sec-Fetch-Site")
 
 
 def _origin_of(url: str) -> str:
@@ -144,17 +147,17 @@ def cross_site_refusal(request: web.BaseRequest, origins: _Origins) -> str | Non
     """Why a request from a web page of an origin outside ``http.cors_origins`` is refused (None: allowed):
     by its Origin, else its Referer, else its Sec-Fetch-Site."""
     headers = request.headers
-    origin = headers.get("Origin")
+    origin = headers.get(_ORIGIN)
     if origin is not None:
         if origins.allow(origin) is not None:
             return None
         return f"Origin {origin[:100]!r} is not allowed (http.cors_origins)"
-    referer = headers.get("Referer")
+    referer = headers.get(_REFERER)
     if referer is not None:
         if origins.allow(_origin_of(referer)) is not None:
             return None
         return f"a web page of {_origin_of(referer)[:100]!r} (Referer) is not an allowed origin (http.cors_origins)"
-    if headers.get("Sec-Fetch-Site", "").lower() in _CROSS_SITE:
+    if headers.get(_SEC_FETCH_SITE, "").lower() in _CROSS_SITE:
         return "a request another web site's page made (Sec-Fetch-Site) without an allowed Origin"
     return None
 
@@ -193,7 +196,7 @@ def guarded(dispatch: FaceHandler, *, face_id: Callable[[], str], allowed_hosts:
 
     async def guard(request: web.BaseRequest) -> web.StreamResponse:
         response: web.StreamResponse
-        host = request.headers.get("Host")
+        host = request.headers.get(_HOST)
         ok = verdicts.get(host)
         if ok is None:
             ok = host_allowed(host, allowed)
@@ -230,7 +233,7 @@ def guarded(dispatch: FaceHandler, *, face_id: Callable[[], str], allowed_hosts:
         headers = response.headers
         headers["X-Plex-Client-Identifier"] = face_id()
         headers["Access-Control-Expose-Headers"] = "X-Plex-Client-Identifier"
-        allowed_origin = "*" if any_origin else origins.allow(request.headers.get("Origin"))
+        allowed_origin = "*" if any_origin else origins.allow(request.headers.get(_ORIGIN))
         if allowed_origin is not None:
             headers["Access-Control-Allow-Origin"] = allowed_origin
             if allowed_origin != "*":

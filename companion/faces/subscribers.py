@@ -214,6 +214,12 @@ class Subscribers:
         if sub is not None:
             sub.last_seen = self._clock()
 
+    def answer(self, client_id: str, *, command_id: int | None, include_metadata: bool = False) -> bytes:
+        """The timeline for this controller now: a poll without ``wait``, answered without a coroutine."""
+        self.note_command(client_id, command_id)
+        self.touch(client_id)
+        return self._render(self.command_id(client_id), include_metadata)
+
     async def poll(self, client_id: str, *, command_id: int | None, wait: bool,
                    include_metadata: bool = False) -> bytes:
         """The timeline for this controller: at once, or (``wait``) after the next change.
@@ -221,9 +227,11 @@ class Subscribers:
         A long-poll is answered at the latest after ``poll_hold`` seconds, at stop, or at once
         when ``max_long_polls`` are already held (degrading to a plain poll rather than refusing).
         """
+        if not wait:
+            return self.answer(client_id, command_id=command_id, include_metadata=include_metadata)
         self.note_command(client_id, command_id)
         self.touch(client_id)
-        if wait and not self._closing and self._open_polls < self._max_long_polls:
+        if not self._closing and self._open_polls < self._max_long_polls:
             event = self._changed
             self._open_polls += 1
             try:

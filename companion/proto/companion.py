@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import unquote
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from companion.errors import ProtocolError
 from companion.model import SECRET_PARAMS, Command, Controller, MediaRequest, scrub, strip_tokens
@@ -65,7 +65,9 @@ _NUMERIC: Mapping[str, tuple[int, int]] = MappingProxyType({
     "wait": (0, 1),
 })
 # The X-Plex-* headers a Command is built from: (name, the key parse_request files it under).
-_PLEX_HEADERS = tuple((name, name.lower()) for name in (
+_CI_TYPES = (CIMultiDictProxy, CIMultiDict)
+# istr keys: a case-insensitive lookup that need not fold the name first.
+_PLEX_HEADERS = tuple((istr(name), name.lower()) for name in (
     "X-Plex-Client-Identifier", "X-Plex-Device-Name", "X-Plex-Product", "X-Plex-Target-Client-Identifier"))
 
 
@@ -116,42 +118,49 @@ def parse_request(method: str, path: str, query: Mapping[str, str], headers: Map
     stays in ``params`` (a playMedia ``token`` included: see :func:`media_request`). ``split``: the
     path's (group, name) when the caller has already split it and checked it is known.
     """
-    where = f"{method} {path}"
-    if method.upper() not in _METHODS:
-        raise ProtocolError(f"{where}: method {method!r} is not allowed")
+    if method not in _METHODS and method.upper() not in _METHODS:
+        raise ProtocolError(f"{method} {path}: method {method!r} is not allowed")
     if split is None:
         split = split_player_path(path)
         if split is None or split not in _KNOWN:
-            raise ProtocolError(f"{where}: unknown Companion command")
+            raise ProtocolError(f"{method} {path}: unknown Companion command")
     group, name = split
 
     plex: dict[str, str] = {}
     params: dict[str, str] = {}
     command_id: int | None = None
+    seen_id = False
     for key, value in query.items():
+        if key in params:
+            continue  # a repeated parameter counts by its first value (a MultiDict may be passed)
         lower = key.lower()
-        if lower.startswith("x-plex-"):
-            plex[lower] = value
-        elif lower == "commandid":
-            if value.strip() != "":
-                command_id = parse_int(where, "commandID", value, -1, 2**53)
+        if lower == "commandid":
+            if not seen_id:
+                seen_id = True
+                if value.strip() != "":
+                    # The common case (plain digits) without building the error context.
+                    command_id = int(value) if _small_uint(value) else parse_int(
+                        f"{method} {path}", "commandID", value, -1, 2**53)
+        elif lower.startswith("x-plex-"):
+            plex.setdefault(lower, value)
         else:
             params[key] = value
     # Four names looked up case-insensitively (aiohttp's headers already are a CIMultiDict), not
     # every header lower-cased; a repeated header counts by its first value.
-    by_name = headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
+    by_name = headers if type(headers) in _CI_TYPES else CIMultiDict(headers)
     for header, lower in _PLEX_HEADERS:
         found = by_name.get(header)
         if found is not None:
             plex[lower] = found
     for key, value in params.items():
         bounds = _NUMERIC.get(key)
-        if bounds is not None and value != "":
-            parse_int(where, key, value, *bounds)
+        if bounds is not None and value != "" and not (_small_uint(value) and bounds[0] <= int(value) <= bounds[1]):
+            parse_int(f"{method} {path}", key, value, *bounds)
 
-    controller = Controller(plex.get("x-plex-client-identifier", "").strip(), plex.get("x-plex-device-name", ""),
-                            plex.get("x-plex-product", ""), peer)
-    target = plex.get("x-plex-target-client-identifier", "").strip() or None
+    get = plex.get
+    controller = Controller(get("x-plex-client-identifier", "").strip(), get("x-plex-device-name", ""),
+                            get("x-plex-product", ""), peer)
+    target = get("x-plex-target-client-identifier", "").strip() or None
     return Command(group, name, MappingProxyType(params), controller, command_id, target)
 
 

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from companion.errors import ProtocolError
 from companion.proto.companion import (
@@ -87,6 +87,29 @@ def test_aiohttp_headers_give_the_same_command_as_a_plain_mapping():
 def test_header_lookup_matches_the_plain_reading_for_any_headers(headers):
     plain = parse("/player/timeline/poll", {"wait": "0"}, headers)
     assert parse("/player/timeline/poll", {"wait": "0"}, CIMultiDictProxy(CIMultiDict(headers))) == plain
+
+
+@given(st.lists(st.tuples(st.sampled_from(["commandID", "commandid", "offset", "type", "X-Plex-Product",
+                                             "x-plex-product", "wait"]),
+                           st.sampled_from(["", "0", "1", "7", "12", "music"])), max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_a_query_with_repeated_names_reads_as_its_first_values(pairs):
+    # The face passes aiohttp's query MultiDict as it is: each name counts by its first value,
+    # which is what dict() of that MultiDict keeps, and case variants of one name do too.
+    def outcome(query):
+        try:
+            return parse("/player/playback/seekTo", query)
+        except ProtocolError as exc:
+            return type(exc)
+    multi = MultiDict(pairs)
+    first: dict[str, str] = {}
+    seen: set[str] = set()
+    for key, value in pairs:
+        folded = key.lower() if key.lower() in ("commandid", "x-plex-product") else key
+        if folded not in seen:
+            seen.add(folded)
+            first[key] = value
+    assert outcome(MultiDictProxy(multi)) == outcome(first)
 
 
 def test_command_without_command_id_or_controller_is_accepted():
