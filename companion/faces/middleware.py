@@ -136,6 +136,9 @@ class _Origins:
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
 # Header names read on every request, as istr: a case-insensitive lookup that need not fold them.
 _HOST, _ORIGIN, _REFERER, _SEC_FETCH_SITE = istr("Host"), istr("Origin"), istr("Referer"), istr("Sec-Fetch-Site")
+# and those set on every answer.
+_CLIENT_ID, _EXPOSE_HEADERS = istr("X-Plex-Client-Identifier"), istr("Access-Control-Expose-Headers")
+_ALLOW_ORIGIN, _VARY = istr("Access-Control-Allow-Origin"), istr("Vary")
 
 
 def _origin_of(url: str) -> str:
@@ -231,13 +234,13 @@ def guarded(dispatch: FaceHandler, *, face_id: Callable[[], str], allowed_hosts:
                 log.exception("%s %s: unexpected error", request.method, request.path)
                 response = xml_response(500, "Internal error in the bridge (see its log)")
         headers = response.headers
-        headers["X-Plex-Client-Identifier"] = face_id()
-        headers["Access-Control-Expose-Headers"] = "X-Plex-Client-Identifier"
+        headers[_CLIENT_ID] = face_id()
+        headers[_EXPOSE_HEADERS] = "X-Plex-Client-Identifier"
         allowed_origin = "*" if any_origin else origins.allow(request.headers.get(_ORIGIN))
         if allowed_origin is not None:
-            headers["Access-Control-Allow-Origin"] = allowed_origin
+            headers[_ALLOW_ORIGIN] = allowed_origin
             if allowed_origin != "*":
-                headers["Vary"] = "Origin"
+                headers[_VARY] = "Origin"
         return response
 
     return guard
