@@ -33,11 +33,10 @@ from companion.model import Command, redacted
 from companion.parts import StartStopContext
 from companion.proto.companion import (
     FaceIdentity,
-    known_command,
+    known_player_path,
     parse_int,
     parse_request,
     resources_xml,
-    split_player_path,
 )
 from companion.proto.timeline import PlayerState, TimelineDocument, render_document
 
@@ -275,8 +274,8 @@ class Face(StartStopContext):
             if request.method not in ("GET", "HEAD"):
                 return xml_response(405, f"Method Not Allowed: {request.method[:16]} /resources")
             return web.Response(body=resources_xml(self._identity), headers=_XML_HEADERS)
-        split = split_player_path(path)
-        if split is None or not known_command(*split):
+        split = known_player_path(path)
+        if split is None:
             if self._addressed_elsewhere(request):
                 return _not_this_player()
             return xml_response(404, f"Not Found: no Companion endpoint {path[:100]!r}")

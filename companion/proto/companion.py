@@ -110,6 +110,24 @@ def split_player_path(path: str) -> tuple[str, str] | None:
     return _ALIASES.get(pair, pair)
 
 
+# The path of every known command (aliases included), as controllers write it, -> its (group, name).
+_PATHS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {f"/player/{group}/{name}": _ALIASES.get((group, name), (group, name)) for group, name in _KNOWN})
+
+
+def known_player_path(path: str) -> tuple[str, str] | None:
+    """The (group, name) of a known command's path after aliasing, None for any other path.
+
+    What :func:`split_player_path` and :func:`known_command` say together, in one lookup for the
+    usual spelling; other spellings (a trailing or doubled slash) take the long way.
+    """
+    found = _PATHS.get(path)
+    if found is not None:
+        return found
+    split = split_player_path(path)
+    return split if split is not None and split in _KNOWN else None
+
+
 def parse_request(method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
                   peer: str, *, split: tuple[str, str] | None = None) -> Command:
     """One Companion request as a Command.

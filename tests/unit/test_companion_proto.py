@@ -11,11 +11,15 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from companion.errors import ProtocolError
 from companion.proto.companion import (
+    COMMANDS,
     FaceIdentity,
+    known_command,
+    known_player_path,
     media_request,
     parse_request,
     resources_xml,
     response_xml,
+    split_player_path,
 )
 
 TOKEN = "transient-SECRET-1234567890"
@@ -110,6 +114,29 @@ def test_a_query_with_repeated_names_reads_as_its_first_values(pairs):
             seen.add(folded)
             first[key] = value
     assert outcome(MultiDictProxy(multi)) == outcome(first)
+
+
+_SEGMENTS = sorted({"player", "application", "x", ""} | set(COMMANDS)
+                   | {name for names in COMMANDS.values() for name in names})
+
+
+@given(st.lists(st.sampled_from(_SEGMENTS), max_size=5), st.booleans(), st.booleans())
+@settings(max_examples=500, deadline=None)
+def test_known_player_path_says_what_split_and_known_command_say(segments, leading, trailing):
+    # The face's one lookup for a command's path must accept exactly the paths the split accepts.
+    path = ("/" if leading else "") + "/".join(segments) + ("/" if trailing else "")
+    split = split_player_path(path)
+    expected = split if split is not None and known_command(*split) else None
+    assert known_player_path(path) == expected
+
+
+def test_known_player_path_takes_every_command_and_the_alias():
+    for group, names in COMMANDS.items():
+        for name in names:
+            assert known_player_path(f"/player/{group}/{name}") == (group, name)
+            assert known_player_path(f"/player/{group}/{name}/") == (group, name)
+    assert known_player_path("/player/application/playMedia") == ("playback", "playMedia")
+    assert known_player_path("/player/playback/nonsense") is None
 
 
 def test_command_without_command_id_or_controller_is_accepted():
