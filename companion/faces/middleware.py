@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import istr
 
 from companion.errors import (
@@ -134,11 +134,9 @@ class _Origins:
 # Metadata), which faces are not. A page that also suppresses its Referer (referrerpolicy=
 # no-referrer) sends a GET nothing tells from a controller's: Companion has no secret to check.
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
-# Header names read on every request, as istr: a case-insensitive lookup that need not fold them.
-_HOST, _ORIGIN, _REFERER, _SEC_FETCH_SITE = istr("Host"), istr("Origin"), istr("Referer"), istr("Sec-Fetch-Site")
-# and those set on every answer.
-_CLIENT_ID, _EXPOSE_HEADERS = istr("X-Plex-Client-Identifier"), istr("Access-Control-Expose-Headers")
-_ALLOW_ORIGIN, _VARY = istr("Access-Control-Allow-Origin"), istr("Vary")
+# Header names used on every request, as istr (a case-insensitive lookup that need not fold the
+# name); the standard ones are aiohttp's own (aiohttp.hdrs).
+_SEC_FETCH_SITE, _CLIENT_ID = istr("Sec-Fetch-Site"), istr("X-Plex-Client-Identifier")
 
 
 def _origin_of(url: str) -> str:
@@ -150,12 +148,12 @@ def cross_site_refusal(request: web.BaseRequest, origins: _Origins) -> str | Non
     """Why a request from a web page of an origin outside ``http.cors_origins`` is refused (None: allowed):
     by its Origin, else its Referer, else its Sec-Fetch-Site."""
     headers = request.headers
-    origin = headers.get(_ORIGIN)
+    origin = headers.get(hdrs.ORIGIN)
     if origin is not None:
         if origins.allow(origin) is not None:
             return None
         return f"Origin {origin[:100]!r} is not allowed (http.cors_origins)"
-    referer = headers.get(_REFERER)
+    referer = headers.get(hdrs.REFERER)
     if referer is not None:
         if origins.allow(_origin_of(referer)) is not None:
             return None
@@ -199,7 +197,7 @@ def guarded(dispatch: FaceHandler, *, face_id: Callable[[], str], allowed_hosts:
 
     async def guard(request: web.BaseRequest) -> web.StreamResponse:
         response: web.StreamResponse
-        host = request.headers.get(_HOST)
+        host = request.headers.get(hdrs.HOST)
         ok = verdicts.get(host)
         if ok is None:
             ok = host_allowed(host, allowed)
@@ -235,12 +233,12 @@ def guarded(dispatch: FaceHandler, *, face_id: Callable[[], str], allowed_hosts:
                 response = xml_response(500, "Internal error in the bridge (see its log)")
         headers = response.headers
         headers[_CLIENT_ID] = face_id()
-        headers[_EXPOSE_HEADERS] = "X-Plex-Client-Identifier"
-        allowed_origin = "*" if any_origin else origins.allow(request.headers.get(_ORIGIN))
+        headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = "X-Plex-Client-Identifier"
+        allowed_origin = "*" if any_origin else origins.allow(request.headers.get(hdrs.ORIGIN))
         if allowed_origin is not None:
-            headers[_ALLOW_ORIGIN] = allowed_origin
+            headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = allowed_origin
             if allowed_origin != "*":
-                headers[_VARY] = "Origin"
+                headers[hdrs.VARY] = "Origin"
         return response
 
     return guard

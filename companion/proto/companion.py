@@ -156,8 +156,8 @@ def parse_request(method: str, path: str, query: Mapping[str, str], headers: Map
         if lower == "commandid":
             if not seen_id:
                 seen_id = True
-                # Plain digits (every controller's) are read inline; parse_int judges the rest.
-                if value.isdigit() and value.isascii() and len(value) <= 15:
+                # Plain digits (every controller's) are read here; parse_int judges the rest.
+                if _small_uint(value):
                     command_id = int(value)
                 elif value.strip() != "":
                     command_id = parse_int(f"{method} {path}", "commandID", value, -1, 2**53)
@@ -166,8 +166,7 @@ def parse_request(method: str, path: str, query: Mapping[str, str], headers: Map
         else:
             params[key] = value
             bounds = _NUMERIC.get(key)
-            if bounds is not None and value != "" and not (
-                    value.isdigit() and value.isascii() and len(value) <= 15 and bounds[0] <= int(value) <= bounds[1]):
+            if bounds is not None and value != "" and not (_small_uint(value) and bounds[0] <= int(value) <= bounds[1]):
                 parse_int(f"{method} {path}", key, value, *bounds)
     # Four names looked up case-insensitively (aiohttp's headers already are a CIMultiDict), not
     # every header lower-cased; a repeated header counts by its first value.
